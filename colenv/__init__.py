@@ -1,0 +1,1 @@
+"""colenv: cognitive tasks and differentiable laminar cortical-column networks."""
