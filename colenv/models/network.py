@@ -1,0 +1,562 @@
+"""Networks of laminar cortical columns as continuous-time rate dynamics.
+
+Each column has 8 populations (L2/3e, L2/3i, L4e, L4i, L5e, L5i, L6e, L6i) wired as in the
+Potjans & Diesmann (2014) microcircuit. Per population, with membrane potential v,
+adaptation a and low-pass filtered rate r (the observable), SCIENCE.md §1:
+
+    phi   = f(v - a)                                     instantaneous rate (Hz)
+    I     = tau_s (W phi + w_bg nu_bg + W_in u(t))       synaptic current
+    dv/dt = (-v + R I) / tau_m                           R = tau_m / C
+    da/dt = (-a + kappa phi) / tau_a
+    dr/dt = (-r + phi) / tau_s
+
+Columns are grouped into areas forming a feedforward chain. W is assembled from one dense
+matrix per kind of connection, each with a fixed mask of allowed entries and a Dale sign
+(excitatory sources >= 0, inhibitory <= 0):
+
+| kind        | source -> target                                   | default init            |
+|-------------|----------------------------------------------------|-------------------------|
+| recurrent   | within a column, P&D in-degrees                    | K J (params)            |
+| lateral     | between columns of one area, (source, target) pops | init_k J, L2/3e -> L2/3i |
+| feedforward | area n output pops -> area n+1 L4e/L4i             | K_ff J / n_source_cols  |
+| input       | input channels -> first area's L4e/L4i             | K_ff J                  |
+
+The state of one trial is y = [v (P), a (P), r (P)] with P = 8 x columns; the drift works on a
+batch y [B, 3P] with a few tensor ops and no Python loop over trials, columns or areas.
+Time inside the dynamics is in seconds (rates in Hz = 1/s); tasks and configs speak ms.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, fields, replace
+from typing import Any
+
+import torch
+from torch import nn
+
+from colenv.models.params import (
+    EXCITATORY,
+    N_POP,
+    POPULATIONS,
+    ColumnParams,
+    ConfigError,
+    load_params,
+    population_index,
+)
+from colenv.models.transfer import transfer_g
+
+Pair = tuple[str, str]
+
+
+@dataclass(frozen=True)
+class AreaSpec:
+    """One area: ``n_columns`` identical columns with the population sizes of ``sizes``."""
+
+    name: str
+    n_columns: int
+    sizes: str = "mt"
+
+
+@dataclass(frozen=True)
+class ConnectionSpec:
+    """One kind of connection.
+
+    Attributes:
+        enabled: whether the kind exists at all.
+        pairs: allowed (source population, target population) pairs; None = the kind's default.
+        trainable: False, True (every allowed entry), or a tuple of (source, target) pairs that
+            train while the other allowed entries stay fixed.
+        init_k: in-degree used for the initial weight (W = init_k * J) where the kind has no
+            anatomical default; None = the kind's default.
+    """
+
+    enabled: bool = True
+    pairs: tuple[Pair, ...] | None = None
+    trainable: bool | tuple[Pair, ...] = False
+    init_k: float | None = None
+
+
+@dataclass(frozen=True)
+class NetworkSpec:
+    """Layout of a column network. Build from a dict with :meth:`from_dict`.
+
+    Attributes:
+        areas: feedforward chain of areas; the first receives the input, the last is read out.
+        n_inputs: number of input channels (Hz).
+        input_mode: "dense" (every channel -> every first-area column) or "one_to_one"
+            (channel k -> column k; needs n_inputs == columns of the first area).
+        input: input connection (pairs are ("input", target population)).
+        recurrent, lateral, feedforward: the other connection kinds.
+        readout: population read out from every column of the last area.
+        readout_variable: "r" (the filtered rate, the model's observable) or "phi" (f(v - a)).
+        noise_std: stationary std of the membrane potential of an isolated population under
+            the SDE (model units, "mV"); the diffusion is noise_std * sqrt(2 / tau_m) on v.
+    """
+
+    areas: tuple[AreaSpec, ...] = (AreaSpec("mt", 1),)
+    n_inputs: int = 1
+    input_mode: str = "dense"
+    input: ConnectionSpec = ConnectionSpec(pairs=(("input", "L4e"), ("input", "L4i")))
+    recurrent: ConnectionSpec = ConnectionSpec()
+    lateral: ConnectionSpec = ConnectionSpec(enabled=False)
+    feedforward: ConnectionSpec = ConnectionSpec()
+    readout: str = "L23e"
+    readout_variable: str = "r"
+    noise_std: float = 1.0
+
+    def __post_init__(self) -> None:
+        if not self.areas:
+            raise ConfigError("network.areas must list at least one area")
+        for area in self.areas:
+            if not isinstance(area.n_columns, int) or area.n_columns < 1:
+                raise ConfigError(
+                    f"network.areas: area {area.name!r} needs n_columns >= 1, got {area.n_columns!r}"
+                )
+        if not isinstance(self.n_inputs, int) or self.n_inputs < 0:
+            raise ConfigError(f"network.n_inputs must be an integer >= 0, got {self.n_inputs!r}")
+        if self.input_mode not in ("dense", "one_to_one"):
+            raise ConfigError(
+                f"network.input_mode must be 'dense' or 'one_to_one', got {self.input_mode!r}"
+            )
+        if self.input_mode == "one_to_one" and self.n_inputs != self.areas[0].n_columns:
+            raise ConfigError(
+                f"network.input_mode='one_to_one' needs n_inputs ({self.n_inputs}) == columns of "
+                f"the first area ({self.areas[0].n_columns})"
+            )
+        population_index(self.readout)
+        if self.readout_variable not in ("r", "phi"):
+            raise ConfigError(
+                f"network.readout_variable must be 'r' or 'phi', got {self.readout_variable!r}"
+            )
+        if self.noise_std < 0:
+            raise ConfigError(f"network.noise_std must be >= 0, got {self.noise_std!r}")
+
+    @property
+    def n_columns(self) -> int:
+        return sum(a.n_columns for a in self.areas)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> NetworkSpec:
+        """Build from a TOML-like dict; unknown keys are errors naming the key."""
+        allowed = {f.name for f in fields(cls)}
+        for key in raw:
+            if key not in allowed:
+                raise ConfigError(
+                    f"unknown network key {key!r}; allowed: {', '.join(sorted(allowed))}"
+                )
+        kw: dict[str, Any] = dict(raw)
+        if "areas" in kw:
+            areas = []
+            for i, a in enumerate(kw["areas"]):
+                if isinstance(a, AreaSpec):
+                    areas.append(a)
+                    continue
+                if not isinstance(a, dict) or set(a) - {"name", "n_columns", "sizes"}:
+                    raise ConfigError(
+                        f"network.areas[{i}] must be a table with keys name, n_columns, "
+                        f"sizes; got {a!r}"
+                    )
+                areas.append(AreaSpec(**a))
+            kw["areas"] = tuple(areas)
+        for kind in ("input", "recurrent", "lateral", "feedforward"):
+            if kind in kw and isinstance(kw[kind], dict):
+                kw[kind] = _connection_from_dict(kind, kw[kind], getattr(cls(), kind))
+        return cls(**kw)
+
+
+def _connection_from_dict(kind: str, raw: dict, default: ConnectionSpec) -> ConnectionSpec:
+    allowed = {f.name for f in fields(ConnectionSpec)}
+    for key in raw:
+        if key not in allowed:
+            raise ConfigError(
+                f"unknown key network.{kind}.{key}; allowed: {', '.join(sorted(allowed))}"
+            )
+    kw = dict(raw)
+    for key in ("pairs",):
+        if key in kw and kw[key] is not None:
+            kw[key] = tuple(tuple(p) for p in kw[key])
+    if isinstance(kw.get("trainable"), list):
+        kw["trainable"] = tuple(tuple(p) for p in kw["trainable"])
+    return replace(default, **kw)
+
+
+def _pair_matrix(pairs: tuple[Pair, ...], kind: str) -> torch.Tensor:
+    """[8 target, 8 source] 0/1 matrix of allowed (source, target) population pairs."""
+    m = torch.zeros(N_POP, N_POP, dtype=torch.float64)
+    for pair in pairs:
+        if len(pair) != 2:
+            raise ConfigError(f"network.{kind}: pairs must be (source, target), got {pair!r}")
+        src, tgt = pair
+        m[population_index(tgt), population_index(src)] = 1.0
+    return m
+
+
+class Connection(nn.Module):
+    """One kind of connection: a dense signed weight, an allowed-entry mask and a Dale sign.
+
+    The effective weight is ``weight * mask``; entries outside ``train_mask`` are detached so
+    they keep their value. :meth:`project_` restores the masks and Dale signs after an
+    optimizer step.
+    """
+
+    def __init__(
+        self,
+        init: torch.Tensor,
+        mask: torch.Tensor,
+        sign: torch.Tensor,
+        train_mask: torch.Tensor,
+    ) -> None:
+        super().__init__()
+        trains = bool(train_mask.any())
+        self.weight = nn.Parameter((init * mask).float(), requires_grad=trains)
+        self.register_buffer("mask", mask.float())
+        self.register_buffer("sign", sign.float())
+        self.register_buffer("train_mask", (train_mask * mask).float())
+        self.trains = trains
+        self.all_train = bool((self.train_mask == self.mask).all())
+
+    def effective(self) -> torch.Tensor:
+        w = self.weight
+        if self.trains and not self.all_train:
+            w = torch.where(self.train_mask.bool(), w, w.detach())
+        return w * self.mask
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Zero disallowed entries and enforce Dale's law (sign * w >= 0)."""
+        w = self.weight
+        w.copy_(self.sign * torch.clamp(self.sign * w, min=0.0) * self.mask)
+
+
+class ColumnNetwork(nn.Module):
+    """A network of laminar cortical columns (see the module docstring for the equations).
+
+    Args:
+        params: column parameters (:func:`colenv.models.load_params`); default config/model.toml.
+        spec: the network layout (:class:`NetworkSpec`, or a dict for :meth:`NetworkSpec.from_dict`).
+        device, dtype: where the weights live.
+
+    Shapes: state y [B, S] with S = 3P, P = 8 x n_columns; input u [T, B, n_inputs];
+    readout [T, B, n_outputs] with one output per column of the last area.
+    """
+
+    def __init__(
+        self,
+        params: ColumnParams | None = None,
+        spec: NetworkSpec | dict | None = None,
+        *,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        self.params = params = params if params is not None else load_params()
+        if spec is None:
+            spec = NetworkSpec()
+        elif isinstance(spec, dict):
+            spec = NetworkSpec.from_dict(spec)
+        self.spec = spec
+        n_cols = spec.n_columns
+        self.n_columns = n_cols
+        self.n_pop = P = N_POP * n_cols
+        self.state_size = 3 * P
+        self.n_inputs = spec.n_inputs
+
+        # Which area/column each column belongs to, and per-population metadata.
+        col_area = torch.cat(
+            [torch.full((a.n_columns,), i, dtype=torch.long) for i, a in enumerate(spec.areas)]
+        )
+        pop_col = torch.arange(P) // N_POP
+        pop_area = col_area[pop_col]
+        pop_type = torch.arange(P) % N_POP
+        self.register_buffer("pop_area", pop_area, persistent=False)
+        self.population_names = [
+            f"{spec.areas[int(col_area[c])].name}[{c - int(_first_col(spec, int(col_area[c])))}]"
+            f".{POPULATIONS[k]}"
+            for c in range(n_cols)
+            for k in range(N_POP)
+        ]
+
+        sign_src = (2 * EXCITATORY - 1).double()[pop_type]  # +1 excitatory, -1 inhibitory source
+        sign = sign_src[None, :].expand(P, P)
+        same_col = pop_col[:, None] == pop_col[None, :]
+        same_area = pop_area[:, None] == pop_area[None, :]
+        next_area = pop_area[:, None] == pop_area[None, :] + 1  # target area = source area + 1
+
+        # Recurrent: block-diagonal P&D weights, allowed where p > 0.
+        rec_init = torch.zeros(P, P, dtype=torch.float64)
+        for c in range(n_cols):
+            area = spec.areas[int(col_area[c])]
+            sl = slice(c * N_POP, (c + 1) * N_POP)
+            rec_init[sl, sl] = params.recurrent_weights(area.sizes)
+        rec_allowed8 = (torch.tensor(params.p, dtype=torch.float64) > 0).double()
+        if spec.recurrent.pairs is not None:
+            rec_allowed8 = _pair_matrix(spec.recurrent.pairs, "recurrent")
+        rec_mask = same_col.double() * rec_allowed8[pop_type[:, None], pop_type[None, :]]
+        rec_mask = rec_mask * float(spec.recurrent.enabled)
+        self.recurrent = Connection(
+            rec_init, rec_mask, sign, self._train_mask(spec.recurrent, rec_mask, pop_type)
+        )
+
+        j = params.j_na
+        # Lateral: between different columns of the same area.
+        lat = spec.lateral
+        lat_pairs = lat.pairs if lat.pairs is not None else (("L23e", "L23i"),)
+        lat8 = _pair_matrix(lat_pairs, "lateral")
+        lat_mask = (same_area & ~same_col).double() * lat8[pop_type[:, None], pop_type[None, :]]
+        lat_mask = lat_mask * float(lat.enabled)
+        lat_k = lat.init_k if lat.init_k is not None else 500.0
+        self.lateral = Connection(
+            sign * lat_k * j * lat_mask, lat_mask, sign, self._train_mask(lat, lat_mask, pop_type)
+        )
+
+        # Feedforward: output pops of area n -> L4e/L4i of area n+1, all-to-all over columns.
+        ff = spec.feedforward
+        ff_pairs = ff.pairs if ff.pairs is not None else (("L23e", "L4e"), ("L23e", "L4i"))
+        ff8 = _pair_matrix(ff_pairs, "feedforward")
+        ff_mask = next_area.double() * ff8[pop_type[:, None], pop_type[None, :]]
+        ff_mask = ff_mask * float(ff.enabled)
+        k_ff = torch.tensor(params.k_ff, dtype=torch.float64)
+        n_src_cols = torch.tensor(
+            [spec.areas[max(int(a) - 1, 0)].n_columns for a in pop_area], dtype=torch.float64
+        )
+        if ff.init_k is not None:
+            ff_target_k = torch.full((P,), float(ff.init_k), dtype=torch.float64)
+        else:
+            ff_target_k = k_ff[pop_type].clamp(min=1.0)
+        ff_init = sign * (ff_target_k / n_src_cols)[:, None] * j * ff_mask
+        self.feedforward = Connection(
+            ff_init, ff_mask, sign, self._train_mask(ff, ff_mask, pop_type)
+        )
+
+        # Input: channels -> first area's L4e/L4i (positive, excitatory afferents).
+        inp = spec.input
+        in_pairs = inp.pairs if inp.pairs is not None else (("input", "L4e"), ("input", "L4i"))
+        in_targets = torch.zeros(N_POP, dtype=torch.float64)
+        for src, tgt in in_pairs:
+            if src != "input":
+                raise ConfigError(
+                    f"network.input.pairs must be ('input', population), got {(src, tgt)!r}"
+                )
+            in_targets[population_index(tgt)] = 1.0
+        I = spec.n_inputs
+        in_mask = (pop_area == 0).double()[:, None] * in_targets[pop_type][:, None]
+        in_mask = in_mask.expand(P, I).clone()
+        if spec.input_mode == "one_to_one":
+            in_mask = in_mask * (pop_col[:, None] == torch.arange(I)[None, :]).double()
+        in_mask = in_mask * float(inp.enabled)
+        in_k = k_ff[pop_type].clamp(min=1.0) if inp.init_k is None else torch.full((P,), inp.init_k)
+        in_init = in_k[:, None].double() * j * in_mask
+        in_train = in_mask * float(bool(inp.trainable))
+        self.input = Connection(in_init, in_mask, torch.ones(P, I), in_train)
+
+        # Fixed per-population constants (not trained), float64 then cast with the module.
+        self.register_buffer("bg_drive", params.background_drive()[pop_type].clone())
+        self.register_buffer("kappa", torch.tensor(params.kappa, dtype=torch.float64)[pop_type])
+        last = len(spec.areas) - 1
+        readout_idx = ((pop_area == last) & (pop_type == population_index(spec.readout))).nonzero()
+        self.register_buffer("readout_index", readout_idx.flatten(), persistent=False)
+        self.n_outputs = int(self.readout_index.numel())
+
+        self.to(device=device, dtype=dtype)
+
+    @staticmethod
+    def _train_mask(conn: ConnectionSpec, mask: torch.Tensor, pop_type: torch.Tensor):
+        if conn.trainable is True:
+            return mask
+        if conn.trainable is False:
+            return torch.zeros_like(mask)
+        m8 = _pair_matrix(conn.trainable, "trainable")
+        return mask * m8[pop_type[:, None], pop_type[None, :]]
+
+    # ----------------------------------------------------------------------------- weights
+    def connections(self) -> dict[str, Connection]:
+        return {
+            "recurrent": self.recurrent,
+            "lateral": self.lateral,
+            "feedforward": self.feedforward,
+            "input": self.input,
+        }
+
+    def weight_matrix(self) -> torch.Tensor:
+        """Total effective recurrent-network weight W [P target, P source] (nA)."""
+        return self.recurrent.effective() + self.lateral.effective() + self.feedforward.effective()
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """Masks and Dale signs for every kind; call after each optimizer step."""
+        for conn in self.connections().values():
+            conn.project_()
+
+    # ----------------------------------------------------------------------------- dynamics
+    def constants(self) -> dict[str, float]:
+        """Time constants (s) and gains of the dynamics, as plain floats."""
+        p = self.params
+        tau_m = p.tau_m_ms * 1e-3
+        tau_s = p.tau_s_ms * 1e-3
+        return {
+            "tau_s": tau_s,
+            "tau_m": tau_m,
+            "tau_a": p.tau_a_ms * 1e-3,
+            "gain": p.resistance * tau_s / tau_m,  # R tau_s / tau_m: current -> dv/dt
+            "da": p.d * p.a,
+            "db": p.d * p.b,
+            "d": p.d,
+        }
+
+    def prepare(self, stimulus: torch.Tensor) -> Dynamics:
+        """Bind the current weights and a stimulus [T, B, I] (Hz) into a :class:`Dynamics`.
+
+        Effective weights and the input drive are computed once per rollout here, so the
+        right-hand side evaluated by the solver is a handful of batched ops.
+        """
+        if stimulus.dim() != 3 or stimulus.shape[-1] != self.n_inputs:
+            raise ValueError(
+                f"stimulus must be [T, B, {self.n_inputs}] (n_inputs of this network), "
+                f"got {tuple(stimulus.shape)}"
+            )
+        c = self.constants()
+        w = self.weight_matrix() * c["gain"]
+        drive = (torch.matmul(stimulus, self.input.effective().t()) + self.bg_drive) * c["gain"]
+        return Dynamics(self, w, drive, c)
+
+    def phi(self, y: torch.Tensor) -> torch.Tensor:
+        """Instantaneous rates f(v - a) of states y [..., S] -> [..., P]."""
+        c = self.constants()
+        v, a, _ = y.split(self.n_pop, dim=-1)
+        return transfer_g((v - a) * c["da"] - c["db"]) / c["d"]
+
+    def rates(self, states: torch.Tensor) -> torch.Tensor:
+        """Population rates (Hz) [..., P] of states [..., S] in the configured readout variable."""
+        if self.spec.readout_variable == "phi":
+            return self.phi(states)
+        return states[..., 2 * self.n_pop :]
+
+    def readout(self, states: torch.Tensor) -> torch.Tensor:
+        """Output rates [..., n_outputs]: the readout population of each last-area column."""
+        return self.rates(states).index_select(-1, self.readout_index)
+
+    @torch.no_grad()
+    def rest_state(self, drive: torch.Tensor | None = None, *, tol: float = 1e-10) -> torch.Tensor:
+        """Steady state [S] of the network under constant input (background only by default).
+
+        Solves u = R tau_s (W f(u) + drive) - kappa f(u) for u = v - a by damped relaxation
+        followed by Newton's method in float64; v = u + a, a = kappa f(u), r = f(u).
+        Returns the state in the module's dtype. Raises RuntimeError if it does not converge.
+        """
+        c = self.constants()
+        w = (self.weight_matrix() * c["gain"] * c["tau_m"]).double()
+        b = (self.bg_drive if drive is None else drive).double() * c["gain"] * c["tau_m"]
+        kappa = self.kappa.double()
+
+        def f(u):
+            return transfer_g(u * c["da"] - c["db"]) / c["d"]
+
+        def residual(u):
+            phi = f(u)
+            return w @ phi + b - kappa * phi - u
+
+        u = b.clone()
+        for _ in range(2000):  # relaxation du/ds = residual(u) with a small step
+            r = residual(u)
+            u = u + 0.05 * r
+            if r.abs().max() < 1e-3:
+                break
+        eye = torch.eye(self.n_pop, dtype=torch.float64, device=u.device)
+        for _ in range(50):
+            r = residual(u)
+            if r.abs().max() < tol:
+                break
+            uu = u.clone().requires_grad_(True)
+            with torch.enable_grad():
+                fp = torch.autograd.grad(f(uu).sum(), uu)[0]
+            jac = (w - torch.diag(kappa)) * fp[None, :] - eye
+            u = u - torch.linalg.solve(jac, r)
+        r = residual(u)
+        if not torch.isfinite(r).all() or r.abs().max() > 1e-6:
+            raise RuntimeError(
+                f"rest_state did not converge (max residual {float(r.abs().max()):.3g})"
+            )
+        phi = f(u)
+        a = kappa * phi
+        state = torch.cat([u + a, a, phi])
+        return state.to(self.bg_drive.dtype)
+
+    def initial_state(self, batch_size: int) -> torch.Tensor:
+        """Rest state repeated over the batch, [B, S]."""
+        return self.rest_state().expand(batch_size, -1).clone()
+
+    def describe_state_index(self, index: int) -> str:
+        """Human-readable name of state entry ``index`` (e.g. 'mt[3].L23e v')."""
+        var = ("v", "a", "r")[index // self.n_pop]
+        return f"{self.population_names[index % self.n_pop]} {var}"
+
+
+def _first_col(spec: NetworkSpec, area: int) -> int:
+    return sum(a.n_columns for a in spec.areas[:area])
+
+
+class Dynamics(nn.Module):
+    """The right-hand side bound to one rollout: weights and input drive precomputed.
+
+    ``forward(t, y)`` is the drift (torchdiffeq signature, t in seconds); ``f``/``g`` are the
+    torchsde drift and diagonal diffusion. The input is piecewise constant: drive[k] holds on
+    [t_k, t_{k+1}) of the grid given to :meth:`set_grid`.
+    """
+
+    noise_type = "diagonal"
+    sde_type = "ito"
+
+    def __init__(self, net: ColumnNetwork, w: torch.Tensor, drive: torch.Tensor, c: dict):
+        super().__init__()
+        self.net = net
+        self.w_t = w.t()
+        self.drive = drive  # [T, B, P], already scaled by R tau_s / tau_m
+        self.c = c
+        self.P = net.n_pop
+        self.inv_tau_m = 1.0 / c["tau_m"]
+        self.inv_tau_a = 1.0 / c["tau_a"]
+        self.inv_tau_s = 1.0 / c["tau_s"]
+        self.kappa = net.kappa
+        self.nfe = 0
+        self.t0 = 0.0
+        self.dt = 1.0
+        sigma = net.spec.noise_std * (2.0 / c["tau_m"]) ** 0.5
+        self._sigma = sigma
+
+    def set_grid(self, t0: float, dt: float) -> None:
+        self.t0, self.dt = float(t0), float(dt)
+
+    def drive_at(self, t: torch.Tensor | float) -> torch.Tensor:
+        """Input drive [B, P] at time t (s).
+
+        ``drive[k]`` acts on (t_k, t_{k+1}]: left-continuous, so every stage of a solver step
+        that ends on a grid point sees the input of its own interval (no spurious jump at the
+        last stage of the step before a stimulus change).
+        """
+        k = math.ceil((float(t) - self.t0) / self.dt - 1e-6) - 1
+        k = min(max(k, 0), self.drive.shape[0] - 1)
+        return self.drive[k]
+
+    def rhs(self, y: torch.Tensor, drive: torch.Tensor) -> torch.Tensor:
+        c = self.c
+        P = self.P
+        v, a, r = y[..., :P], y[..., P : 2 * P], y[..., 2 * P :]
+        phi = transfer_g((v - a) * c["da"] - c["db"]) / c["d"]
+        dv = torch.addmm(drive, phi, self.w_t) - v * self.inv_tau_m
+        da = (self.kappa * phi - a) * self.inv_tau_a
+        dr = (phi - r) * self.inv_tau_s
+        return torch.cat([dv, da, dr], dim=-1)
+
+    def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        self.nfe += 1
+        return self.rhs(y, self.drive_at(t))
+
+    # torchsde interface
+    def f(self, t, y):
+        return self.forward(t, y)
+
+    def g(self, t, y):
+        g = torch.zeros_like(y)
+        g[..., : self.P] = self._sigma
+        return g
