@@ -1,0 +1,224 @@
+"""Decision: two columns follow the reduced Wong & Wang (2006) decision model.
+
+## Description
+
+Random-dot motion discrimination as modelled by K.-F. Wong and X.-J. Wang (2006),
+"A recurrent network mechanism of time integration in perceptual decisions",
+J. Neurosci. 26(4):1314-1328, reduced two-variable model (see
+``colenv/reference/wong_wang.py`` for the equations and parameters). Two
+selective pools receive stimulus rates that differ by the signed coherence c'::
+
+    mu_1,2 = mu0 (1 +- c'/100),   mu0 = 30 Hz
+
+and compete through NMDA self-excitation and mutual inhibition until one wins
+(near 30 Hz) and the other is suppressed (near 1 Hz). Here two columns get the
+two pools' inputs on L4, and their L2/3e rates must follow the two pools' rates
+scaled into the column's rate range::
+
+    target_i(t) = target_scale * r_i^WW(t)      (target_scale = 0.5: winner ~15 Hz)
+
+What is learned: lateral inhibition between the columns and L2/3e
+self-excitation. Coherences are drawn from (0, 3.2, 6.4, 12.8, 25.6, 51.2) %
+(the paper's values) with a random sign: c' > 0 favours pool 1 (index 0).
+
+The targets of a batch come from one batched ``simulate`` call. With
+``noise=False`` (default) the Wong-Wang model is deterministic, so a trial's
+target depends only on c' (at c' = 0 both pools rise together and there is no
+winner): clean regression targets. With ``noise=True`` each trial gets its own
+Ornstein-Uhlenbeck background noise (sigma = 0.02 nA, tau_AMPA = 2 ms) from the
+trial's generator, so targets include errors and a psychometric curve; the same
+seed still gives the same batch.
+
+## Timing (ms)
+
+| period          | default | kwarg              | inputs                     |
+|-----------------|---------|--------------------|----------------------------|
+| `pre_stimulus`  | 300     | `pre_stimulus_ms`  | 0 Hz (spontaneous state)   |
+| `stimulus`      | 1000    | `stimulus_ms`      | `mu0 (1 +- c'/100)`        |
+| `post_stimulus` | 200     | `post_stimulus_ms` | 0 Hz (the winner persists) |
+
+The mask covers every step from stimulus onset to the end of the trial (both
+outputs): the columns must integrate, decide and then hold the decision. The
+pre-stimulus period lets a model settle from its initial state unscored.
+
+## Inputs (observation), shape [T, B, 2]
+
+| index | meaning                  | values (Hz)                       |
+|-------|--------------------------|-----------------------------------|
+| 0     | stimulus to pool 1       | `mu0 (1 + c'/100)` in the stimulus, else 0 |
+| 1     | stimulus to pool 2       | `mu0 (1 - c'/100)` in the stimulus, else 0 |
+
+## Targets, shape [T, B, 2]
+
+| index | meaning                         | value (Hz)                   |
+|-------|---------------------------------|------------------------------|
+| 0     | L2/3e rate of column 1          | `target_scale * r_1^WW(t)`   |
+| 1     | L2/3e rate of column 2          | `target_scale * r_2^WW(t)`   |
+
+## Conditions
+
+``coherence_pct`` [B] signed c' (%); ``choice`` [B] int64, the Wong-Wang winner
+(0: pool 1, 1: pool 2, -1: no pool reached 15 Hz on a 50 ms running average);
+``decision_time_ms`` [B] (from trial start; nan without a decision).
+``conditions="all"``: the 11 signed coherences -51.2 .. 51.2 %.
+
+## Success
+
+Over trials with c' != 0: a trial is correct when, averaged over the last 100 ms
+of the trial, the output of the winner's column exceeds the other's. The winner
+is the pool with the higher mean target in that window (it equals
+``conditions["choice"]`` whenever the Wong-Wang model reached threshold).
+Solved at ``accuracy >= 0.95``; ``rmse_hz`` is over the whole mask.
+
+## Gymnasium face
+
+Observation: the two stimulus rates (Hz), ``Box(0, 2 mu0)``. Action: the two
+output rates divided by ``action_scale = 50 Hz``, ``Box(0, 1)``. Reward:
+``-sum(mask * (50 * action - target)^2)`` (Hz^2). One episode is one trial.
+
+## Arguments
+
+``gym.make("colenv/Decision-v0", dt_ms=1.0, pre_stimulus_ms=300.0,
+stimulus_ms=1000.0, post_stimulus_ms=200.0, coherences_pct=(0, 3.2, 6.4, 12.8,
+25.6, 51.2), target_scale=0.5, noise=False)``. Model parameters (mu0 = 30 Hz
+etc.) are those of ``WongWangParams``.
+
+## Version History
+
+* v0: initial version.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from colenv.core import Trial, TrialTask, check_output
+from colenv.reference.wong_wang import WongWangParams, decide, simulate, stimulus_hz
+
+DEFAULTS = {
+    "dt_ms": 1.0,
+    "pre_stimulus_ms": 300.0,
+    "stimulus_ms": 1000.0,
+    "post_stimulus_ms": 200.0,
+    "coherences_pct": (0.0, 3.2, 6.4, 12.8, 25.6, 51.2),
+    "target_scale": 0.5,
+    "noise": False,
+}
+DECISION_WINDOW_MS = 100.0
+"""evaluate() compares the two columns' mean outputs over the last this many ms."""
+
+
+class Decision(TrialTask):
+    """Two inputs, two outputs: follow the Wong-Wang (2006) pool rates, scaled."""
+
+    metadata = {
+        "render_modes": [],
+        "paper": "Wong & Wang (2006), J Neurosci 26:1314",
+        "tags": ["decision", "perceptual", "integration", "winner-take-all", "columns"],
+    }
+    n_inputs = 2
+    n_outputs = 2
+    success_threshold = 0.95
+    action_scale = 50.0
+
+    def __init__(
+        self,
+        *,
+        dt_ms: float = DEFAULTS["dt_ms"],
+        pre_stimulus_ms: float = DEFAULTS["pre_stimulus_ms"],
+        stimulus_ms: float = DEFAULTS["stimulus_ms"],
+        post_stimulus_ms: float = DEFAULTS["post_stimulus_ms"],
+        coherences_pct: tuple[float, ...] = DEFAULTS["coherences_pct"],
+        target_scale: float = DEFAULTS["target_scale"],
+        noise: bool = DEFAULTS["noise"],
+        render_mode: str | None = None,
+        **unknown,
+    ) -> None:
+        self._reject_unknown(type(self), unknown)
+        self.params = WongWangParams()
+        coherences = tuple(float(c) for c in coherences_pct)
+        if not coherences or not all(0.0 <= c <= 100.0 for c in coherences):
+            raise ValueError(
+                f"coherences_pct must be a non-empty sequence of values in [0, 100] %, "
+                f"got {coherences_pct!r}"
+            )
+        if not isinstance(target_scale, int | float) or not 0 < target_scale <= 1:
+            raise ValueError(f"target_scale must be in (0, 1], got {target_scale!r}")
+        if not isinstance(noise, bool):
+            raise ValueError(f"noise must be True or False, got {noise!r}")
+        self.coherences_pct = coherences
+        self.target_scale = float(target_scale)
+        self.noise = noise
+        self.observation_bounds = (0.0, 2.0 * self.params.mu0_hz)
+        super().__init__(
+            dt_ms=dt_ms,
+            periods_ms={
+                "pre_stimulus": pre_stimulus_ms,
+                "stimulus": stimulus_ms,
+                "post_stimulus": post_stimulus_ms,
+            },
+            render_mode=render_mode,
+        )
+        window = DECISION_WINDOW_MS / self.dt_ms
+        self.decision_window_steps = max(1, min(round(window), self.n_steps))
+
+    def _draw_conditions(self, batch_size: int, generator: torch.Generator) -> dict[str, Tensor]:
+        levels = torch.tensor(self.coherences_pct, dtype=torch.float64)
+        index = torch.randint(0, len(levels), (batch_size,), generator=generator)
+        sign = torch.randint(0, 2, (batch_size,), generator=generator) * 2 - 1
+        coherence = levels[index] * sign
+        return {"coherence_pct": torch.where(coherence == 0, 0.0, coherence)}
+
+    def condition_grid(self) -> dict[str, Tensor]:
+        levels = sorted(set(self.coherences_pct))
+        signed = sorted({-c for c in levels if c > 0} | set(levels))
+        return {"coherence_pct": torch.tensor(signed, dtype=torch.float64)}
+
+    def _check_conditions(self, conditions: dict[str, Tensor]) -> None:
+        c = conditions["coherence_pct"]
+        if c.ndim != 1 or not bool((c.abs() <= 100).all()):
+            raise ValueError(
+                f"conditions['coherence_pct'] must be [B] values in [-100, 100], got {c.tolist()}"
+            )
+
+    def _build(self, conditions, generator):
+        coherence = conditions["coherence_pct"].to(torch.float64)  # [B]
+        batch = coherence.shape[0]
+        stimulus = torch.zeros(self.n_steps, batch, 2, dtype=torch.float64)
+        stimulus[self.period("stimulus")] = stimulus_hz(coherence, self.params.mu0_hz)
+
+        result = simulate(
+            stimulus, self.dt_ms, params=self.params, noise=self.noise, generator=generator
+        )
+        choice, decision_time_ms = decide(result.rates_hz, self.dt_ms)
+        target = self.target_scale * result.rates_hz
+        mask = torch.zeros(self.n_steps, batch, 2, dtype=torch.bool)
+        mask[self.period("stimulus").start :] = True
+        extra = {"choice": choice, "decision_time_ms": decision_time_ms}
+        return stimulus, target, mask, extra
+
+    def evaluate(self, output: Tensor, trial: Trial) -> dict[str, float]:
+        """Accuracy of the columns' choice over trials with c' != 0; see the module doc."""
+        check_output(output, trial)
+        target = trial.target.to(device=output.device, dtype=output.dtype)
+        mask = trial.mask.to(output.device)
+        window = slice(trial.n_steps - self.decision_window_steps, trial.n_steps)
+        winner = target[window].mean(dim=0).argmax(dim=-1)  # [B]
+        mean_out = output[window].mean(dim=0)  # [B, 2]
+        correct = (
+            mean_out.gather(1, winner[:, None])[:, 0]
+            > mean_out.gather(1, 1 - winner[:, None])[:, 0]
+        )
+        scored = trial.conditions["coherence_pct"].to(output.device) != 0
+        n_scored = int(scored.sum())
+        n_correct = int((correct & scored).sum())
+        error2 = ((output - target) ** 2)[mask]
+        return {
+            "accuracy": n_correct / n_scored if n_scored else math.nan,
+            "n_correct": n_correct,
+            "n_trials": n_scored,
+            "rmse_hz": float(torch.sqrt(error2.mean())) if error2.numel() else 0.0,
+        }

@@ -1,0 +1,167 @@
+"""Parity: one output must report whether an even number of binary inputs is on.
+
+## Description
+
+``n_bits`` inputs (default 4), each off (0 Hz) or on (``input_hz``, 15 Hz), are
+presented together after a silent pre-stimulus period. At the end of the
+stimulus the single output must fire at ``target_hz`` (20 Hz) when the number of
+active inputs is even (including none) and be silent (0 Hz) when it is odd::
+
+    target = target_hz * [ (b_1 + ... + b_n) mod 2 == 0 ],   b_i in {0, 1}
+
+In the predecessor project (SCIENCE.md, "Parity") the inputs feed a chain of
+areas of 8, 4 and 1 columns; what is learned is the feedforward weights between
+areas and the lateral inhibition within areas. All 2^n patterns must be
+classified correctly (the predecessor trained only 4 of the 16).
+
+## Timing (ms)
+
+| period         | default | kwarg             | inputs             |
+|----------------|---------|-------------------|--------------------|
+| `pre_stimulus` | 500     | `pre_stimulus_ms` | 0 Hz               |
+| `stimulus`     | 500     | `stimulus_ms`     | `input_hz * b_i`   |
+
+The loss window (mask) is the last ``response_ms`` (100 ms) of the stimulus.
+
+## Inputs (observation), shape [T, B, n_bits]
+
+| index | meaning       | values (Hz)      |
+|-------|---------------|------------------|
+| i     | bit `b_(i+1)` | 0 or `input_hz`  |
+
+## Targets, shape [T, B, 1]
+
+| index | meaning     | value (Hz)                                                     |
+|-------|-------------|----------------------------------------------------------------|
+| 0     | output rate | `target_hz` if sum(b) is even else 0, during the stimulus; 0 before |
+
+Only the masked window counts; outside it the target is informative only.
+
+## Conditions
+
+``bits`` [B, n_bits] (int64, 0/1). ``conditions="all"``: all 2^n_bits patterns in
+binary counting order (pattern j has bit i = (j >> (n-1-i)) & 1). Random trials
+draw each bit with probability 1/2.
+
+## Success
+
+A trial is correct when ``|output - target| <= 5 Hz`` over the whole masked
+window; solved when all trials are correct (``success_threshold = 1.0``).
+
+## Gymnasium face
+
+Observation: the inputs (Hz) at the current step, ``Box(0, input_hz)``.
+Action: the output rate divided by ``action_scale = 50 Hz``, ``Box(0, 1)``.
+Reward: ``-mask * (50 * action - target)^2`` (Hz^2). One episode is one trial.
+
+## Arguments
+
+``gym.make("colenv/Parity-v0", n_bits=4, dt_ms=1.0, pre_stimulus_ms=500.0,
+stimulus_ms=500.0, response_ms=100.0, input_hz=15.0, target_hz=20.0)``;
+``n_bits`` must be an int in 2..8.
+
+## Version History
+
+* v0: initial version.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from colenv.core import Trial, TrialTask, steps_in, window_accuracy
+
+DEFAULTS = {
+    "n_bits": 4,
+    "dt_ms": 1.0,
+    "pre_stimulus_ms": 500.0,
+    "stimulus_ms": 500.0,
+    "response_ms": 100.0,
+    "input_hz": 15.0,
+    "target_hz": 20.0,
+}
+N_BITS_ALLOWED = range(2, 9)
+TOLERANCE_HZ = 5.0
+"""A trial is correct when the output is within this of the target over the whole mask."""
+
+
+class Parity(TrialTask):
+    """n binary inputs, one output: high iff an even number of inputs is on."""
+
+    metadata = {
+        "render_modes": [],
+        "paper": "Parity benchmark for laminar column networks (predecessor project; SCIENCE.md)",
+        "tags": ["binary", "nonlinear", "classification", "columns", "hierarchy"],
+    }
+    n_outputs = 1
+    success_threshold = 1.0
+    action_scale = 50.0
+
+    def __init__(
+        self,
+        *,
+        n_bits: int = DEFAULTS["n_bits"],
+        dt_ms: float = DEFAULTS["dt_ms"],
+        pre_stimulus_ms: float = DEFAULTS["pre_stimulus_ms"],
+        stimulus_ms: float = DEFAULTS["stimulus_ms"],
+        response_ms: float = DEFAULTS["response_ms"],
+        input_hz: float = DEFAULTS["input_hz"],
+        target_hz: float = DEFAULTS["target_hz"],
+        render_mode: str | None = None,
+        **unknown,
+    ) -> None:
+        self._reject_unknown(type(self), unknown)
+        if isinstance(n_bits, bool) or not isinstance(n_bits, int) or n_bits not in N_BITS_ALLOWED:
+            raise ValueError(f"n_bits must be an int in 2..8, got {n_bits!r}")
+        for name, value in (("input_hz", input_hz), ("target_hz", target_hz)):
+            if not isinstance(value, int | float) or not 0 < value <= self.action_scale:
+                raise ValueError(f"{name} must be in (0, {self.action_scale}] Hz, got {value!r}")
+        self.n_bits = n_bits
+        self.n_inputs = n_bits
+        self.input_hz = float(input_hz)
+        self.target_hz = float(target_hz)
+        self.observation_bounds = (0.0, self.input_hz)
+        super().__init__(
+            dt_ms=dt_ms,
+            periods_ms={"pre_stimulus": pre_stimulus_ms, "stimulus": stimulus_ms},
+            render_mode=render_mode,
+        )
+        self.response_steps = steps_in(response_ms, self.dt_ms, "response_ms")
+        if response_ms > stimulus_ms:
+            raise ValueError(
+                f"response_ms={response_ms} must be <= stimulus_ms={stimulus_ms} "
+                "(the loss window lies at the end of the stimulus)"
+            )
+        self.response_ms = float(response_ms)
+
+    def _draw_conditions(self, batch_size: int, generator: torch.Generator) -> dict[str, Tensor]:
+        return {"bits": torch.randint(0, 2, (batch_size, self.n_bits), generator=generator)}
+
+    def condition_grid(self) -> dict[str, Tensor]:
+        j = torch.arange(2**self.n_bits)[:, None]
+        shifts = torch.arange(self.n_bits - 1, -1, -1)
+        return {"bits": (j >> shifts) & 1}
+
+    def _check_conditions(self, conditions: dict[str, Tensor]) -> None:
+        bits = conditions["bits"]
+        if not bool(((bits == 0) | (bits == 1)).all()):
+            raise ValueError(f"conditions['bits'] must be 0 or 1, got {bits.tolist()}")
+
+    def _build(self, conditions, generator):
+        bits = conditions["bits"].to(torch.float64)  # [B, n]
+        batch = bits.shape[0]
+        stim = self.period("stimulus")
+        even = (conditions["bits"].sum(dim=1) % 2 == 0).to(torch.float64)  # [B]
+
+        stimulus = torch.zeros(self.n_steps, batch, self.n_bits, dtype=torch.float64)
+        stimulus[stim] = self.input_hz * bits
+        target = torch.zeros(self.n_steps, batch, 1, dtype=torch.float64)
+        target[stim] = self.target_hz * even[:, None]
+        mask = torch.zeros(self.n_steps, batch, 1, dtype=torch.bool)
+        mask[stim.stop - self.response_steps : stim.stop] = True
+        return stimulus, target, mask, {}
+
+    def evaluate(self, output: Tensor, trial: Trial) -> dict[str, float]:
+        """Correct when ``|output - target| <= 5 Hz`` over the whole mask; see the module doc."""
+        return window_accuracy(output, trial, TOLERANCE_HZ)

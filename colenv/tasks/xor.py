@@ -1,0 +1,158 @@
+"""XOR: one output must report whether exactly one of two binary inputs is on.
+
+## Description
+
+Two inputs, each either off (0 Hz) or on (``input_hz``, 20 Hz), are presented
+together after a silent pre-stimulus period. At the end of the stimulus the
+single output must fire at ``target_hz`` (20 Hz) when exactly one input is on
+and be silent (0 Hz) otherwise::
+
+    target = target_hz * (b_1 XOR b_2),   b_i in {0, 1}
+
+In the column network of the predecessor project (SCIENCE.md, "XOR"), columns A
+and B each receive one input on L4 and both feed column C, whose L2/3e rate is
+the output; what is learned is the input weights and the A, B -> C feedforward
+weights. All 4 patterns must be classified correctly.
+
+## Timing (ms)
+
+| period         | default | kwarg             | inputs             |
+|----------------|---------|-------------------|--------------------|
+| `pre_stimulus` | 500     | `pre_stimulus_ms` | 0 Hz               |
+| `stimulus`     | 500     | `stimulus_ms`     | `input_hz * b_i`   |
+
+The loss window (mask) is the last ``response_ms`` (100 ms) of the stimulus.
+
+## Inputs (observation), shape [T, B, 2]
+
+| index | meaning                  | values (Hz)       |
+|-------|--------------------------|-------------------|
+| 0     | input A, bit `b_1`        | 0 or `input_hz`   |
+| 1     | input B, bit `b_2`        | 0 or `input_hz`   |
+
+## Targets, shape [T, B, 1]
+
+| index | meaning      | value (Hz)                                              |
+|-------|--------------|---------------------------------------------------------|
+| 0     | output rate  | `target_hz * (b_1 XOR b_2)` during the stimulus, 0 before |
+
+Only the masked window counts; outside it the target is informative only.
+
+## Conditions
+
+``bits`` [B, 2] (int64, 0/1). ``conditions="all"``: the 4 patterns
+(0,0), (0,1), (1,0), (1,1). Random trials draw each bit with probability 1/2.
+
+## Success
+
+A trial is correct when ``|output - target| <= 5 Hz`` over the whole masked
+window; solved when all trials are correct (``success_threshold = 1.0``).
+
+## Gymnasium face
+
+Observation: the two inputs (Hz) at the current step, ``Box(0, input_hz)``.
+Action: the output rate divided by ``action_scale = 50 Hz``, ``Box(0, 1)``.
+Reward: ``-mask * (50 * action - target)^2`` (Hz^2). One episode is one trial.
+
+## Arguments
+
+``gym.make("colenv/XOR-v0", dt_ms=1.0, pre_stimulus_ms=500.0, stimulus_ms=500.0,
+response_ms=100.0, input_hz=20.0, target_hz=20.0)``
+
+## Version History
+
+* v0: initial version.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from colenv.core import Trial, TrialTask, steps_in, window_accuracy
+
+DEFAULTS = {
+    "dt_ms": 1.0,
+    "pre_stimulus_ms": 500.0,
+    "stimulus_ms": 500.0,
+    "response_ms": 100.0,
+    "input_hz": 20.0,
+    "target_hz": 20.0,
+}
+TOLERANCE_HZ = 5.0
+"""A trial is correct when the output is within this of the target over the whole mask."""
+
+
+class XOR(TrialTask):
+    """Two binary inputs, one output: high iff exactly one input is on."""
+
+    metadata = {
+        "render_modes": [],
+        "paper": "XOR benchmark for laminar column networks (predecessor project; SCIENCE.md)",
+        "tags": ["binary", "nonlinear", "classification", "columns"],
+    }
+    n_inputs = 2
+    n_outputs = 1
+    success_threshold = 1.0
+    action_scale = 50.0
+
+    def __init__(
+        self,
+        *,
+        dt_ms: float = DEFAULTS["dt_ms"],
+        pre_stimulus_ms: float = DEFAULTS["pre_stimulus_ms"],
+        stimulus_ms: float = DEFAULTS["stimulus_ms"],
+        response_ms: float = DEFAULTS["response_ms"],
+        input_hz: float = DEFAULTS["input_hz"],
+        target_hz: float = DEFAULTS["target_hz"],
+        render_mode: str | None = None,
+        **unknown,
+    ) -> None:
+        self._reject_unknown(type(self), unknown)
+        for name, value in (("input_hz", input_hz), ("target_hz", target_hz)):
+            if not isinstance(value, int | float) or not 0 < value <= self.action_scale:
+                raise ValueError(f"{name} must be in (0, {self.action_scale}] Hz, got {value!r}")
+        self.input_hz = float(input_hz)
+        self.target_hz = float(target_hz)
+        self.observation_bounds = (0.0, self.input_hz)
+        super().__init__(
+            dt_ms=dt_ms,
+            periods_ms={"pre_stimulus": pre_stimulus_ms, "stimulus": stimulus_ms},
+            render_mode=render_mode,
+        )
+        self.response_steps = steps_in(response_ms, self.dt_ms, "response_ms")
+        if response_ms > stimulus_ms:
+            raise ValueError(
+                f"response_ms={response_ms} must be <= stimulus_ms={stimulus_ms} "
+                "(the loss window lies at the end of the stimulus)"
+            )
+        self.response_ms = float(response_ms)
+
+    def _draw_conditions(self, batch_size: int, generator: torch.Generator) -> dict[str, Tensor]:
+        return {"bits": torch.randint(0, 2, (batch_size, 2), generator=generator)}
+
+    def condition_grid(self) -> dict[str, Tensor]:
+        return {"bits": torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]])}
+
+    def _check_conditions(self, conditions: dict[str, Tensor]) -> None:
+        bits = conditions["bits"]
+        if not bool(((bits == 0) | (bits == 1)).all()):
+            raise ValueError(f"conditions['bits'] must be 0 or 1, got {bits.tolist()}")
+
+    def _build(self, conditions, generator):
+        bits = conditions["bits"].to(torch.float64)  # [B, 2]
+        batch = bits.shape[0]
+        stim = self.period("stimulus")
+        label = (bits.sum(dim=1) == 1).to(torch.float64)  # [B] exactly one on
+
+        stimulus = torch.zeros(self.n_steps, batch, 2, dtype=torch.float64)
+        stimulus[stim] = self.input_hz * bits
+        target = torch.zeros(self.n_steps, batch, 1, dtype=torch.float64)
+        target[stim] = self.target_hz * label[:, None]
+        mask = torch.zeros(self.n_steps, batch, 1, dtype=torch.bool)
+        mask[stim.stop - self.response_steps : stim.stop] = True
+        return stimulus, target, mask, {}
+
+    def evaluate(self, output: Tensor, trial: Trial) -> dict[str, float]:
+        """Correct when ``|output - target| <= 5 Hz`` over the whole mask; see the module doc."""
+        return window_accuracy(output, trial, TOLERANCE_HZ)
