@@ -1,0 +1,79 @@
+"""Decision task: Wong-Wang targets, coherence conditions, one batched simulate call."""
+
+import pytest
+import torch
+
+import colenv.tasks.decision as decision_module
+from colenv import Decision
+from colenv.reference.wong_wang import simulate
+
+
+@pytest.fixture(scope="module")
+def grid_trial():
+    task = Decision()
+    return task, task.sample_batch(conditions="all")
+
+
+def test_grid_is_signed_coherences(grid_trial):
+    task, trial = grid_trial
+    c = trial.conditions["coherence_pct"]
+    assert c.tolist() == pytest.approx(
+        [-51.2, -25.6, -12.8, -6.4, -3.2, 0, 3.2, 6.4, 12.8, 25.6, 51.2]
+    )
+    assert trial.stimulus.shape == (1500, 11, 2) and trial.target.shape == (1500, 11, 2)
+
+
+def test_stimulus_periods_and_mask(grid_trial):
+    task, trial = grid_trial
+    assert torch.all(trial.stimulus[:300] == 0) and torch.all(trial.stimulus[1300:] == 0)
+    c = trial.conditions["coherence_pct"]
+    expected = 30.0 * torch.stack((1 + c / 100, 1 - c / 100), dim=1)
+    assert torch.allclose(trial.stimulus[300], expected) and torch.allclose(
+        trial.stimulus[1299], expected
+    )
+    assert not trial.mask[:300].any() and trial.mask[300:].all()
+
+
+def test_targets_are_scaled_wong_wang_rates_and_the_favoured_pool_wins(grid_trial):
+    task, trial = grid_trial
+    rates = simulate(trial.stimulus.double(), 1.0, noise=False).rates_hz
+    assert torch.allclose(trial.target.double(), 0.5 * rates, atol=1e-4)
+    c = trial.conditions["coherence_pct"]
+    choice = trial.conditions["choice"]
+    strong = c.abs() >= 6.4
+    assert torch.equal(choice[strong], (c[strong] < 0).long())  # c' > 0 favours pool 1 (index 0)
+    assert choice[c == 0].item() == -1  # no noise, no coherence: no winner
+    winner_end = trial.target[1299, c > 0, 0]
+    assert torch.all((winner_end > 10) & (winner_end < 20))  # winner ~30 Hz * 0.5
+    assert task.evaluate(trial.target, trial)["accuracy"] == 1.0
+    assert task.evaluate(trial.target.flip(-1), trial)["accuracy"] == 0.0
+
+
+def test_one_batched_simulate_call_and_reproducible_noise(monkeypatch):
+    calls = []
+
+    def counting(input_hz, *args, **kwargs):
+        calls.append(input_hz.shape)
+        return simulate(input_hz, *args, **kwargs)
+
+    monkeypatch.setattr(decision_module, "simulate", counting)
+    task = Decision(noise=True, pre_stimulus_ms=50, stimulus_ms=300, post_stimulus_ms=50)
+    a = task.sample_batch(64, seed=2)
+    assert calls == [(400, 64, 2)]
+    b = task.sample_batch(64, seed=2)
+    assert torch.equal(a.target, b.target)
+    c = a.conditions["coherence_pct"]
+    levels = {round(v, 4) for v in c.abs().tolist()}
+    assert levels <= {0.0, 3.2, 6.4, 12.8, 25.6, 51.2} and len(levels) >= 5
+    assert (c > 0).any() and (c < 0).any()
+
+
+def test_kwargs_validation():
+    with pytest.raises(ValueError, match="target_scale"):
+        Decision(target_scale=0)
+    with pytest.raises(ValueError, match="coherences_pct"):
+        Decision(coherences_pct=(120.0,))
+    with pytest.raises(ValueError, match="post_stimulus_ms"):
+        Decision(post_stimulus_ms=0)
+    with pytest.raises(ValueError, match=r"dt_ms=0.7 does not divide"):
+        Decision(dt_ms=0.7)
