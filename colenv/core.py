@@ -91,7 +91,7 @@ class Trial:
         return self.stimulus.shape[0]
 
     def to(self, device: torch.device | str | None = None, dtype: torch.dtype | None = None):
-        """A copy on ``device``; floating tensors (conditions too) get ``dtype``, masks stay bool."""
+        """This trial on ``device``; floating tensors (conditions too) get ``dtype``, masks stay bool."""
 
         def move(x: Tensor) -> Tensor:
             if dtype is not None and x.is_floating_point():
