@@ -31,7 +31,7 @@ import torchsde
 
 ODE_FIXED = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams")
 ODE_ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
-FAST = ("expeuler", "exprk2")
+FAST = ("expeuler", "exprk2", "rk4exp")
 SDE_METHODS = ("euler", "milstein", "srk", "heun", "midpoint", "euler_heun", "reversible_heun")
 SOLVERS: dict[str, tuple[str, ...]] = {
     "ode_fixed": ODE_FIXED,
@@ -59,6 +59,8 @@ class SolverConfig:
         adaptive: adaptive step for SDE methods (torchsde; costly).
         check_finite: raise :class:`DivergenceError` when the rollout produces NaN/inf.
         max_steps: cap on solver steps for adaptive methods (0 = torchdiffeq default).
+        compile: run the fast methods' step under ``torch.compile`` (slow first call, then
+            several times faster; eager when False).
     """
 
     method: str = "rk4"
@@ -70,6 +72,7 @@ class SolverConfig:
     adaptive: bool = False
     check_finite: bool = True
     max_steps: int = 0
+    compile: bool = False
 
     def __post_init__(self) -> None:
         if self.sde:
@@ -94,6 +97,10 @@ class SolverConfig:
             raise ValueError(
                 f"adjoint=True is not available for the fast method {self.method!r}; "
                 "it already has a memory-lean backward"
+            )
+        if self.compile and self.method not in FAST:
+            raise ValueError(
+                f"compile=True applies to the fast methods ({', '.join(FAST)}), not {self.method!r}"
             )
         if not (isinstance(self.step_ms, int | float) and self.step_ms > 0):
             raise ValueError(f"step_ms must be > 0, got {self.step_ms!r}")
@@ -207,7 +214,9 @@ def rollout(
             from colenv.fast import fast_rollout
 
             n_sub = _steps_per_interval(dt_ms, solver.step_ms)
-            states = fast_rollout(dyn, y0, t_s.shape[0], n_sub, step_s, solver.method)
+            states = fast_rollout(
+                dyn, y0, t_s.shape[0], n_sub, step_s, solver.method, compile=solver.compile
+            )
             steps = (t_s.shape[0] - 1) * n_sub
         elif solver.sde:
             states, steps = _sde(dyn, y0, t_s, solver, step_s, seed, generator, dt_ms)
