@@ -4,10 +4,10 @@
 
 A model is anything with ``prepare(stimulus) -> Dynamics`` (an ``nn.Module`` whose
 ``forward(t, y)`` is the drift with t in seconds, ``g(t, y)`` the diagonal diffusion,
-``set_grid(t0, dt)`` and an ``nfe`` counter), ``initial_state(batch_size)`` and
+``set_grid(t_s)`` and an ``nfe`` counter), ``initial_state(batch_size)`` and
 ``describe_state_index(i)``. :class:`colenv.models.ColumnNetwork` and
 :class:`colenv.models.HopfField` are such models. The stimulus is piecewise constant:
-``stimulus[k]`` drives the interval between ``t_ms[k]`` and ``t_ms[k+1]``.
+``stimulus[k]`` drives the interval [t_ms[k], t_ms[k+1]).
 
 Solvers (``SOLVERS``):
 
@@ -205,7 +205,7 @@ def rollout(
         raise ValueError(f"y0 must be [B={batch}, S], got {tuple(y0.shape)}")
     dyn = model.prepare(stimulus)
     t_s = t_ms.to(dtype=y0.dtype) * 1e-3
-    dyn.set_grid(float(t_ms[0]) * 1e-3, dt_ms * 1e-3)
+    dyn.set_grid(t_s)
     step_s = solver.step_ms * 1e-3
     start = time.perf_counter()
     steps: int | None = None
@@ -226,6 +226,9 @@ def rollout(
             if solver.method in ODE_FIXED:
                 n_sub = _steps_per_interval(dt_ms, solver.step_ms)
                 options["step_size"] = step_s
+                # evaluate step ends one ulp inside the step, so input jumps on the grid are
+                # seen by the step they start, not by the step that ends on them
+                options["perturb"] = True
                 steps = (t_s.shape[0] - 1) * n_sub
             else:
                 kwargs.update(rtol=solver.rtol, atol=solver.atol)
@@ -285,7 +288,7 @@ def check_finite(states: torch.Tensor, t_ms: torch.Tensor, model) -> None:
     bad = (~torch.isfinite(states)).nonzero()
     k, b, s = (int(x) for x in bad[0])
     name = model.describe_state_index(s) if hasattr(model, "describe_state_index") else str(s)
-    value = float(states[k, b, s])
+    value = float(states[k, b, s].detach())
     raise DivergenceError(
         f"rollout diverged: state {name} of trial {b} is {value} at t = {float(t_ms[k]):.3f} ms "
         f"(first of {bad.shape[0]} non-finite entries). Use a smaller step_ms or a stiffer-stable "

@@ -28,7 +28,7 @@ Time inside the dynamics is in seconds (rates in Hz = 1/s); tasks and configs sp
 
 from __future__ import annotations
 
-import math
+import bisect
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -519,24 +519,23 @@ class Dynamics(nn.Module):
         self.inv_tau_s = 1.0 / c["tau_s"]
         self.kappa = net.kappa
         self.nfe = 0
-        self.t0 = 0.0
-        self.dt = 1.0
+        self.grid: list[float] = [0.0]
         sigma = net.spec.noise_std * (2.0 / c["tau_m"]) ** 0.5
         self._sigma = sigma
 
-    def set_grid(self, t0: float, dt: float) -> None:
-        self.t0, self.dt = float(t0), float(dt)
+    def set_grid(self, t_s: torch.Tensor) -> None:
+        """The trial's time grid (s): ``drive[k]`` acts on the interval [t_k, t_{k+1})."""
+        self.grid = [float(x) for x in t_s]
 
     def drive_at(self, t: torch.Tensor | float) -> torch.Tensor:
-        """Input drive [B, P] at time t (s).
+        """Input drive [B, P] at time t (s), right-continuous on the grid.
 
-        ``drive[k]`` acts on (t_k, t_{k+1}]: left-continuous, so every stage of a solver step
-        that ends on a grid point sees the input of its own interval (no spurious jump at the
-        last stage of the step before a stimulus change).
+        The lookup compares against the grid values themselves (no float division), so the
+        one-ulp nudges that torchdiffeq's ``perturb``/``jump_t`` apply at step ends select the
+        interval the step belongs to: a step ending on t_{k+1} still sees input k.
         """
-        k = math.ceil((float(t) - self.t0) / self.dt - 1e-6) - 1
-        k = min(max(k, 0), self.drive.shape[0] - 1)
-        return self.drive[k]
+        k = bisect.bisect_right(self.grid, float(torch.as_tensor(t).detach())) - 1
+        return self.drive[min(max(k, 0), self.drive.shape[0] - 1)]
 
     def rhs(self, y: torch.Tensor, drive: torch.Tensor) -> torch.Tensor:
         c = self.c

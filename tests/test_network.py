@@ -1,0 +1,136 @@
+"""ColumnNetwork: layout, masks, Dale's law, batched drift, rest state."""
+
+import pytest
+import torch
+
+from colenv.models import AreaSpec, ColumnNetwork, ConfigError, ConnectionSpec, NetworkSpec
+from colenv.solve import SolverConfig, rollout
+
+PARITY = NetworkSpec(
+    areas=(AreaSpec("a1", 8), AreaSpec("a2", 4), AreaSpec("out", 1)),
+    n_inputs=4,
+    lateral=ConnectionSpec(enabled=True, trainable=True),
+    feedforward=ConnectionSpec(trainable=True),
+)
+
+
+def test_layout_of_parity_network():
+    net = ColumnNetwork(spec=PARITY)
+    assert net.n_pop == 104 and net.state_size == 312 and net.n_outputs == 1
+    assert net.population_names[0] == "a1[0].L23e"
+    assert net.population_names[-1] == "out[0].L6i"
+    # readout is L2/3e of the single output column
+    assert net.readout_index.tolist() == [96]
+
+
+def test_connection_masks_follow_the_layout():
+    net = ColumnNetwork(spec=PARITY)
+    rec, lat, ff = (m.mask for m in (net.recurrent, net.lateral, net.feedforward))
+    # recurrent: only within columns (block diagonal)
+    assert rec[0:8, 8:16].abs().sum() == 0 and rec[0:8, 0:8].sum() > 50
+    # lateral: L2/3e of column 0 onto L2/3i of column 1 of the same area only
+    assert lat[9, 0] == 1 and lat[1, 0] == 0 and lat[8 * 8 + 1, 0] == 0
+    assert int(lat.sum()) == 8 * 7 + 4 * 3
+    # feedforward: a1 L2/3e -> a2 L4e/L4i; nothing from a2 back to a1, nothing skipping an area
+    a2_l4e = 8 * 8 + 2
+    assert ff[a2_l4e, 0] == 1 and ff[a2_l4e + 1, 0] == 1 and ff[0, 8 * 8] == 0
+    assert ff[96 + 2, 0] == 0
+    # input: the 4 channels reach L4e/L4i of the first area only
+    assert net.input.mask[2].sum() == 4 and net.input.mask[8 * 8 + 2].sum() == 0
+
+
+def test_one_to_one_input():
+    spec = NetworkSpec(areas=(AreaSpec("a", 2),), n_inputs=2, input_mode="one_to_one")
+    m = ColumnNetwork(spec=spec).input.mask
+    assert m[2, 0] == 1 and m[2, 1] == 0 and m[10, 1] == 1 and m[10, 0] == 0
+    with pytest.raises(ConfigError, match="one_to_one"):
+        NetworkSpec(areas=(AreaSpec("a", 3),), n_inputs=2, input_mode="one_to_one")
+
+
+def test_projection_enforces_dale_and_masks():
+    net = ColumnNetwork(spec=PARITY)
+    with torch.no_grad():
+        for conn in net.connections().values():
+            conn.weight.normal_()
+    net.project_()
+    for conn in net.connections().values():
+        w = conn.weight
+        assert (w * (1 - conn.mask)).abs().sum() == 0
+        assert (conn.sign * w >= 0).all()
+
+
+def test_only_configured_entries_train():
+    spec = NetworkSpec(
+        areas=(AreaSpec("a", 2),),
+        n_inputs=2,
+        input_mode="one_to_one",
+        recurrent=ConnectionSpec(trainable=(("L23e", "L23e"),)),
+        lateral=ConnectionSpec(enabled=True, trainable=True),
+        feedforward=ConnectionSpec(enabled=False),
+    )
+    net = ColumnNetwork(spec=spec)
+    assert not net.input.weight.requires_grad and not net.feedforward.weight.requires_grad
+    loss = net.weight_matrix().sum()
+    loss.backward()
+    g = net.recurrent.weight.grad
+    assert g[0, 0] != 0 and g[8, 8] != 0
+    assert g.abs().sum() == g[0, 0].abs() + g[8, 8].abs()
+
+
+def test_spec_errors_name_the_key():
+    with pytest.raises(ConfigError, match="unknown network key 'colums'"):
+        NetworkSpec.from_dict({"colums": 3})
+    with pytest.raises(ConfigError, match="n_columns >= 1"):
+        NetworkSpec(areas=(AreaSpec("a", 0),))
+    with pytest.raises(ConfigError, match="unknown population 'L7e'"):
+        NetworkSpec(readout="L7e")
+    with pytest.raises(ConfigError, match="unknown key network.lateral.weight"):
+        NetworkSpec.from_dict({"lateral": {"weight": 1.0}})
+    with pytest.raises(ConfigError, match="unknown area 'v9'"):
+        ColumnNetwork(spec=NetworkSpec(areas=(AreaSpec("a", 1, "v9"),)))
+
+
+def test_from_dict_round_trip():
+    spec = NetworkSpec.from_dict(
+        {
+            "areas": [{"name": "a", "n_columns": 2}, {"name": "b", "n_columns": 1}],
+            "n_inputs": 2,
+            "lateral": {"enabled": True, "trainable": [["L23e", "L23i"]]},
+        }
+    )
+    assert spec.n_columns == 3 and spec.lateral.trainable == (("L23e", "L23i"),)
+
+
+def test_drift_is_batched_without_mixing_trials():
+    net = ColumnNetwork(spec=PARITY, dtype=torch.float64)
+    stim = torch.rand(5, 3, 4, dtype=torch.float64) * 20
+    dyn = net.prepare(stim)
+    y = net.initial_state(3) + torch.randn(3, net.state_size, dtype=torch.float64)
+    full = dyn(torch.tensor(0.001), y)
+    for b in range(3):
+        one = net.prepare(stim[:, b : b + 1])
+        assert torch.allclose(one(torch.tensor(0.001), y[b : b + 1]), full[b : b + 1])
+
+
+def test_rest_state_is_a_fixed_point():
+    net = ColumnNetwork(spec=PARITY, dtype=torch.float64)
+    y = net.initial_state(2)
+    dyn = net.prepare(torch.zeros(2, 2, 4, dtype=torch.float64))
+    dy = dyn(torch.tensor(0.0), y)
+    assert dy.abs().max() < 1e-6
+    rates = net.rates(y)
+    assert (rates >= 0).all() and (rates < 50).all()
+
+
+def test_isolated_column_settles_to_steady_state():
+    """Kicked away from rest, an isolated column at background drive relaxes back."""
+    net = ColumnNetwork(spec=NetworkSpec(n_inputs=1), dtype=torch.float64)
+    rest = net.initial_state(1)
+    y0 = rest.clone()
+    y0[0, :8] += torch.tensor([2.0, -1.0, 3.0, 1.0, -2.0, 2.0, 1.0, -1.0], dtype=torch.float64)
+    t = torch.arange(0, 301, dtype=torch.float64)
+    out = rollout(net, torch.zeros(301, 1, 1, dtype=torch.float64), t, SolverConfig(), y0=y0)
+    r = net.rates(out.states)
+    assert (r - net.rates(rest)).abs().max() > 0.5  # the kick moved the rates
+    assert (r[-1] - net.rates(rest)).abs().max() < 1e-3
+    assert (r[-1] - r[-50]).abs().max() < 1e-4  # stationary

@@ -1,0 +1,232 @@
+"""rollout(): exact solutions, convergence orders, batching, gradients, SDE, guards."""
+
+import bisect
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from colenv import DivergenceError, SolverConfig, rollout
+from colenv.models import AreaSpec, ColumnNetwork, ConnectionSpec, NetworkSpec
+
+DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
+
+
+class LinearNetwork(nn.Module):
+    """dy/dt = A y + B u(t), u piecewise constant: a linear rate network with an exact solution."""
+
+    def __init__(self, a: torch.Tensor, b: torch.Tensor):
+        super().__init__()
+        self.a = nn.Parameter(a)
+        self.b = nn.Parameter(b)
+
+    def initial_state(self, batch):
+        return torch.ones(batch, self.a.shape[0], dtype=self.a.dtype)
+
+    def describe_state_index(self, i):
+        return f"y{i}"
+
+    def prepare(self, stimulus):
+        return _LinearDynamics(self, stimulus @ self.b.t())
+
+    def exact(self, y0, stimulus, dt_s):
+        """y_{k+1} = exp(M dt) [y_k; 1] with M = [[A, B u_k], [0, 0]] (matrix exponential)."""
+        n = self.a.shape[0]
+        ys = [y0]
+        y = y0
+        with torch.no_grad():
+            for k in range(stimulus.shape[0] - 1):
+                out = []
+                for bi in range(y.shape[0]):
+                    m = torch.zeros(n + 1, n + 1, dtype=y.dtype)
+                    m[:n, :n] = self.a
+                    m[:n, n] = self.b @ stimulus[k, bi]
+                    e = torch.linalg.matrix_exp(m * dt_s)
+                    out.append(e[:n, :n] @ y[bi] + e[:n, n])
+                y = torch.stack(out)
+                ys.append(y)
+        return torch.stack(ys)
+
+
+class _LinearDynamics(nn.Module):
+    noise_type, sde_type = "diagonal", "ito"
+
+    def __init__(self, net, drive):
+        super().__init__()
+        self.net, self.drive, self.nfe = net, drive, 0
+
+    def set_grid(self, t_s):
+        self.grid = t_s.tolist()
+
+    def forward(self, t, y):
+        self.nfe += 1
+        k = min(
+            max(bisect.bisect_right(self.grid, float(torch.as_tensor(t).detach())) - 1, 0),
+            len(self.drive) - 1,
+        )
+        return y @ self.net.a.t() + self.drive[k]
+
+
+def linear_problem(batch=3, dtype=torch.float64):
+    a = torch.tensor([[-50.0, 0.0, 0.0], [0.0, -5.0, -20.0], [0.0, 20.0, -5.0]], dtype=dtype)
+    b = torch.tensor([[40.0, 0.0], [0.0, 10.0], [5.0, 5.0]], dtype=dtype)
+    net = LinearNetwork(a, b)
+    T = 101  # 400 ms on a 4 ms grid, input switching on the grid
+    gen = torch.Generator().manual_seed(0)
+    stim = torch.rand(T, batch, 2, generator=gen, dtype=dtype)
+    t_ms = torch.arange(T, dtype=dtype) * 4.0
+    y0 = net.initial_state(batch)
+    return net, stim, t_ms, net.exact(y0, stim, 4e-3)
+
+
+ORDERS = {"euler": 1, "midpoint": 2, "heun2": 2, "heun3": 3, "rk4": 4}
+
+
+@pytest.mark.parametrize("method", sorted(ORDERS))
+def test_fixed_step_convergence_order(method):
+    net, stim, t_ms, exact = linear_problem()
+    errors = []
+    for step in (2.0, 1.0, 0.5):
+        out = rollout(net, stim, t_ms, SolverConfig(method, step_ms=step))
+        errors.append(float((out.states.detach() - exact).abs().max()))
+    order = [math.log2(errors[i] / errors[i + 1]) for i in range(2)]
+    assert all(abs(o - ORDERS[method]) < 0.3 for o in order), (errors, order)
+
+
+def test_dopri5_against_exact_solution():
+    net, stim, t_ms, exact = linear_problem()
+    out = rollout(net, stim, t_ms, SolverConfig("dopri5", rtol=1e-10, atol=1e-10))
+    assert (out.states - exact).abs().max() < 1e-7
+    assert out.stats.nfe > 0 and out.stats.steps is None
+
+
+def test_adjoint_gradients_equal_direct_gradients():
+    net, stim, t_ms, _ = linear_problem()
+    grads = []
+    for adjoint in (False, True):
+        net.zero_grad()
+        cfg = SolverConfig("dopri5", rtol=1e-10, atol=1e-10, adjoint=adjoint)
+        out = rollout(net, stim, t_ms, cfg)
+        out.states[-20:].pow(2).sum().backward()
+        grads.append(torch.cat([net.a.grad.flatten(), net.b.grad.flatten()]))
+    assert torch.allclose(grads[0], grads[1], rtol=1e-5, atol=1e-8)
+
+
+def small_column_net(dtype=torch.float64, noise_std=0.0):
+    spec = NetworkSpec(
+        areas=(AreaSpec("a", 2), AreaSpec("b", 1)),
+        n_inputs=2,
+        input_mode="one_to_one",
+        lateral=ConnectionSpec(enabled=True, trainable=True),
+        feedforward=ConnectionSpec(trainable=True),
+        noise_std=noise_std,
+    )
+    return ColumnNetwork(spec=spec, dtype=dtype)
+
+
+def column_trial(batch=4, T=61, dtype=torch.float64):
+    stim = torch.zeros(T, batch, 2, dtype=dtype)
+    stim[20:, :, 0] = torch.tensor([0.0, 20.0, 0.0, 20.0][:batch], dtype=dtype)
+    stim[20:, :, 1] = torch.tensor([0.0, 0.0, 20.0, 20.0][:batch], dtype=dtype)
+    return stim, torch.arange(T, dtype=dtype)
+
+
+@pytest.mark.parametrize("method", ["rk4", "dopri5", "rk4exp"])
+def test_batched_rollout_equals_per_trial(method):
+    net = small_column_net()
+    stim, t = column_trial()
+    cfg = SolverConfig(method, step_ms=0.5, rtol=1e-9, atol=1e-9)
+    full = rollout(net, stim, t, cfg).states
+    for b in range(stim.shape[1]):
+        one = rollout(net, stim[:, b : b + 1], t, cfg).states
+        assert torch.allclose(one[:, 0], full[:, b], rtol=1e-7, atol=1e-7)
+
+
+def test_gradients_match_finite_differences():
+    net = small_column_net()
+    stim, t = column_trial(T=41)
+    y0 = net.initial_state(4)
+    cfg = SolverConfig("rk4", step_ms=0.5)
+
+    def loss():
+        return net.readout(rollout(net, stim, t, cfg, y0=y0).states)[-10:].sum()
+
+    loss().backward()
+    for conn, (i, j) in [
+        (net.feedforward, (16 + 2, 0)),
+        (net.lateral, (9, 0)),
+        (net.lateral, (1, 8)),
+    ]:
+        g = float(conn.weight.grad[i, j])
+        eps = 1e-4 * max(1.0, abs(float(conn.weight[i, j].detach())))
+        with torch.no_grad():
+            conn.weight[i, j] += eps
+            up = float(loss())
+            conn.weight[i, j] -= 2 * eps
+            down = float(loss())
+            conn.weight[i, j] += eps
+        fd = (up - down) / (2 * eps)
+        assert g != 0 and math.isclose(g, fd, rel_tol=1e-4, abs_tol=1e-9), (g, fd)
+
+
+def test_sde_with_zero_noise_equals_ode():
+    net = small_column_net(noise_std=0.0)
+    stim, t = column_trial()
+    ode = rollout(net, stim, t, SolverConfig("euler", step_ms=0.25)).states
+    sde = rollout(net, stim, t, SolverConfig("euler", step_ms=0.25, sde=True), seed=1).states
+    assert torch.allclose(ode, sde, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("method", ["euler", "milstein", "srk"])
+def test_sde_is_seeded(method):
+    net = small_column_net(noise_std=2.0)
+    stim, t = column_trial(T=21)
+    cfg = SolverConfig(method, step_ms=0.5, sde=True)
+    a = rollout(net, stim, t, cfg, seed=3).states
+    b = rollout(net, stim, t, cfg, seed=3).states
+    c = rollout(net, stim, t, cfg, seed=4).states
+    assert torch.equal(a, b) and not torch.allclose(a, c)
+    with pytest.raises(ValueError, match="seed= or generator="):
+        rollout(net, stim, t, cfg)
+
+
+def test_divergence_guard_names_time_and_population():
+    net = small_column_net()
+    with torch.no_grad():
+        net.recurrent.weight[0:8:2, 0:8:2] *= 50.0  # runaway excitation in column a[0]
+    stim, t = column_trial(T=200)
+    cfg = SolverConfig("euler", step_ms=1.0)
+    y0 = torch.zeros(4, net.state_size, dtype=torch.float64)
+    with pytest.raises(
+        DivergenceError, match=r"state a\[0\]\.L\w+ [var] of trial \d+ is .* at t = "
+    ):
+        rollout(net, stim, t, cfg, y0=y0)
+    raw = rollout(net, stim, t, SolverConfig("euler", step_ms=1.0, check_finite=False), y0=y0)
+    assert not torch.isfinite(raw.states).all()
+
+
+def test_bad_solver_config_lists_allowed_values():
+    with pytest.raises(ValueError, match="unknown ODE method 'rk5'; allowed: euler"):
+        SolverConfig("rk5")
+    with pytest.raises(ValueError, match="unknown SDE method 'dopri5'.*milstein"):
+        SolverConfig("dopri5", sde=True)
+    with pytest.raises(ValueError, match="unknown solver option 'stepsize'; allowed"):
+        SolverConfig.from_dict({"stepsize": 1.0})
+    with pytest.raises(ValueError, match="step_ms must be > 0"):
+        SolverConfig(step_ms=0)
+    net = small_column_net()
+    stim, t = column_trial(T=5)
+    with pytest.raises(ValueError, match="step_ms=0.3 must divide"):
+        rollout(net, stim, t, SolverConfig("rk4", step_ms=0.3))
+    with pytest.raises(ValueError, match="stimulus must be"):
+        rollout(net, stim[..., :1], t, SolverConfig())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_runs_on_the_given_device(device):
+    net = small_column_net(dtype=torch.float32).to(device)
+    stim, t = column_trial(T=11, dtype=torch.float32)
+    out = rollout(net, stim.to(device), t.to(device), SolverConfig("rk4", step_ms=0.5))
+    assert out.states.device.type == device
+    assert out.stats.steps == 20 and out.stats.nfe == 80
