@@ -1,5 +1,6 @@
 """Column-network models: parameters, transfer function, ColumnNetwork, Hopf MLP field."""
 
+from colenv.models.mlp import HopfField
 from colenv.models.network import AreaSpec, ColumnNetwork, ConnectionSpec, Dynamics, NetworkSpec
 from colenv.models.params import (
     POPULATIONS,
@@ -18,6 +19,7 @@ __all__ = [
     "ConfigError",
     "ConnectionSpec",
     "Dynamics",
+    "HopfField",
     "NetworkSpec",
     "load_params",
     "population_index",

@@ -1,0 +1,119 @@
+"""A neural-ODE vector field for the Hopf bifurcation task.
+
+The Hopf normal form (SCIENCE.md §2; Strogatz, Nonlinear Dynamics and Chaos, §8.2)
+
+    dx/dt = (mu - x^2 - y^2) x - omega y
+    dy/dt = (mu - x^2 - y^2) y + omega x
+
+is learned as d(x, y)/dt = MLP(x, y, mu) from trajectories. The input mu(t) is the task's
+stimulus [T, B, 1]; the state is (x, y) [B, 2] and is read out directly. The model follows the
+same rollout protocol as :class:`colenv.models.ColumnNetwork` (``prepare``, ``initial_state``,
+``readout``), so the same solvers and trainers drive it.
+"""
+
+from __future__ import annotations
+
+import bisect
+
+import torch
+from torch import nn
+
+
+class HopfField(nn.Module):
+    """MLP vector field on (x, y, mu) -> (dx/dt, dy/dt), time in seconds.
+
+    Args:
+        hidden: width of each hidden layer.
+        layers: number of hidden layers.
+        n_inputs: number of input channels (1: mu).
+        generator: initialisation randomness (explicit seed).
+    """
+
+    def __init__(
+        self,
+        hidden: int = 64,
+        layers: int = 2,
+        n_inputs: int = 1,
+        *,
+        generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        super().__init__()
+        if hidden < 1 or layers < 1:
+            raise ValueError(
+                f"hidden and layers must be >= 1, got hidden={hidden}, layers={layers}"
+            )
+        self.n_inputs = n_inputs
+        self.state_size = 2
+        self.n_outputs = 2
+        dims = [2 + n_inputs] + [hidden] * layers + [2]
+        mods: list[nn.Module] = []
+        for i in range(len(dims) - 1):
+            mods.append(nn.Linear(dims[i], dims[i + 1]))
+            if i < len(dims) - 2:
+                mods.append(nn.Tanh())
+        self.net = nn.Sequential(*mods)
+        with torch.no_grad():
+            for m in self.net:
+                if isinstance(m, nn.Linear):
+                    bound = 1.0 / m.in_features**0.5
+                    m.weight.copy_(
+                        (torch.rand(m.weight.shape, generator=generator) * 2 - 1) * bound
+                    )
+                    m.bias.zero_()
+        self.to(device=device, dtype=dtype)
+
+    def field(self, xy: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+        """d(x, y)/dt at states xy [..., 2] and inputs u [..., n_inputs]."""
+        return self.net(torch.cat([xy, u], dim=-1))
+
+    def prepare(self, stimulus: torch.Tensor) -> _HopfDynamics:
+        if stimulus.dim() != 3 or stimulus.shape[-1] != self.n_inputs:
+            raise ValueError(
+                f"stimulus must be [T, B, {self.n_inputs}], got {tuple(stimulus.shape)}"
+            )
+        return _HopfDynamics(self, stimulus)
+
+    def initial_state(self, batch_size: int) -> torch.Tensor:
+        p = next(self.parameters())
+        return torch.zeros(batch_size, 2, device=p.device, dtype=p.dtype)
+
+    def readout(self, states: torch.Tensor) -> torch.Tensor:
+        return states
+
+    def rates(self, states: torch.Tensor) -> torch.Tensor:
+        return states
+
+    def describe_state_index(self, index: int) -> str:
+        return ("x", "y")[index]
+
+    @torch.no_grad()
+    def project_(self) -> None:
+        """No constraints on an MLP (kept for the trainer's uniform interface)."""
+
+
+class _HopfDynamics(nn.Module):
+    noise_type, sde_type = "diagonal", "ito"
+
+    def __init__(self, field: HopfField, stimulus: torch.Tensor):
+        super().__init__()
+        self.field = field
+        self.drive = stimulus
+        self.nfe = 0
+        self.grid: list[float] = [0.0]
+
+    def set_grid(self, t_s: torch.Tensor) -> None:
+        self.grid = [float(x) for x in t_s]
+
+    def forward(self, t, y):
+        self.nfe += 1
+        k = bisect.bisect_right(self.grid, float(torch.as_tensor(t).detach())) - 1
+        u = self.drive[min(max(k, 0), self.drive.shape[0] - 1)]
+        return self.field.field(y, u)
+
+    def f(self, t, y):
+        return self.forward(t, y)
+
+    def g(self, t, y):
+        return torch.zeros_like(y)
