@@ -207,13 +207,16 @@ class _Compiled:
         self.eager = eager
         self.fn: IntervalFn = torch.compile(_fresh_code(eager), dynamic=False, fullgraph=True)
         self.failed = False
+        self.compiled_once = False
 
     def __call__(self, *args):
+        if self.compiled_once:
+            return self.fn(*args)
         if self.failed:
             return self.eager(*args)
-        try:
-            return self.fn(*args)
-        except Exception as err:  # any compiler failure: keep training, eagerly
+        try:  # the first call traces and compiles; only its failures fall back to eager
+            out = self.fn(*args)
+        except Exception as err:
             warnings.warn(
                 f"torch.compile of the fast path failed ({type(err).__name__}: {err}); "
                 "running eager",
@@ -222,6 +225,8 @@ class _Compiled:
             )
             self.failed = True
             return self.eager(*args)
+        self.compiled_once = True
+        return out
 
 
 def interval_function(
@@ -277,7 +282,8 @@ def fast_rollout(
         method: "expeuler", "exprk2" or "rk4exp".
         compile: run each grid interval as one cached ``torch.compile`` graph.
         checkpoint_every: > 0 recomputes chunks of this many grid intervals in backward
-            (activation memory flat in trial length, about one extra forward of cost).
+            (activation memory flat in trial length, about one extra forward of cost;
+            backward with ``loss.backward()``, not ``torch.autograd.grad``).
 
     Returns:
         states [T, B, 3P] on the grid.
@@ -297,8 +303,11 @@ def fast_rollout(
         chunks = [y0[None]]
         for k0 in range(0, n_int, checkpoint_every):
             k1 = min(k0 + checkpoint_every, n_int)
+            # reentrant: the forward runs without autograd and the recompute with it, both
+            # through the (compiled) interval function; non-reentrant checkpointing recomputes
+            # with dynamo disabled. Use loss.backward() (torch.autograd.grad is unsupported).
             v, a, r, ys = checkpoint(
-                _chunk, fn, v, a, r, drive[k0:k1], w_t, kappa, use_reentrant=False
+                _chunk, fn, v, a, r, drive[k0:k1], w_t, kappa, use_reentrant=True
             )
             chunks.append(ys)
         states = torch.cat(chunks)
