@@ -1,0 +1,68 @@
+"""One training run from a config: task, model, callbacks, trainer -> Result.
+
+    result = train(load_config("colenv/XOR-v0", ["train.steps=20"]))
+
+This is what ``python -m trainers train`` calls; the trainer itself only sees
+``fit(model, task, config, callbacks)``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+from trainers.callbacks import (
+    Callback,
+    CheckpointCallback,
+    EarlyStopping,
+    PlotCallback,
+    ProgressBar,
+    read_checkpoint,
+    resolve_checkpoint,
+)
+from trainers.config import TrainConfig, apply_overrides
+from trainers.registry import Result, get_trainer
+from trainers.supervised import build_model, build_task, resolve_device
+
+__all__ = ["default_callbacks", "resume_config", "train"]
+
+DTYPES = {"float32": "float32", "float64": "float64"}
+
+
+def default_callbacks(config: TrainConfig) -> list[Callback]:
+    """Progress, checkpoints, early stopping, plots and W&B, as the config asks."""
+    callbacks: list[Callback] = [ProgressBar(), CheckpointCallback(config.checkpoint.every)]
+    if config.success.stop_on_success:
+        callbacks.append(EarlyStopping(config.success.patience))
+    if config.logging.plots:
+        callbacks.append(PlotCallback())
+    if config.logging.wandb and config.logging.wandb_mode != "disabled":
+        from trainers.wandb_logger import WandbLogger
+
+        callbacks.append(WandbLogger(config.logging.project, config.logging.wandb_mode))
+    return callbacks
+
+
+def resume_config(resume: str, overrides: list[str]) -> TrainConfig:
+    """The config saved in a checkpoint (or run dir), with ``overrides`` applied on top."""
+    raw = read_checkpoint(resume)["config"]
+    raw = apply_overrides(raw, [o for o in overrides if not o.startswith("resume=")])
+    raw["resume"] = str(resolve_checkpoint(resume))
+    return TrainConfig.from_dict(raw, source=f"checkpoint {resume}")
+
+
+def train(config: TrainConfig, callbacks: list[Callback] | None = None) -> Result:
+    """Build the task and model of ``config`` and fit them with its trainer."""
+    import torch
+
+    if not config.run_name:
+        name = config.task.split("/")[-1].lower()
+        config = replace(config, run_name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+    task = build_task(config)
+    device = resolve_device(config.train.device)
+    dtype = getattr(torch, DTYPES[config.train.dtype])
+    model = build_model(config, task, device, dtype)
+    trainer = get_trainer(config.trainer)()
+    if callbacks is None:
+        callbacks = default_callbacks(config)
+    return trainer.fit(model, task, config, callbacks)
