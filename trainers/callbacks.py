@@ -140,7 +140,7 @@ def save_checkpoint(state: TrainState, path: str | Path) -> Path:
         "scheduler": state.scheduler.state_dict(),
         "rng": {
             "python": random.getstate(),
-            "numpy": np.random.get_state(),
+            "numpy": np.random.get_state(),  # noqa: NPY002  (global state other code may use)
             "torch": torch.get_rng_state(),
             "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None,
             "trials": state.trial_generator.get_state(),
@@ -192,7 +192,7 @@ def load_checkpoint(path: str | Path, state: TrainState) -> dict[str, Any]:
     state.scheduler.load_state_dict(ckpt["scheduler"])
     rng = ckpt["rng"]
     random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
+    np.random.set_state(rng["numpy"])  # noqa: NPY002
     torch.set_rng_state(rng["torch"])
     if rng["cuda"] is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(rng["cuda"])
