@@ -115,9 +115,10 @@ IntervalFn = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch
 
 
 def _make_interval(method: str, n_sub: int, h: float, c: dict) -> IntervalFn:
-    """One grid interval of ``method``: ``fn(v, a, r, drive, w_t, kappa) -> (v, a, r, y)``.
+    """One grid interval of ``method``: ``fn(v, a, r, drive, w_t, kappa, dw) -> (v, a, r, y)``.
 
-    v, a, r, drive: [B, P]; w_t: [P, P] (source x target); kappa: [P]; y = cat(v, a, r).
+    v, a, r, drive: [B, P]; w_t: [P, P] (source x target); kappa: [P]; y = cat(v, a, r);
+    dw: None, or [n_sub, B, P] noise increments added to v after each deterministic step.
     The ``n_sub`` steps are unrolled (one graph per interval under torch.compile).
     """
     da, db, inv_d = c["da"], c["db"], 1.0 / c["d"]
@@ -132,13 +133,15 @@ def _make_interval(method: str, n_sub: int, h: float, c: dict) -> IntervalFn:
     if method == "expeuler":
         a_pred, r_coef = c1_a * inv_tau_a, c1_r * inv_tau_s
 
-        def interval(v, a, r, drive, w_t, kappa):
+        def interval(v, a, r, drive, w_t, kappa, dw=None):
             ka = kappa * a_pred
-            for _ in range(n_sub):
+            for i in range(n_sub):
                 phi = rates(v, a)
                 v = e_v * v + c1_v * torch.addmm(drive, phi, w_t)
                 a = e_a * a + ka * phi
                 r = e_r * r + r_coef * phi
+                if dw is not None:
+                    v = v + dw[i]
             return v, a, r, torch.cat([v, a, r], dim=-1)
 
     elif method == "exprk2":
@@ -147,9 +150,9 @@ def _make_interval(method: str, n_sub: int, h: float, c: dict) -> IntervalFn:
         a_n, a_s, a_pred = (c1_a - c2_a) * inv_tau_a, c2_a * inv_tau_a, c1_a * inv_tau_a
         r_n, r_s = (c1_r - c2_r) * inv_tau_s, c2_r * inv_tau_s
 
-        def interval(v, a, r, drive, w_t, kappa):
+        def interval(v, a, r, drive, w_t, kappa, dw=None):
             k_pred, k_n, k_s = kappa * a_pred, kappa * a_n, kappa * a_s
-            for _ in range(n_sub):
+            for i in range(n_sub):
                 phi = rates(v, a)
                 n_v = torch.addmm(drive, phi, w_t)
                 v1 = e_v * v + c1_v * n_v
@@ -159,6 +162,8 @@ def _make_interval(method: str, n_sub: int, h: float, c: dict) -> IntervalFn:
                 v = e_v * v + v_n * n_v + v_s * n_v1
                 a = e_a * a + k_n * phi + k_s * phi1
                 r = e_r * r + r_n * phi + r_s * phi1
+                if dw is not None:
+                    v = v + dw[i]
             return v, a, r, torch.cat([v, a, r], dim=-1)
 
     elif method == "rk4exp":
@@ -167,7 +172,7 @@ def _make_interval(method: str, n_sub: int, h: float, c: dict) -> IntervalFn:
         w0, wm, w1 = _filter_weights(c["tau_s"], h)
         h2, h6 = 0.5 * h, h / 6.0
 
-        def interval(v, a, r, drive, w_t, kappa):
+        def interval(v, a, r, drive, w_t, kappa, dw=None):
             ka = kappa * inv_tau_a
 
             def deriv(v, a):
@@ -175,7 +180,7 @@ def _make_interval(method: str, n_sub: int, h: float, c: dict) -> IntervalFn:
                 dv = torch.addmm(drive, phi, w_t) - v * inv_tau_m
                 return phi, dv, ka * phi - a * inv_tau_a
 
-            for _ in range(n_sub):
+            for i in range(n_sub):
                 p1, dv1, da1 = deriv(v, a)
                 p2, dv2, da2 = deriv(v + h2 * dv1, a + h2 * da1)
                 p3, dv3, da3 = deriv(v + h2 * dv2, a + h2 * da2)
@@ -183,6 +188,8 @@ def _make_interval(method: str, n_sub: int, h: float, c: dict) -> IntervalFn:
                 v = v + h6 * (dv1 + 2.0 * (dv2 + dv3) + dv4)
                 a = a + h6 * (da1 + 2.0 * (da2 + da3) + da4)
                 r = e_r * r + w0 * p1 + wm * (p2 + p3) + w1 * p4
+                if dw is not None:
+                    v = v + dw[i]
             return v, a, r, torch.cat([v, a, r], dim=-1)
 
     else:  # validated by SolverConfig
@@ -270,6 +277,8 @@ def fast_rollout(
     *,
     compile: bool = False,
     checkpoint_every: int = 0,
+    noise: bool = False,
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Integrate bound column dynamics ``dyn`` (a :class:`colenv.models.Dynamics`).
 
@@ -284,6 +293,10 @@ def fast_rollout(
         checkpoint_every: > 0 recomputes chunks of this many grid intervals in backward
             (activation memory flat in trial length, about one extra forward of cost;
             backward with ``loss.backward()``, not ``torch.autograd.grad``).
+        noise: integrate the SDE (diagonal additive noise ``dyn._sigma`` on v) by splitting:
+            each deterministic step is followed by the kick sigma sqrt(h) xi on v (strong
+            order 1 for additive noise; the deterministic step keeps its stability region,
+            which is what removes Euler-Maruyama's rate artefacts). ``generator`` draws xi.
 
     Returns:
         states [T, B, 3P] on the grid.
@@ -297,6 +310,17 @@ def fast_rollout(
     fn = interval_function(method, n_sub, h, dyn.c, compile=compile, like=v)
     w_t, kappa, drive = dyn.w_t, dyn.kappa, dyn.drive
     n_int = n_points - 1
+    if noise:
+        if checkpoint_every:
+            raise ValueError("noise=True with checkpoint_every is not supported")
+        scale = dyn._sigma * math.sqrt(h)
+        out = [y0]
+        for k in range(n_int):
+            dw = torch.randn((n_sub, *v.shape), generator=generator, dtype=v.dtype, device=v.device)
+            v, a, r, y = fn(v, a, r, drive[k], w_t, kappa, dw * scale)
+            out.append(y)
+        dyn.nfe += n_int * n_sub * _METHOD_NFE[method]
+        return torch.stack(out)
     if checkpoint_every and torch.is_grad_enabled():
         from torch.utils.checkpoint import checkpoint
 

@@ -16,13 +16,8 @@ METHODS = ("expeuler", "exprk2", "rk4exp")
 
 
 def decision_spec(**kw) -> NetworkSpec:
-    return NetworkSpec(
-        areas=(AreaSpec("mt", 2),),
-        n_inputs=2,
-        input_mode="one_to_one",
-        lateral=ConnectionSpec(enabled=True),
-        **kw,
-    )
+    kw = {"lateral": ConnectionSpec(enabled=True), **kw}
+    return NetworkSpec(areas=(AreaSpec("mt", 2),), n_inputs=2, input_mode="one_to_one", **kw)
 
 
 def step_stimulus(T: int, dtype=torch.float64) -> torch.Tensor:
