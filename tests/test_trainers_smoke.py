@@ -1,0 +1,77 @@
+"""Smoke runs: every task trains a couple of steps with a tiny budget, in process."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from tests.trainer_utils import tiny
+from trainers import load_config, train
+from trainers.__main__ import evaluate_checkpoint, main
+
+TASKS = ["colenv/XOR-v0", "colenv/Parity-v0", "colenv/Decision-v0", "colenv/Bifurcation-v0"]
+PLOTS = {
+    "colenv/XOR-v0": {"outputs.png", "populations.png"},
+    "colenv/Parity-v0": {"outputs.png", "populations.png"},
+    "colenv/Decision-v0": {"outputs.png", "populations.png", "psychometric.png"},
+    "colenv/Bifurcation-v0": {"phase_portraits.png"},
+}
+
+
+@pytest.mark.parametrize("task", TASKS)
+def test_each_task_trains_and_writes_checkpoint_and_plots(task, tmp_path):
+    result = train(load_config(task, tiny(task, tmp_path)))
+    assert result.steps == 2 and not result.diverged
+    assert [h["step"] for h in result.history] == [1, 2]
+    assert set(result.metrics) >= {"accuracy", "loss"}
+    ckpt = torch.load(result.checkpoint, weights_only=False)
+    assert ckpt["step"] == 2 and ckpt["config"]["task"] == task
+    plots = {p.name for p in (tmp_path / result.run_dir.split("/")[-1] / "plots").iterdir()}
+    assert plots == PLOTS[task]
+
+
+def test_weights_change_and_constraints_hold(tmp_path):
+    task = "colenv/XOR-v0"
+    config = load_config(task, tiny(task, tmp_path, "train.lr=1.0", "train.schedule=constant"))
+    from trainers.supervised import build_model, build_task
+
+    before = build_model(config, build_task(config), torch.device("cpu"), torch.float32)
+    result = train(config)
+    after = torch.load(result.checkpoint, weights_only=False)["model"]
+    assert not torch.equal(before.input.weight, after["input.weight"])
+    # Dale: input and feedforward (excitatory sources) stay >= 0, masked entries stay 0
+    for name in ("input", "feedforward"):
+        w, mask = after[f"{name}.weight"], after[f"{name}.mask"]
+        assert (w >= 0).all() and (w[mask == 0] == 0).all()
+
+
+def test_cli_train_evaluate_list_reproduce(tmp_path, capsys):
+    task = "colenv/XOR-v0"
+    assert main(["train", task, *tiny(task, tmp_path), "run_name=cli"]) == 0
+    out = capsys.readouterr().out
+    run_dir = tmp_path / "cli"
+    assert str(run_dir) in out and "last.pt" in out and "plots" in out
+
+    assert main(["evaluate", str(run_dir)]) == 0
+    table = capsys.readouterr().out
+    assert "accuracy" in table and "rmse_hz" in table
+    assert evaluate_checkpoint(str(run_dir / "checkpoints" / "last.pt"))["step"] == 2
+
+    assert main(["list"]) == 0
+    listed = capsys.readouterr().out
+    assert "colenv/Parity-v0" in listed and "supervised" in listed and "rk4exp" in listed
+
+    out_md = tmp_path / "results.md"
+    assert main(["reproduce", "--tasks", task, "--out", str(out_md), *tiny(task, tmp_path)]) == 0
+    text = out_md.read_text()
+    assert "| colenv/XOR-v0 | accuracy >= 1 |" in text and "| task | criterion |" in text
+
+
+def test_mismatched_network_is_a_clear_error(tmp_path, capsys):
+    task = "colenv/XOR-v0"
+    code = main(["train", task, *tiny(task, tmp_path), "task_kwargs.n_bits=3"])
+    assert code == 2 and "n_bits" in capsys.readouterr().err
+    code = main(
+        ["train", "colenv/Parity-v0", *tiny("colenv/Parity-v0", tmp_path), "task_kwargs.n_bits=3"]
+    )
+    assert code == 2 and "model.network.n_inputs = 4" in capsys.readouterr().err
