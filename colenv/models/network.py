@@ -29,6 +29,7 @@ Time inside the dynamics is in seconds (rates in Hz = 1/s); tasks and configs sp
 from __future__ import annotations
 
 import bisect
+import math
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -195,9 +196,11 @@ def _pair_matrix(pairs: tuple[Pair, ...], kind: str) -> torch.Tensor:
 class Connection(nn.Module):
     """One kind of connection: a dense signed weight, an allowed-entry mask and a Dale sign.
 
-    The effective weight is ``weight * mask``; entries outside ``train_mask`` are detached so
-    they keep their value. :meth:`project_` restores the masks and Dale signs after an
-    optimizer step.
+    The trainable ``weight`` is in units of each entry's initial magnitude (``scale``, nA), so
+    every entry starts at +-1 and one optimizer learning rate means the same relative change
+    for a 0.5 nA and an 800 nA synapse. The effective weight (nA) is
+    ``weight * scale * mask``; entries outside ``train_mask`` are detached so they keep their
+    value. :meth:`project_` restores the masks and Dale signs after an optimizer step.
     """
 
     def __init__(
@@ -209,7 +212,12 @@ class Connection(nn.Module):
     ) -> None:
         super().__init__()
         trains = bool(train_mask.any())
-        self.weight = nn.Parameter((init * mask).float(), requires_grad=trains)
+        init = init * mask
+        magnitude = init.abs()
+        typical = magnitude[magnitude > 0].mean() if bool((magnitude > 0).any()) else 1.0
+        scale = torch.where(magnitude > 0, magnitude, torch.as_tensor(typical, dtype=init.dtype))
+        self.weight = nn.Parameter((init / scale).float(), requires_grad=trains)
+        self.register_buffer("scale", scale.float())
         self.register_buffer("mask", mask.float())
         self.register_buffer("sign", sign.float())
         self.register_buffer("train_mask", (train_mask * mask).float())
@@ -217,10 +225,11 @@ class Connection(nn.Module):
         self.all_train = bool((self.train_mask == self.mask).all())
 
     def effective(self) -> torch.Tensor:
+        """The weight in nA, [target, source]."""
         w = self.weight
         if self.trains and not self.all_train:
             w = torch.where(self.train_mask.bool(), w, w.detach())
-        return w * self.mask
+        return w * self.scale * self.mask
 
     @torch.no_grad()
     def project_(self) -> None:
@@ -437,47 +446,61 @@ class ColumnNetwork(nn.Module):
         return self.rates(states).index_select(-1, self.readout_index)
 
     @torch.no_grad()
-    def rest_state(self, drive: torch.Tensor | None = None, *, tol: float = 1e-10) -> torch.Tensor:
-        """Steady state [S] of the network under constant input (background only by default).
+    def rest_state(self, drive: torch.Tensor | None = None, *, tol: float = 1e-9) -> torch.Tensor:
+        """Stable steady state [S] under constant input (background only by default).
 
-        Solves u = R tau_s (W f(u) + drive) - kappa f(u) for u = v - a by damped relaxation
-        followed by Newton's method in float64; v = u + a, a = kappa f(u), r = f(u).
-        Returns the state in the module's dtype. Raises RuntimeError if it does not converge.
+        Solves F(u) = R tau_s (W f(u) + drive) - kappa f(u) - u = 0 for u = v - a (a at its
+        steady state kappa f(u)) by pseudo-transient continuation (Kelley & Keyes 1998):
+        implicit-Euler steps (I/ds - F'(u)) du = F(u) of the relaxation du/ds = F(u), with ds
+        growing as the residual falls, so it follows the dynamics into a stable fixed point and
+        ends in Newton's quadratic convergence. Float64. v = u + a, a = kappa f(u), r = f(u).
+        Raises RuntimeError if it does not converge.
         """
         c = self.constants()
         w = (self.weight_matrix() * c["gain"] * c["tau_m"]).double()
         b = (self.bg_drive if drive is None else drive).double() * c["gain"] * c["tau_m"]
         kappa = self.kappa.double()
+        eye = torch.eye(self.n_pop, dtype=torch.float64, device=b.device)
 
-        def f(u):
-            return transfer_g(u * c["da"] - c["db"]) / c["d"]
+        def f_and_slope(u):
+            with torch.enable_grad():
+                uu = u.detach().requires_grad_(True)
+                phi = transfer_g(uu * c["da"] - c["db"]) / c["d"]
+                (slope,) = torch.autograd.grad(phi.sum(), uu)
+            return phi.detach(), slope
 
         def residual(u):
-            phi = f(u)
+            phi = transfer_g(u * c["da"] - c["db"]) / c["d"]
             return w @ phi + b - kappa * phi - u
 
-        u = b.clone()
-        for _ in range(2000):  # relaxation du/ds = residual(u) with a small step
-            r = residual(u)
-            u = u + 0.05 * r
-            if r.abs().max() < 1e-3:
+        u = b.clone()  # a cold start from the background drive: same weights, same rest state
+        res = residual(u)
+        norm = float(res.abs().max())
+        ds = 0.1
+        for _ in range(400):
+            if norm < tol:
                 break
-        eye = torch.eye(self.n_pop, dtype=torch.float64, device=u.device)
-        for _ in range(50):
-            r = residual(u)
-            if r.abs().max() < tol:
-                break
-            uu = u.clone().requires_grad_(True)
-            with torch.enable_grad():
-                fp = torch.autograd.grad(f(uu).sum(), uu)[0]
-            jac = (w - torch.diag(kappa)) * fp[None, :] - eye
-            u = u - torch.linalg.solve(jac, r)
-        r = residual(u)
-        if not torch.isfinite(r).all() or r.abs().max() > 1e-6:
+            _, slope = f_and_slope(u)
+            jac = (w - torch.diag(kappa)) * slope[None, :] - eye
+            try:
+                du = torch.linalg.solve(eye / ds - jac, res)
+            except RuntimeError:  # singular: shorten the pseudo-time step
+                ds *= 0.25
+                continue
+            u_new = u + du
+            res_new = residual(u_new)
+            norm_new = float(res_new.abs().max())
+            if not math.isfinite(norm_new) or norm_new > 2.0 * norm:
+                ds *= 0.25
+                continue
+            ds = min(ds * max(norm / max(norm_new, 1e-300), 0.5), 1e12)
+            u, res, norm = u_new, res_new, norm_new
+        if not norm < 1e-6:
             raise RuntimeError(
-                f"rest_state did not converge (max residual {float(r.abs().max()):.3g})"
+                f"rest_state did not converge (max residual {norm:.3g}); the network may have "
+                "no stable resting state with these weights"
             )
-        phi = f(u)
+        phi = transfer_g(u * c["da"] - c["db"]) / c["d"]
         a = kappa * phi
         state = torch.cat([u + a, a, phi])
         return state.to(self.bg_drive.dtype)
