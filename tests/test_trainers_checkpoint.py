@@ -1,0 +1,123 @@
+"""Checkpoints: atomic writes, divergence keeps the last good one, resume is exact."""
+
+from __future__ import annotations
+
+import math
+import os
+
+import pytest
+import torch
+
+import trainers.callbacks as callbacks_module
+import trainers.run
+from tests.trainer_utils import tiny
+from trainers import Callback, CheckpointCallback, load_config, train
+from trainers.__main__ import main
+from trainers.callbacks import read_checkpoint
+from trainers.run import default_callbacks, resume_config
+
+TASK = "colenv/XOR-v0"
+
+
+class StopAt(Callback):
+    """Interrupts training after ``step`` steps (like a killed job after its checkpoint)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, state):
+        return state.step < self.step
+
+
+class Poison(Callback):
+    """Makes the weights NaN after ``step`` steps, so the next rollout diverges."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, state):
+        if state.step == self.step:
+            with torch.no_grad():
+                state.model.input.weight.fill_(math.nan)
+
+
+@pytest.mark.parametrize("conditions", ["all", "random"])
+def test_resume_is_exact(tmp_path, conditions):
+    extra = ["train.lr=0.5", f"train.conditions={conditions}", "train.batch_size=3"]
+    full = train(load_config(TASK, tiny(TASK, tmp_path, *extra, "run_name=full", steps=4)))
+
+    config = load_config(TASK, tiny(TASK, tmp_path, *extra, "run_name=split", steps=4))
+    first = train(config, callbacks=[CheckpointCallback(every=0), StopAt(2)])
+    assert first.steps == 2
+    start = read_checkpoint(first.checkpoint)["model"]["input.weight"]
+    second = train(resume_config(str(tmp_path / "split"), []))
+    assert second.steps == 4
+
+    a = read_checkpoint(full.checkpoint)
+    b = read_checkpoint(second.checkpoint)
+    for key, value in a["model"].items():
+        assert torch.equal(value, b["model"][key]), key
+    assert a["optimizer"]["state"][0]["exp_avg"].equal(b["optimizer"]["state"][0]["exp_avg"])
+    assert [h["loss"] for h in full.history] == [h["loss"] for h in second.history]
+    # the weights moved after the interruption, so equality is not trivial
+    assert not torch.equal(start, a["model"]["input.weight"])
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    result = train(load_config(TASK, tiny(TASK, tmp_path, "run_name=atomic")))
+    path = tmp_path / "atomic" / "checkpoints" / "last.pt"
+    good = path.read_bytes()
+
+    real_save = torch.save
+
+    def crash_mid_write(obj, fh, *args, **kwargs):
+        fh.write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(callbacks_module.torch, "save", crash_mid_write)
+    state = _state_like(result, tmp_path)
+    with pytest.raises(OSError, match="disk full"):
+        callbacks_module.save_checkpoint(state, path)
+    monkeypatch.setattr(callbacks_module.torch, "save", real_save)
+    assert path.read_bytes() == good
+    assert read_checkpoint(path)["step"] == 2
+    assert set(os.listdir(path.parent)) == {"best.pt", "last.pt"}  # no temp file left
+
+
+def _state_like(result, tmp_path):
+    from trainers.callbacks import TrainState
+
+    model = torch.nn.Linear(1, 1)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    return TrainState(
+        config=load_config(TASK),
+        task=None,
+        model=model,
+        optimizer=opt,
+        scheduler=torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0),
+        run_dir=tmp_path,
+    )
+
+
+def test_nan_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
+    config = load_config(TASK, tiny(TASK, tmp_path, "run_name=diverge", steps=6))
+    result = train(config, callbacks=[CheckpointCallback(every=1), Poison(3)])
+    assert result.diverged and result.steps == 3
+    last = str(tmp_path / "diverge" / "checkpoints" / "last.pt")
+    assert "step 4" in result.message and last in result.message
+    assert result.checkpoint == last
+    ckpt = read_checkpoint(last)
+    assert ckpt["step"] == 3
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    # and the run resumes from it
+    resumed = train(resume_config(last, ["train.steps=4"]))
+    assert resumed.steps == 4 and not resumed.diverged
+
+
+def test_cli_exits_nonzero_on_divergence(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(
+        trainers.run, "default_callbacks", lambda c: [*default_callbacks(c), Poison(1)]
+    )
+    code = main(["train", TASK, *tiny(TASK, tmp_path, steps=3)])
+    assert code == 1
+    assert "diverged at step 2" in capsys.readouterr().err
