@@ -54,10 +54,12 @@ def workload(name: str, batch: int, trial_ms: int = TRIAL_MS, dtype=torch.float3
     torch.manual_seed(0)
     net = ColumnNetwork(spec=NETWORKS[name](), dtype=dtype)
     T = trial_ms + 1
-    bits = torch.rand(batch, net.n_inputs, generator=torch.Generator().manual_seed(1)) > 0.5
-    stim = torch.zeros(T, batch, net.n_inputs, dtype=dtype)
-    stim[T // 2 :] = bits.to(dtype) * 15.0
-    t = torch.arange(T, dtype=dtype)
+    gen = torch.Generator(device="cpu").manual_seed(1)
+    bits = torch.rand(batch, net.n_inputs, generator=gen, device="cpu") > 0.5
+    device = net.bg_drive.device
+    stim = torch.zeros(T, batch, net.n_inputs, dtype=dtype, device=device)
+    stim[T // 2 :] = bits.to(device=device, dtype=dtype) * 15.0
+    t = torch.arange(T, dtype=dtype, device=device)
     with torch.no_grad():
         y0 = net.initial_state(batch)
     return net, stim, t, y0
@@ -246,7 +248,7 @@ def sde_call(variant: str, name: str, batch: int, trial_ms: int = TRIAL_MS):
         with torch.no_grad():
             if cfg == "fast":
                 dyn = net.prepare(stim)
-                gen = torch.Generator().manual_seed(0)
+                gen = torch.Generator(device=y0.device).manual_seed(0)
                 states = fast_rollout(
                     dyn, y0, t.shape[0], 2, 0.5e-3, "rk4exp", noise=True, generator=gen
                 )

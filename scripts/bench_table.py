@@ -1,0 +1,252 @@
+"""Regenerate the README's solver benchmark table: ``python scripts/bench_table.py``.
+
+Measures everything in one run (one thread, timeit-style: warmup call, then the median of N)
+and prints markdown. Workloads and variants come from tests/benchmarks/test_bench_solvers.py.
+Options: ``--repeats``, ``--per-trial-sample``, ``--skip-memory``; scripts/gpu_check.py runs it
+with CUDA as the default device.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+import torch  # noqa: E402
+
+from tests.benchmarks import test_bench_solvers as B  # noqa: E402
+
+
+def timed(call, repeats: int, warmup: int = 1):
+    """(median seconds, last result, first-call seconds) of ``call()``."""
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    t0 = time.perf_counter()
+    result = call()
+    sync()
+    first = time.perf_counter() - t0
+    for _ in range(warmup - 1):
+        call()
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        result = call()
+        sync()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times), result, first
+
+
+def row(cells) -> str:
+    return "| " + " | ".join(str(c) for c in cells) + " |"
+
+
+def fmt(x: float, digits: int = 3) -> str:
+    return f"{x:.{digits}g}"
+
+
+def peak_rss_mb(trial_ms: int, checkpoint_every: int) -> float:
+    """Peak RSS (MB) of a fresh process doing one fast rk4exp forward+backward."""
+    code = (
+        "import resource, torch, sys; sys.path.insert(0, '.');"
+        "torch.set_num_threads(1);"
+        "from tests.benchmarks import test_bench_solvers as B;"
+        "from colenv.fast import fast_rollout;"
+        f"net, stim, t, y0 = B.workload('parity', 16, {trial_ms});"
+        "dyn = net.prepare(stim);"
+        f"s = fast_rollout(dyn, y0, t.shape[0], 2, 0.5e-3, 'rk4exp', checkpoint_every={checkpoint_every});"
+        "B.loss_of(net, s).backward();"
+        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+    )
+    root = os.path.join(os.path.dirname(__file__), "..")
+    out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(out.stderr[-2000:])
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument(
+        "--per-trial-sample",
+        type=int,
+        default=2,
+        help="trials the per-trial dopri5 loop is timed on (scaled per trial)",
+    )
+    ap.add_argument("--skip-memory", action="store_true")
+    ap.add_argument("--json", help="also write raw numbers here")
+    args = ap.parse_args(argv)
+    torch.set_num_threads(1)
+    raw: dict = {}
+    started = time.perf_counter()
+    print(
+        f"torch {torch.__version__}, 1 thread, {os.cpu_count()} cores; median of "
+        f"{args.repeats} after a warmup call; 1 s trials (1001 points), stimulus in the second half.\n"
+    )
+
+    # ---- 1. parity, batch 16, forward+backward: all variants
+    name, batch = "parity", 16
+    ref = B.reference_states(name, batch)
+    print(f"### Parity network (13 columns), batch {batch}, forward+backward\n")
+    print(
+        row(
+            [
+                "variant",
+                "time (s)",
+                "vs per-trial dopri5",
+                "nfe",
+                "readout err (Hz)",
+                "all-pop err (Hz)",
+                "first call (s)",
+            ]
+        )
+    )
+    print(row(["---"] * 7))
+    results = {}
+    for variant in [
+        "dopri5 per-trial",
+        "dopri5 batched",
+        "dopri5 adjoint",
+        "rk4 torchdiffeq 0.5ms",
+        "fast rk4exp 0.5ms",
+        "fast rk4exp 0.5ms compiled",
+        "fast rk4exp 1ms compiled",
+        "RK4 compiled reference 0.5ms",
+    ]:
+        if variant == "dopri5 per-trial":
+            n = args.per_trial_sample
+            net, call = B.measure(variant, name, n, grad=True)
+            sec, (states, nfe), first = timed(call, 1, warmup=0)
+            sec, nfe = sec * batch / n, nfe * batch // n
+            errs = B.errors_hz(net, states, ref[:, :n])
+            note = f"{n} trials x {batch // n}"
+        else:
+            slow = variant.startswith("dopri5") or "torchdiffeq" in variant
+            net, call = B.measure(variant, name, batch, grad=True)
+            sec, (states, nfe), first = timed(
+                call, 1 if slow else args.repeats, warmup=0 if slow else 1
+            )
+            errs = B.errors_hz(net, states, ref)
+            note = fmt(first)
+        results[variant] = sec
+        base = results["dopri5 per-trial"]
+        print(
+            row([variant, fmt(sec), f"{base / sec:.0f}x", nfe, fmt(errs[0]), fmt(errs[1]), note]),
+            flush=True,
+        )
+    raw["parity_b16_fwd_bwd"] = results
+    best = results["fast rk4exp 0.5ms compiled"]
+    print(
+        f"\nTargets: fast compiled vs per-trial dopri5 = {results['dopri5 per-trial'] / best:.0f}x "
+        f"(target >= 300x); vs compiled RK4 reference = "
+        f"{best / results['RK4 compiled reference 0.5ms']:.2f}x its time (target <= 2x). "
+        f"Per-trial dopri5 timed on {args.per_trial_sample} trials and scaled per trial.\n"
+    )
+
+    # ---- 2. batch scaling, forward, parity, fast compiled
+    print("### Batch scaling, parity, forward (no grad), fast rk4exp 0.5 ms compiled\n")
+    print(row(["batch", "time (s)", "trials/s", "ms per trial", "per-trial cost vs batch 1"]))
+    print(row(["---"] * 5))
+    per = {}
+    for batch in (1, 16, 256):
+        net, call = B.measure("fast rk4exp 0.5ms compiled", name, batch, grad=False)
+        sec, _, _ = timed(call, args.repeats)
+        per[batch] = sec / batch
+        print(
+            row(
+                [
+                    batch,
+                    fmt(sec),
+                    fmt(batch / sec),
+                    fmt(1e3 * sec / batch),
+                    f"{per[1] / per[batch]:.1f}x lower",
+                ]
+            ),
+            flush=True,
+        )
+    raw["batch_scaling"] = per
+
+    # ---- 3. task networks: accuracy and eager cost of the recommended config
+    print(
+        "\n### Task networks, batch 16, forward: fast rk4exp (eager) vs tight float64 reference\n"
+    )
+    print(
+        row(
+            [
+                "network",
+                "columns",
+                "step (ms)",
+                "time (s)",
+                "nfe",
+                "readout err (Hz)",
+                "all-pop err (Hz)",
+            ]
+        )
+    )
+    print(row(["---"] * 7))
+    for name in ("decision", "xor", "parity"):
+        ref = B.reference_states(name, 16)
+        for variant, step in (("fast rk4exp 0.5ms", 0.5),):
+            net, call = B.measure(variant, name, 16, grad=False)
+            sec, (states, nfe), _ = timed(call, 1)
+            ro, allp = B.errors_hz(net, states, ref)
+            print(row([name, net.n_columns, step, fmt(sec), nfe, fmt(ro), fmt(allp)]), flush=True)
+
+    # ---- 4. memory
+    if not args.skip_memory:
+        print("\n### Peak RSS, parity batch 16, fast rk4exp eager forward+backward\n")
+        print(row(["trial", "plain autograd (MB)", "checkpoint_every=50 (MB)"]))
+        print(row(["---"] * 3))
+        for trial_ms in (1000, 10000):
+            plain = peak_rss_mb(trial_ms, 0)
+            ck = peak_rss_mb(trial_ms, 50)
+            print(row([f"{trial_ms // 1000} s", fmt(plain, 4), fmt(ck, 4)]), flush=True)
+
+    # ---- 5. SDE
+    print("\n### SDE, parity batch 16, 1 s (no grad)\n")
+    print(row(["variant", "time (s)", "nfe", "min rate (Hz)", "max rate (Hz)"]))
+    print(row(["---"] * 5))
+    for variant in B.SDE_VARIANTS:
+        net, call = B.sde_call(variant, "parity", 16)
+        sec, (states, nfe), _ = timed(call, 1, warmup=0)
+        r = states[..., 2 * net.n_pop :]
+        print(row([variant, fmt(sec), nfe, fmt(float(r.min())), fmt(float(r.max()))]), flush=True)
+    # torchsde adaptive: timed on 50 ms (it is 20-40x the fixed-step cost) and scaled
+    net, stim, t, y0 = B.workload("parity", 16, 50)
+    cfg = B.SolverConfig("euler", sde=True, adaptive=True, step_ms=0.5, rtol=1e-3, atol=1e-3)
+    t0 = time.perf_counter()
+    with torch.no_grad():
+        out = B.rollout(
+            net,
+            stim,
+            t,
+            cfg,
+            y0=y0,
+            seed=0,
+        )
+    sec = (time.perf_counter() - t0) * 20
+    r = out.states[..., 2 * net.n_pop :]
+    print(
+        row(
+            [
+                "torchsde euler adaptive (rtol=atol=1e-3; 50 ms x 20)",
+                fmt(sec),
+                out.stats.nfe * 20,
+                fmt(float(r.min())),
+                fmt(float(r.max())),
+            ]
+        )
+    )
+    print(f"\n(total run {time.perf_counter() - started:.0f} s)")
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(raw, fh, indent=1)
+
+
+if __name__ == "__main__":
+    main()
