@@ -20,7 +20,7 @@ PLOTS = {
 
 @pytest.mark.parametrize("task", TASKS)
 def test_each_task_trains_and_writes_checkpoint_and_plots(task, tmp_path):
-    result = train(load_config(task, tiny(task, tmp_path)))
+    result = train(load_config(task, tiny(task, tmp_path, "logging.plots=true")))
     assert result.steps == 2 and not result.diverged
     assert [h["step"] for h in result.history] == [1, 2]
     assert set(result.metrics) >= {"accuracy", "loss"}
@@ -47,7 +47,7 @@ def test_weights_change_and_constraints_hold(tmp_path):
 
 def test_cli_train_evaluate_list_reproduce(tmp_path, capsys):
     task = "colenv/XOR-v0"
-    assert main(["train", task, *tiny(task, tmp_path), "run_name=cli"]) == 0
+    assert main(["train", task, *tiny(task, tmp_path, "logging.plots=true"), "run_name=cli"]) == 0
     out = capsys.readouterr().out
     run_dir = tmp_path / "cli"
     assert str(run_dir) in out and "last.pt" in out and "plots" in out

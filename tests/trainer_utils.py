@@ -26,7 +26,7 @@ SHORT_TRIALS: dict[str, list[str]] = {
 
 
 def tiny(task: str, run_dir: Path, *extra: str, steps: int = 2) -> list[str]:
-    """Overrides for a run of ``steps`` steps in ``run_dir`` without W&B."""
+    """Overrides for a run of ``steps`` steps in ``run_dir`` without W&B or plots (``extra`` wins)."""
     return [
         *SHORT_TRIALS[task],
         f"train.steps={steps}",
@@ -34,6 +34,7 @@ def tiny(task: str, run_dir: Path, *extra: str, steps: int = 2) -> list[str]:
         "train.device='cpu'",
         "checkpoint.every=1",
         "logging.wandb=false",
+        "logging.plots=false",
         f"logging.run_dir='{run_dir}'",
         *extra,
     ]
