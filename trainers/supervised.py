@@ -235,7 +235,15 @@ class SupervisedTrainer:
                     params, t.grad_clip if t.grad_clip > 0 else math.inf
                 )
                 if not torch.isfinite(norm):
-                    raise DivergenceError(f"gradient norm is {float(norm)}")
+                    bad = [
+                        name
+                        for name, p in model.named_parameters()
+                        if p.grad is not None and not bool(torch.isfinite(p.grad).all())
+                    ]
+                    where = f"non-finite in {', '.join(bad)}" if bad else "overflows the dtype"
+                    raise DivergenceError(
+                        f"gradient norm is {float(norm)} ({where}) at loss {loss.item():.6g}"
+                    )
             except DivergenceError as err:
                 state.diverged = True
                 state.stop_reason = (
