@@ -157,6 +157,18 @@ def _scheduler(config: TrainConfig, optimizer) -> torch.optim.lr_scheduler.LRSch
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
+def _rescale_lr(optimizer, scheduler, ratio: float) -> None:
+    """A resume with a new train.lr: scale the restored schedule by new / saved lr."""
+    if ratio == 1.0:
+        return
+    for group in optimizer.param_groups:
+        group["lr"] *= ratio
+        if "initial_lr" in group:
+            group["initial_lr"] *= ratio
+    scheduler.base_lrs = [lr * ratio for lr in scheduler.base_lrs]
+    scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)  # noqa: NPY002  (the global RNG, for any code that uses it)
@@ -196,8 +208,9 @@ class SupervisedTrainer:
         eval_trial = task.sample_batch(conditions="all", seed=t.seed, device=device, dtype=dtype)
         if config.resume:
             path = resolve_checkpoint(config.resume)
-            load_checkpoint(path, state)
+            saved = load_checkpoint(path, state)
             state.checkpoint = str(path)
+            _rescale_lr(optimizer, scheduler, t.lr / saved["config"]["train"]["lr"])
         threshold = (
             config.success.threshold
             if config.success.threshold is not None
