@@ -18,8 +18,11 @@ matrix per kind of connection, each with a fixed mask of allowed entries and a D
 |-------------|----------------------------------------------------|-------------------------|
 | recurrent   | within a column, P&D in-degrees                    | K J (params)            |
 | lateral     | between columns of one area, (source, target) pops | init_k J, L2/3e -> L2/3i |
-| feedforward | area n output pops -> area n+1 L4e/L4i             | K_ff J / n_source_cols  |
-| input       | input channels -> first area's L4e/L4i             | K_ff J                  |
+| feedforward | area n output pops -> area n+1 L4e/L4i             | K_ff J / n_source_cols* |
+| input       | input channels -> first area's L4e/L4i             | K_ff J*                 |
+
+*K_ff is P&D's thalamic in-degree of the target (L4e 295, L4i 186); targets without one get
+their mean (240.5).
 
 The state of one trial is y = [v (P), a (P), r (P)] with P = 8 x columns; the drift works on a
 batch y [B, 3P] with a few tensor ops and no Python loop over trials, columns or areas.
@@ -326,13 +329,15 @@ class ColumnNetwork(nn.Module):
         ff_mask = next_area.double() * ff8[pop_type[:, None], pop_type[None, :]]
         ff_mask = ff_mask * float(ff.enabled)
         k_ff = torch.tensor(params.k_ff, dtype=torch.float64)
+        # afferent in-degree: the thalamic K_ff where P&D give one (L4), else their mean
+        default_k = torch.where(k_ff > 0, k_ff, k_ff[k_ff > 0].mean())
         n_src_cols = torch.tensor(
             [spec.areas[max(int(a) - 1, 0)].n_columns for a in pop_area], dtype=torch.float64
         )
         if ff.init_k is not None:
             ff_target_k = torch.full((P,), float(ff.init_k), dtype=torch.float64)
         else:
-            ff_target_k = k_ff[pop_type].clamp(min=1.0)
+            ff_target_k = default_k[pop_type]
         ff_init = sign * (ff_target_k / n_src_cols)[:, None] * j * ff_mask
         self.feedforward = Connection(
             ff_init, ff_mask, sign, self._train_mask(ff, ff_mask, pop_type)
@@ -354,7 +359,7 @@ class ColumnNetwork(nn.Module):
         if spec.input_mode == "one_to_one":
             in_mask = in_mask * (pop_col[:, None] == torch.arange(I)[None, :]).double()
         in_mask = in_mask * float(inp.enabled)
-        in_k = k_ff[pop_type].clamp(min=1.0) if inp.init_k is None else torch.full((P,), inp.init_k)
+        in_k = default_k[pop_type] if inp.init_k is None else torch.full((P,), inp.init_k)
         in_init = in_k[:, None].double() * j * in_mask
         in_train = in_mask * float(bool(inp.trainable))
         self.input = Connection(in_init, in_mask, torch.ones(P, I), in_train)
