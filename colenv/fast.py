@@ -321,7 +321,8 @@ def fast_rollout(
             out.append(y)
         dyn.nfe += n_int * n_sub * _METHOD_NFE[method]
         return torch.stack(out)
-    if checkpoint_every and torch.is_grad_enabled():
+    needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (y0, w_t, kappa, drive))
+    if checkpoint_every and needs_grad:
         from torch.utils.checkpoint import checkpoint
 
         chunks = [y0[None]]

@@ -15,8 +15,12 @@ Solvers (``SOLVERS``):
 |---|---|---|
 | torchdiffeq fixed | euler, midpoint, heun2, heun3, rk4, explicit_adams, implicit_adams | ``step_ms`` |
 | torchdiffeq adaptive | dopri5, dopri8, bosh3, fehlberg2, adaptive_heun | ``rtol``/``atol`` |
-| colenv fast path | expeuler, exprk2 (exact decay of the linear parts, own loop) | ``step_ms`` |
+| colenv fast path | expeuler, exprk2, rk4exp (exact decay of the linear parts, own loop) | ``step_ms`` |
 | torchsde (``sde=True``) | euler, milstein, srk, heun, midpoint, euler_heun, reversible_heun | ``step_ms`` (``adaptive``) |
+| colenv fast SDE (``sde=True``) | expeuler, exprk2, rk4exp + additive noise kick on v | ``step_ms`` |
+
+The fast SDE path is the artefact-free one at the default step: torchsde's Euler-Maruyama at
+0.5 ms diverges on the 13-column network (docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -61,6 +65,8 @@ class SolverConfig:
         max_steps: cap on solver steps for adaptive methods (0 = torchdiffeq default).
         compile: run the fast methods' step under ``torch.compile`` (slow first call, then
             several times faster; eager when False).
+        checkpoint_every: fast methods: recompute chunks of this many grid intervals in
+            backward, so activation memory stays flat in trial length (0 = off).
     """
 
     method: str = "rk4"
@@ -73,14 +79,17 @@ class SolverConfig:
     check_finite: bool = True
     max_steps: int = 0
     compile: bool = False
+    checkpoint_every: int = 0
 
     def __post_init__(self) -> None:
         if self.sde:
-            if self.method not in SDE_METHODS:
+            if self.method not in SDE_METHODS + FAST:
                 raise ValueError(
                     f"unknown SDE method {self.method!r} (sde=True); allowed: "
-                    f"{', '.join(SDE_METHODS)}"
+                    f"{', '.join(SDE_METHODS + FAST)}"
                 )
+            if self.method in FAST and self.adaptive:
+                raise ValueError(f"adaptive=True is not available for fast method {self.method!r}")
         else:
             allowed = ODE_FIXED + ODE_ADAPTIVE + FAST
             if self.method not in allowed:
@@ -108,6 +117,15 @@ class SolverConfig:
             v = getattr(self, name)
             if not (isinstance(v, int | float) and v > 0):
                 raise ValueError(f"{name} must be > 0, got {v!r}")
+        if not isinstance(self.checkpoint_every, int) or self.checkpoint_every < 0:
+            raise ValueError(
+                f"checkpoint_every must be an integer >= 0, got {self.checkpoint_every!r}"
+            )
+        if self.checkpoint_every and self.method not in FAST:
+            raise ValueError(
+                f"checkpoint_every applies to the fast methods ({', '.join(FAST)}), "
+                f"not {self.method!r}; use adjoint=True for memory-lean torchdiffeq rollouts"
+            )
         if not isinstance(self.max_steps, int) or self.max_steps < 0:
             raise ValueError(f"max_steps must be an integer >= 0, got {self.max_steps!r}")
 
@@ -210,12 +228,25 @@ def rollout(
     start = time.perf_counter()
     steps: int | None = None
     try:
-        if solver.method in FAST and not solver.sde:
+        if solver.method in FAST:
             from colenv.fast import fast_rollout
 
             n_sub = _steps_per_interval(dt_ms, solver.step_ms)
+            noise_gen = None
+            if solver.sde:
+                noise_gen = torch.Generator(device=y0.device)
+                noise_gen.manual_seed(_noise_seed(seed, generator))
             states = fast_rollout(
-                dyn, y0, t_s.shape[0], n_sub, step_s, solver.method, compile=solver.compile
+                dyn,
+                y0,
+                t_s.shape[0],
+                n_sub,
+                step_s,
+                solver.method,
+                compile=solver.compile,
+                checkpoint_every=solver.checkpoint_every,
+                noise=solver.sde,
+                generator=noise_gen,
             )
             steps = (t_s.shape[0] - 1) * n_sub
         elif solver.sde:
@@ -253,11 +284,16 @@ def rollout(
     return Rollout(states, RolloutStats(solver.method, dyn.nfe, steps, wall))
 
 
+def _noise_seed(seed: int | None, generator: torch.Generator | None) -> int:
+    if seed is not None:
+        return int(seed)
+    if generator is None:
+        raise ValueError("SDE rollouts need an explicit noise source: pass seed= or generator=")
+    return int(torch.randint(0, 2**62, (1,), generator=generator))
+
+
 def _sde(dyn, y0, t_s, solver, step_s, seed, generator, dt_ms):
-    if seed is None:
-        if generator is None:
-            raise ValueError("SDE rollouts need an explicit noise source: pass seed= or generator=")
-        seed = int(torch.randint(0, 2**62, (1,), generator=generator))
+    seed = _noise_seed(seed, generator)
     steps = None
     if not solver.adaptive:
         steps = (t_s.shape[0] - 1) * _steps_per_interval(dt_ms, solver.step_ms)

@@ -230,3 +230,23 @@ def test_runs_on_the_given_device(device):
     out = rollout(net, stim.to(device), t.to(device), SolverConfig("rk4", step_ms=0.5))
     assert out.states.device.type == device
     assert out.stats.steps == 20 and out.stats.nfe == 80
+
+
+def test_fast_sde_through_rollout_is_seeded_and_noise_free_equals_ode():
+    net = small_column_net(dtype=torch.float64, noise_std=2.0)
+    stim, t = column_trial(T=31)
+    cfg = SolverConfig("rk4exp", step_ms=0.5, sde=True)
+    a = rollout(net, stim, t, cfg, seed=5).states
+    assert torch.equal(a, rollout(net, stim, t, cfg, seed=5).states)
+    assert not torch.allclose(a, rollout(net, stim, t, cfg, seed=6).states)
+    quiet = small_column_net(dtype=torch.float64, noise_std=0.0)
+    ode = rollout(quiet, stim, t, SolverConfig("rk4exp", step_ms=0.5)).states
+    assert torch.allclose(rollout(quiet, stim, t, cfg, seed=5).states, ode, atol=1e-12)
+
+
+def test_checkpoint_every_is_validated():
+    assert SolverConfig("rk4exp", checkpoint_every=50).checkpoint_every == 50
+    with pytest.raises(ValueError, match="checkpoint_every applies to the fast methods"):
+        SolverConfig("rk4", checkpoint_every=50)
+    with pytest.raises(ValueError, match="checkpoint_every must be an integer >= 0"):
+        SolverConfig("rk4exp", checkpoint_every=-1)

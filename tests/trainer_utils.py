@@ -32,6 +32,7 @@ def tiny(task: str, run_dir: Path, *extra: str, steps: int = 2) -> list[str]:
         f"train.steps={steps}",
         "train.eval_every=1",
         "train.device='cpu'",
+        "solver.compile=false",  # compiling costs ~30 s; the unit run stays eager
         "checkpoint.every=1",
         "logging.wandb=false",
         "logging.plots=false",

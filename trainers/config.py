@@ -82,6 +82,11 @@ class TrainLoopConfig:
     """learning-rate schedule: constant | cosine (to 0 at `steps`) | step (x0.1 every steps/3)"""
     grad_clip: float = 1.0
     """max gradient norm, 0 = off"""
+    rate_limit_hz: float = 0.0
+    """column models: rates above this (any population, any time) are penalised; 0 = off.
+    The rate function has no saturation, so a weight step can tip a column into runaway"""
+    rate_penalty: float = 1.0
+    """weight of the mean squared excess rate over rate_limit_hz (Hz^2, like the task loss)"""
     seed: int = 0
     """seeds python, numpy, torch, the model init and every trial batch"""
     device: str = "auto"
@@ -321,6 +326,8 @@ def _validate(c: TrainConfig, source: str) -> None:
         ("train.lr", c.train.lr),
         ("train.weight_decay", c.train.weight_decay),
         ("train.grad_clip", c.train.grad_clip),
+        ("train.rate_limit_hz", c.train.rate_limit_hz),
+        ("train.rate_penalty", c.train.rate_penalty),
     ):
         if not value >= 0 or value == float("inf"):
             raise bad(key, value, "must be a finite number >= 0")

@@ -236,10 +236,13 @@ class SupervisedTrainer:
 
             # --- forward, loss, backward
             try:
-                output, _, stats = forward(
+                output, states, stats = forward(
                     model, trial, config, solver, _step_seed(t.seed, state.step)
                 )
                 loss = masked_mse(output, trial.target, trial.mask)
+                if t.rate_limit_hz > 0 and isinstance(model, ColumnNetwork):
+                    excess = (model.rates(states) - t.rate_limit_hz).clamp(min=0.0)
+                    loss = loss + t.rate_penalty * excess.pow(2).mean()
                 if not torch.isfinite(loss):
                     raise DivergenceError(f"loss is {float(loss)}")
                 optimizer.zero_grad(set_to_none=True)
