@@ -134,3 +134,19 @@ def test_isolated_column_settles_to_steady_state():
     assert (r - net.rates(rest)).abs().max() > 0.5  # the kick moved the rates
     assert (r[-1] - net.rates(rest)).abs().max() < 1e-3
     assert (r[-1] - r[-50]).abs().max() < 1e-4  # stationary
+
+
+def test_log_parametrization_keeps_dale_and_starts_at_the_same_weights():
+    lin = ColumnNetwork(spec=PARITY)
+    log_spec = NetworkSpec(**{**PARITY.__dict__, "parametrization": "log"})
+    log = ColumnNetwork(spec=log_spec)
+    assert torch.allclose(lin.weight_matrix(), log.weight_matrix())
+    with torch.no_grad():
+        for conn in log.connections().values():
+            conn.weight.normal_(0.0, 3.0)
+    log.project_()
+    for conn in log.connections().values():
+        w = conn.effective()
+        assert (conn.sign * w >= 0).all() and (w * (1 - conn.mask)).abs().sum() == 0
+    with pytest.raises(ConfigError, match="parametrization must be 'linear' or 'log'"):
+        NetworkSpec(parametrization="exp")

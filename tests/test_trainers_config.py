@@ -23,6 +23,7 @@ def test_overrides_parse_as_toml_values():
             "train.lr=0.02",
             "train.steps=7",
             "solver.method=rk4",
+            "solver.compile=false",
             "model.network.lateral.trainable=true",
             "task_kwargs.stimulus_ms=400.0",
             "success.threshold=0.5",

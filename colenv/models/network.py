@@ -96,6 +96,8 @@ class NetworkSpec:
         readout_variable: "r" (the filtered rate, the model's observable) or "phi" (f(v - a)).
         noise_std: stationary std of the membrane potential of an isolated population under
             the SDE (model units, "mV"); the diffusion is noise_std * sqrt(2 / tau_m) on v.
+        parametrization: "linear" (weights in units of their initial value, Dale by
+            projection) or "log" (log magnitudes: multiplicative learning, Dale built in).
     """
 
     areas: tuple[AreaSpec, ...] = (AreaSpec("mt", 1),)
@@ -108,6 +110,7 @@ class NetworkSpec:
     readout: str = "L23e"
     readout_variable: str = "r"
     noise_std: float = 1.0
+    parametrization: str = "linear"
 
     def __post_init__(self) -> None:
         if not self.areas:
@@ -132,6 +135,10 @@ class NetworkSpec:
         if self.readout_variable not in ("r", "phi"):
             raise ConfigError(
                 f"network.readout_variable must be 'r' or 'phi', got {self.readout_variable!r}"
+            )
+        if self.parametrization not in ("linear", "log"):
+            raise ConfigError(
+                f"network.parametrization must be 'linear' or 'log', got {self.parametrization!r}"
             )
         if self.noise_std < 0:
             raise ConfigError(f"network.noise_std must be >= 0, got {self.noise_std!r}")
@@ -204,6 +211,10 @@ class Connection(nn.Module):
     for a 0.5 nA and an 800 nA synapse. The effective weight (nA) is
     ``weight * scale * mask``; entries outside ``train_mask`` are detached so they keep their
     value. :meth:`project_` restores the masks and Dale signs after an optimizer step.
+
+    With ``log=True`` the weight is the log magnitude instead, ``sign * exp(weight) * scale``:
+    Dale's law holds by construction and a learning rate is a multiplicative step, so a
+    synapse can grow tenfold in as many steps as it would grow by 10 % linearly.
     """
 
     def __init__(
@@ -212,6 +223,7 @@ class Connection(nn.Module):
         mask: torch.Tensor,
         sign: torch.Tensor,
         train_mask: torch.Tensor,
+        log: bool = False,
     ) -> None:
         super().__init__()
         trains = bool(train_mask.any())
@@ -219,7 +231,11 @@ class Connection(nn.Module):
         magnitude = init.abs()
         typical = magnitude[magnitude > 0].mean() if bool((magnitude > 0).any()) else 1.0
         scale = torch.where(magnitude > 0, magnitude, torch.as_tensor(typical, dtype=init.dtype))
-        self.weight = nn.Parameter((init / scale).float(), requires_grad=trains)
+        self.log = log
+        if log:  # weight = log magnitude relative to scale: Dale's sign is built in
+            self.weight = nn.Parameter(torch.zeros_like(init).float(), requires_grad=trains)
+        else:
+            self.weight = nn.Parameter((init / scale).float(), requires_grad=trains)
         self.register_buffer("scale", scale.float())
         self.register_buffer("mask", mask.float())
         self.register_buffer("sign", sign.float())
@@ -232,12 +248,17 @@ class Connection(nn.Module):
         w = self.weight
         if self.trains and not self.all_train:
             w = torch.where(self.train_mask.bool(), w, w.detach())
+        if self.log:
+            return self.sign * torch.exp(w) * self.scale * self.mask
         return w * self.scale * self.mask
 
     @torch.no_grad()
     def project_(self) -> None:
         """Zero disallowed entries and enforce Dale's law (sign * w >= 0)."""
         w = self.weight
+        if self.log:  # signs hold by construction; keep magnitudes within float range
+            w.clamp_(max=30.0).mul_(self.mask)
+            return
         w.copy_(self.sign * torch.clamp(self.sign * w, min=0.0) * self.mask)
 
 
@@ -295,6 +316,7 @@ class ColumnNetwork(nn.Module):
         same_area = pop_area[:, None] == pop_area[None, :]
         next_area = pop_area[:, None] == pop_area[None, :] + 1  # target area = source area + 1
 
+        log = spec.parametrization == "log"
         # Recurrent: block-diagonal P&D weights, allowed where p > 0.
         rec_init = torch.zeros(P, P, dtype=torch.float64)
         for c in range(n_cols):
@@ -307,7 +329,7 @@ class ColumnNetwork(nn.Module):
         rec_mask = same_col.double() * rec_allowed8[pop_type[:, None], pop_type[None, :]]
         rec_mask = rec_mask * float(spec.recurrent.enabled)
         self.recurrent = Connection(
-            rec_init, rec_mask, sign, self._train_mask(spec.recurrent, rec_mask, pop_type)
+            rec_init, rec_mask, sign, self._train_mask(spec.recurrent, rec_mask, pop_type), log
         )
 
         j = params.j_na
@@ -319,7 +341,11 @@ class ColumnNetwork(nn.Module):
         lat_mask = lat_mask * float(lat.enabled)
         lat_k = lat.init_k if lat.init_k is not None else 500.0
         self.lateral = Connection(
-            sign * lat_k * j * lat_mask, lat_mask, sign, self._train_mask(lat, lat_mask, pop_type)
+            sign * lat_k * j * lat_mask,
+            lat_mask,
+            sign,
+            self._train_mask(lat, lat_mask, pop_type),
+            log,
         )
 
         # Feedforward: output pops of area n -> L4e/L4i of area n+1, all-to-all over columns.
@@ -340,7 +366,7 @@ class ColumnNetwork(nn.Module):
             ff_target_k = default_k[pop_type]
         ff_init = sign * (ff_target_k / n_src_cols)[:, None] * j * ff_mask
         self.feedforward = Connection(
-            ff_init, ff_mask, sign, self._train_mask(ff, ff_mask, pop_type)
+            ff_init, ff_mask, sign, self._train_mask(ff, ff_mask, pop_type), log
         )
 
         # Input: channels -> first area's L4e/L4i (positive, excitatory afferents).
@@ -362,7 +388,7 @@ class ColumnNetwork(nn.Module):
         in_k = default_k[pop_type] if inp.init_k is None else torch.full((P,), inp.init_k)
         in_init = in_k[:, None].double() * j * in_mask
         in_train = in_mask * float(bool(inp.trainable))
-        self.input = Connection(in_init, in_mask, torch.ones(P, I), in_train)
+        self.input = Connection(in_init, in_mask, torch.ones(P, I), in_train, log)
 
         # Fixed per-population constants (not trained), float64 then cast with the module.
         self.register_buffer("bg_drive", params.background_drive()[pop_type].clone())
