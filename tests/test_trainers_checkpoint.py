@@ -121,3 +121,23 @@ def test_cli_exits_nonzero_on_divergence(tmp_path, monkeypatch, capsys):
     code = main(["train", TASK, *tiny(TASK, tmp_path, steps=3)])
     assert code == 1
     assert "diverged at step 2" in capsys.readouterr().err
+
+
+def test_diverged_step_is_rolled_back_with_half_the_learning_rate(tmp_path, capsys):
+    """NaN weights after step 2: step 3 is rejected, weights roll back to before step 2's
+    update and step 2 is redone at half the lr; the poison strikes again each time, so after
+    max_rejections the run stops with the divergence message and a finite last checkpoint."""
+    config = load_config(
+        TASK, tiny(TASK, tmp_path, "train.lr=0.1", "train.max_rejections=3", steps=4)
+    )
+    result = train(config, callbacks=[CheckpointCallback(every=1), Poison(2)])
+    out = capsys.readouterr().out
+    assert out.count("step 3 rejected") == 3 and "learning rate halved" in out
+    lrs = [float(line.rsplit(" ", 1)[1]) for line in out.splitlines() if "rejected" in line]
+    assert lrs[1] == pytest.approx(lrs[0] / 2, rel=0.01) and lrs[2] == pytest.approx(
+        lrs[1] / 2, rel=0.01
+    )
+    assert not result.solved and result.steps == 2
+    # the weights restored are those before step 2's update (after step 1), not NaN ones
+    final = read_checkpoint(result.checkpoint)["model"]["input.weight"]
+    assert torch.isfinite(final).all()

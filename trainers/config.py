@@ -87,6 +87,11 @@ class TrainLoopConfig:
     The rate function has no saturation, so a weight step can tip a column into runaway"""
     rate_penalty: float = 1.0
     """weight of the mean squared excess rate over rate_limit_hz (Hz^2, like the task loss)"""
+    runaway_hz: float = 0.0
+    """column models: a rollout with any rate above this counts as diverged; 0 = off"""
+    max_rejections: int = 0
+    """on a diverged step, roll weights and optimizer back to before the previous update and
+    halve the learning rate, up to this many times in a row; 0 = stop at once"""
     seed: int = 0
     """seeds python, numpy, torch, the model init and every trial batch"""
     device: str = "auto"
@@ -317,6 +322,7 @@ def _validate(c: TrainConfig, source: str) -> None:
         ("train.seed", c.train.seed, 0),
         ("success.patience", c.success.patience, 1),
         ("checkpoint.every", c.checkpoint.every, 0),
+        ("train.max_rejections", c.train.max_rejections, 0),
         ("model.mlp.hidden", c.model.mlp.hidden, 1),
         ("model.mlp.layers", c.model.mlp.layers, 1),
     ):
@@ -328,6 +334,7 @@ def _validate(c: TrainConfig, source: str) -> None:
         ("train.grad_clip", c.train.grad_clip),
         ("train.rate_limit_hz", c.train.rate_limit_hz),
         ("train.rate_penalty", c.train.rate_penalty),
+        ("train.runaway_hz", c.train.runaway_hz),
     ):
         if not value >= 0 or value == float("inf"):
             raise bad(key, value, "must be a finite number >= 0")

@@ -12,6 +12,7 @@ with a message naming the step and the last good checkpoint (which is left as it
 
 from __future__ import annotations
 
+import copy
 import math
 import random
 import time
@@ -221,6 +222,7 @@ class SupervisedTrainer:
         for cb in callbacks:
             cb.on_fit_start(state)
 
+        snapshot, rejections, rejected_at = None, 0, -1  # for train.max_rejections
         while state.step < t.steps:
             # --- the batch of this step: seeded by (seed, step), so resumes are exact
             state.trial_generator.manual_seed(_step_seed(t.seed, state.step))
@@ -240,9 +242,16 @@ class SupervisedTrainer:
                     model, trial, config, solver, _step_seed(t.seed, state.step)
                 )
                 loss = masked_mse(output, trial.target, trial.mask)
-                if t.rate_limit_hz > 0 and isinstance(model, ColumnNetwork):
-                    excess = (model.rates(states) - t.rate_limit_hz).clamp(min=0.0)
-                    loss = loss + t.rate_penalty * excess.pow(2).mean()
+                if isinstance(model, ColumnNetwork) and (t.rate_limit_hz or t.runaway_hz):
+                    rates = model.rates(states)
+                    if t.runaway_hz and float(rates.detach().max()) > t.runaway_hz:
+                        raise DivergenceError(
+                            f"rates reached {float(rates.detach().max()):.4g} Hz "
+                            f"(train.runaway_hz = {t.runaway_hz})"
+                        )
+                    if t.rate_limit_hz:
+                        excess = (rates - t.rate_limit_hz).clamp(min=0.0)
+                        loss = loss + t.rate_penalty * excess.pow(2).mean()
                 if not torch.isfinite(loss):
                     raise DivergenceError(f"loss is {float(loss)}")
                 optimizer.zero_grad(set_to_none=True)
@@ -261,6 +270,24 @@ class SupervisedTrainer:
                         f"gradient norm is {float(norm)} ({where}) at loss {loss.item():.6g}"
                     )
             except DivergenceError as err:
+                if snapshot is not None and rejections < t.max_rejections:
+                    # the last update tipped the network over: undo it, retry at half the lr
+                    rejections += 1
+                    rejected_at = state.step
+                    with torch.no_grad():
+                        for p, saved_p in zip(params, snapshot[0], strict=True):
+                            p.copy_(saved_p)
+                    optimizer.load_state_dict(snapshot[1])
+                    scheduler.load_state_dict(snapshot[2])
+                    _rescale_lr(optimizer, scheduler, 0.5)
+                    state.step -= 1
+                    snapshot = None
+                    print(
+                        f"step {rejected_at + 1} rejected ({err}); learning rate halved to "
+                        f"{optimizer.param_groups[0]['lr']:.3g}",
+                        flush=True,
+                    )
+                    continue
                 state.diverged = True
                 state.stop_reason = (
                     f"training diverged at step {state.step + 1}: {err}. The last good "
@@ -268,6 +295,14 @@ class SupervisedTrainer:
                     "with a smaller train.lr or solver.step_ms."
                 )
                 break
+            if t.max_rejections:
+                snapshot = (
+                    [p.detach().clone() for p in params],
+                    copy.deepcopy(optimizer.state_dict()),
+                    copy.deepcopy(scheduler.state_dict()),
+                )
+            if state.step > rejected_at:  # a fresh update survived: the rejection run is over
+                rejections = 0
             optimizer.step()
             scheduler.step()
             model.project_()
