@@ -150,3 +150,22 @@ def test_log_parametrization_keeps_dale_and_starts_at_the_same_weights():
         assert (conn.sign * w >= 0).all() and (w * (1 - conn.mask)).abs().sum() == 0
     with pytest.raises(ConfigError, match="parametrization must be 'linear' or 'log'"):
         NetworkSpec(parametrization="exp")
+
+
+def test_input_trains_only_the_listed_targets():
+    spec = NetworkSpec.from_dict(
+        {
+            "areas": [{"name": "a", "n_columns": 2}],
+            "n_inputs": 2,
+            "input_mode": "one_to_one",
+            "input": {
+                "pairs": [["input", "L4e"], ["input", "L4i"], ["input", "L23e"]],
+                "trainable": [["input", "L23e"]],
+            },
+        }
+    )
+    net = ColumnNetwork(spec=spec)
+    net.input.effective().sum().backward()
+    g = net.input.weight.grad
+    assert g[0, 0] != 0 and g[8, 1] != 0  # L2/3e of each column from its own channel
+    assert g[2].abs().sum() == 0 and g[3].abs().sum() == 0  # L4e, L4i fixed

@@ -387,7 +387,18 @@ class ColumnNetwork(nn.Module):
         in_mask = in_mask * float(inp.enabled)
         in_k = default_k[pop_type] if inp.init_k is None else torch.full((P,), inp.init_k)
         in_init = in_k[:, None].double() * j * in_mask
-        in_train = in_mask * float(bool(inp.trainable))
+        if isinstance(inp.trainable, tuple):  # only some target populations train
+            in_train_targets = torch.zeros(N_POP, dtype=torch.float64)
+            for src, tgt in inp.trainable:
+                if src != "input":
+                    raise ConfigError(
+                        f"network.input.trainable pairs must be ('input', population), "
+                        f"got {(src, tgt)!r}"
+                    )
+                in_train_targets[population_index(tgt)] = 1.0
+            in_train = in_mask * in_train_targets[pop_type][:, None]
+        else:
+            in_train = in_mask * float(bool(inp.trainable))
         self.input = Connection(in_init, in_mask, torch.ones(P, I), in_train, log)
 
         # Fixed per-population constants (not trained), float64 then cast with the module.
