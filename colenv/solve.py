@@ -13,11 +13,16 @@ Solvers (``SOLVERS``):
 
 | family | methods | step |
 |---|---|---|
-| torchdiffeq fixed | euler, midpoint, heun2, heun3, rk4, explicit_adams, implicit_adams | ``step_ms`` |
+| torchdiffeq fixed | euler, midpoint, heun2, heun3, rk4, explicit_adams, implicit_adams, fixed_adams | ``step_ms`` |
 | torchdiffeq adaptive | dopri5, dopri8, bosh3, fehlberg2, adaptive_heun | ``rtol``/``atol`` |
 | colenv fast path | expeuler, exprk2, rk4exp (exact decay of the linear parts, own loop) | ``step_ms`` |
 | torchsde (``sde=True``) | euler, milstein, srk, heun, midpoint, euler_heun, reversible_heun | ``step_ms`` (``adaptive``) |
 | colenv fast SDE (``sde=True``) | expeuler, exprk2, rk4exp + additive noise kick on v | ``step_ms`` |
+
+The Adams methods are multistep: their history straddles the stimulus jumps on the grid, so
+they lose accuracy there (explicit_adams diverges on the stiff test problem of
+tests/test_solve.py); they are offered for completeness, not recommended. torchdiffeq's
+``scipy_solver`` is not offered (it needs scipy, which colenv does not depend on).
 
 The fast SDE path is the artefact-free one at the default step: torchsde's Euler-Maruyama at
 0.5 ms diverges on the 13-column network (docs/benchmarks.md).
@@ -33,7 +38,16 @@ import torch
 import torchdiffeq
 import torchsde
 
-ODE_FIXED = ("euler", "midpoint", "heun2", "heun3", "rk4", "explicit_adams", "implicit_adams")
+ODE_FIXED = (
+    "euler",
+    "midpoint",
+    "heun2",
+    "heun3",
+    "rk4",
+    "explicit_adams",
+    "implicit_adams",
+    "fixed_adams",
+)
 ODE_ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
 FAST = ("expeuler", "exprk2", "rk4exp")
 SDE_METHODS = ("euler", "milstein", "srk", "heun", "midpoint", "euler_heun", "reversible_heun")
