@@ -127,8 +127,13 @@ def _make_interval(method: str, n_sub: int, h: float, c: dict) -> IntervalFn:
     e_a, c1_a, c2_a = _etd_coefficients(c["tau_a"], h)
     e_r, c1_r, c2_r = _etd_coefficients(c["tau_s"], h)
 
+    max_rate = c.get("max_rate", 0.0)
+
     def rates(v, a):
-        return rate_g((v - a) * da - db) * inv_d
+        phi = rate_g((v - a) * da - db) * inv_d
+        if max_rate > 0:  # soft ceiling, colenv.models.transfer.saturate
+            phi = max_rate * torch.tanh(phi * (1.0 / max_rate))
+        return phi
 
     if method == "expeuler":
         a_pred, r_coef = c1_a * inv_tau_a, c1_r * inv_tau_s

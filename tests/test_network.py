@@ -169,3 +169,19 @@ def test_input_trains_only_the_listed_targets():
     g = net.input.weight.grad
     assert g[0, 0] != 0 and g[8, 1] != 0  # L2/3e of each column from its own channel
     assert g[2].abs().sum() == 0 and g[3].abs().sum() == 0  # L4e, L4i fixed
+
+
+def test_rate_ceiling_bounds_a_runaway():
+    from colenv.models import load_params
+
+    spec = NetworkSpec(areas=(AreaSpec("a", 1),), n_inputs=1)
+    params = load_params(overrides={"transfer.max_rate_hz": 500.0})
+    net = ColumnNetwork(params, spec, dtype=torch.float64)
+    with torch.no_grad():
+        net.recurrent.weight[0:8:2, 0:8:2] *= 50.0  # runaway excitation
+    stim = torch.zeros(201, 1, 1, dtype=torch.float64)
+    t = torch.arange(201, dtype=torch.float64)
+    y0 = torch.zeros(1, net.state_size, dtype=torch.float64)
+    out = rollout(net, stim, t, SolverConfig("rk4exp", step_ms=0.5), y0=y0)
+    r = net.rates(out.states)
+    assert torch.isfinite(r).all() and r.max() <= 500.0 and r.max() > 400.0

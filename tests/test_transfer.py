@@ -73,3 +73,14 @@ def test_smooth_across_series_switch():
 def test_gradcheck():
     x = torch.tensor([X0 - 1.0, X0 - 1e-5, X0, X0 + 3e-4, X0 + 2.0], dtype=torch.float64)
     assert torch.autograd.gradcheck(transfer, (x.requires_grad_(True),))
+
+
+def test_soft_ceiling():
+    from colenv.models.transfer import saturate
+
+    r = torch.tensor([0.0, 10.0, 100.0, 1e4, 1e9])
+    assert torch.equal(saturate(r, 0.0), r)
+    s = saturate(r, 500.0)
+    assert (s <= 500.0).all() and s[-1] == pytest.approx(500.0)
+    assert s[2] == pytest.approx(100.0, rel=0.014)  # < 1.4 % below 100 Hz
+    assert s[1] == pytest.approx(10.0, rel=1e-3)

@@ -48,7 +48,7 @@ from colenv.models.params import (
     load_params,
     population_index,
 )
-from colenv.models.transfer import transfer_g
+from colenv.models.transfer import saturate, transfer_g
 
 Pair = tuple[str, str]
 
@@ -453,6 +453,7 @@ class ColumnNetwork(nn.Module):
             "da": p.d * p.a,
             "db": p.d * p.b,
             "d": p.d,
+            "max_rate": p.max_rate_hz,
         }
 
     def prepare(self, stimulus: torch.Tensor) -> Dynamics:
@@ -475,7 +476,7 @@ class ColumnNetwork(nn.Module):
         """Instantaneous rates f(v - a) of states y [..., S] -> [..., P]."""
         c = self.constants()
         v, a, _ = y.split(self.n_pop, dim=-1)
-        return transfer_g((v - a) * c["da"] - c["db"]) / c["d"]
+        return saturate(transfer_g((v - a) * c["da"] - c["db"]) / c["d"], c["max_rate"])
 
     def rates(self, states: torch.Tensor) -> torch.Tensor:
         """Population rates (Hz) [..., P] of states [..., S] in the configured readout variable."""
@@ -507,12 +508,12 @@ class ColumnNetwork(nn.Module):
         def f_and_slope(u):
             with torch.enable_grad():
                 uu = u.detach().requires_grad_(True)
-                phi = transfer_g(uu * c["da"] - c["db"]) / c["d"]
+                phi = saturate(transfer_g(uu * c["da"] - c["db"]) / c["d"], c["max_rate"])
                 (slope,) = torch.autograd.grad(phi.sum(), uu)
             return phi.detach(), slope
 
         def residual(u):
-            phi = transfer_g(u * c["da"] - c["db"]) / c["d"]
+            phi = saturate(transfer_g(u * c["da"] - c["db"]) / c["d"], c["max_rate"])
             return w @ phi + b - kappa * phi - u
 
         u = b.clone()  # a cold start from the background drive: same weights, same rest state
@@ -542,7 +543,7 @@ class ColumnNetwork(nn.Module):
                 f"rest_state did not converge (max residual {norm:.3g}); the network may have "
                 "no stable resting state with these weights"
             )
-        phi = transfer_g(u * c["da"] - c["db"]) / c["d"]
+        phi = saturate(transfer_g(u * c["da"] - c["db"]) / c["d"], c["max_rate"])
         a = kappa * phi
         state = torch.cat([u + a, a, phi])
         return state.to(self.bg_drive.dtype)
@@ -606,7 +607,7 @@ class Dynamics(nn.Module):
         c = self.c
         P = self.P
         v, a, r = y[..., :P], y[..., P : 2 * P], y[..., 2 * P :]
-        phi = transfer_g((v - a) * c["da"] - c["db"]) / c["d"]
+        phi = saturate(transfer_g((v - a) * c["da"] - c["db"]) / c["d"], c["max_rate"])
         dv = torch.addmm(drive, phi, self.w_t) - v * self.inv_tau_m
         da = (self.kappa * phi - a) * self.inv_tau_a
         dr = (phi - r) * self.inv_tau_s

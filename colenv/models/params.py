@@ -34,7 +34,7 @@ _SCHEMA: dict[str, dict[str, str]] = {
         "capacitance": "pos",
         "kappa": "vec8nonneg",
     },
-    "transfer": {"a": "pos", "b": "float", "d": "pos"},
+    "transfer": {"a": "pos", "b": "float", "d": "pos", "max_rate_hz": "nonneg"},
     "synapses": {
         "j_na": "pos",
         "inhibitory_scale": "inh",
@@ -72,6 +72,7 @@ class ColumnParams:
     a: float
     b: float
     d: float
+    max_rate_hz: float
     j_na: float
     inhibitory_scale: str | float
     l4e_to_l23e_factor: float

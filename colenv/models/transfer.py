@@ -33,3 +33,15 @@ def transfer_g(u: torch.Tensor) -> torch.Tensor:
 def transfer(x: torch.Tensor, a: float = 48.0, b: float = 981.0, d: float = 0.0089) -> torch.Tensor:
     """Firing rate (Hz) for input x: (a x - b) / (1 - exp(-d (a x - b)))."""
     return transfer_g(d * (a * x - b)) / d
+
+
+def saturate(rate_hz: torch.Tensor, max_rate_hz: float) -> torch.Tensor:
+    """Optional soft ceiling max * tanh(rate / max) (identity when max_rate_hz <= 0).
+
+    The transfer function grows without bound, so an unstable network runs away to infinity;
+    real neurons stop at 1/t_ref (P&D 2014: t_ref = 2 ms, 500 Hz). With a 500 Hz ceiling rates
+    below 100 Hz change by less than 1.4 %, and a runaway ends at a finite, trainable state.
+    """
+    if max_rate_hz <= 0:
+        return rate_hz
+    return max_rate_hz * torch.tanh(rate_hz / max_rate_hz)
