@@ -38,6 +38,8 @@ import torch
 import torchdiffeq
 import torchsde
 
+from colenv.errors import DivergenceError
+
 ODE_FIXED = (
     "euler",
     "midpoint",
@@ -57,10 +59,6 @@ SOLVERS: dict[str, tuple[str, ...]] = {
     "fast": FAST,
     "sde": SDE_METHODS,
 }
-
-
-class DivergenceError(RuntimeError):
-    """A rollout produced NaN or inf; the message names the time and the state entry."""
 
 
 @dataclass(frozen=True)

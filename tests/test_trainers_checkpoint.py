@@ -38,7 +38,7 @@ class Poison(Callback):
     def on_step_end(self, state):
         if state.step == self.step:
             with torch.no_grad():
-                state.model.input.weight.fill_(math.nan)
+                state.model.feedforward.weight.fill_(math.nan)
 
 
 @pytest.mark.parametrize("conditions", ["all", "random"])
@@ -49,7 +49,7 @@ def test_resume_is_exact(tmp_path, conditions):
     config = load_config(TASK, tiny(TASK, tmp_path, *extra, "run_name=split", steps=4))
     first = train(config, callbacks=[CheckpointCallback(every=0), StopAt(2)])
     assert first.steps == 2
-    start = read_checkpoint(first.checkpoint)["model"]["input.weight"]
+    start = read_checkpoint(first.checkpoint)["model"]["feedforward.weight"]
     second = train(resume_config(str(tmp_path / "split"), []))
     assert second.steps == 4
 
@@ -60,7 +60,7 @@ def test_resume_is_exact(tmp_path, conditions):
     assert a["optimizer"]["state"][0]["exp_avg"].equal(b["optimizer"]["state"][0]["exp_avg"])
     assert [h["loss"] for h in full.history] == [h["loss"] for h in second.history]
     # the weights moved after the interruption, so equality is not trivial
-    assert not torch.equal(start, a["model"]["input.weight"])
+    assert not torch.equal(start, a["model"]["feedforward.weight"])
 
 
 def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
@@ -139,5 +139,5 @@ def test_diverged_step_is_rolled_back_with_half_the_learning_rate(tmp_path, caps
     )
     assert not result.solved and result.steps == 2
     # the weights restored are those before step 2's update (after step 1), not NaN ones
-    final = read_checkpoint(result.checkpoint)["model"]["input.weight"]
+    final = read_checkpoint(result.checkpoint)["model"]["feedforward.weight"]
     assert torch.isfinite(final).all()

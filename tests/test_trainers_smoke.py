@@ -32,7 +32,17 @@ def test_each_task_trains_and_writes_checkpoint_and_plots(task, tmp_path):
 
 def test_weights_change_and_constraints_hold(tmp_path):
     task = "colenv/XOR-v0"
-    config = load_config(task, tiny(task, tmp_path, "train.lr=1.0", "train.schedule=constant"))
+    config = load_config(
+        task,
+        tiny(
+            task,
+            tmp_path,
+            "train.lr=1.0",
+            "train.schedule=constant",
+            "model.network.parametrization='linear'",
+            "model.network.input={trainable=true}",
+        ),
+    )
     from trainers.supervised import build_model, build_task
 
     before = build_model(config, build_task(config), torch.device("cpu"), torch.float32)

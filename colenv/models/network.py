@@ -39,6 +39,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from colenv.errors import DivergenceError
 from colenv.models.params import (
     EXCITATORY,
     N_POP,
@@ -497,7 +498,7 @@ class ColumnNetwork(nn.Module):
         implicit-Euler steps (I/ds - F'(u)) du = F(u) of the relaxation du/ds = F(u), with ds
         growing as the residual falls, so it follows the dynamics into a stable fixed point and
         ends in Newton's quadratic convergence. Float64. v = u + a, a = kappa f(u), r = f(u).
-        Raises RuntimeError if it does not converge.
+        Raises :class:`colenv.DivergenceError` if it does not converge.
         """
         c = self.constants()
         w = (self.weight_matrix() * c["gain"] * c["tau_m"]).double()
@@ -539,7 +540,7 @@ class ColumnNetwork(nn.Module):
             ds = min(ds * max(norm / max(norm_new, 1e-300), 0.5), 1e12)
             u, res, norm = u_new, res_new, norm_new
         if not norm < 1e-6:
-            raise RuntimeError(
+            raise DivergenceError(
                 f"rest_state did not converge (max residual {norm:.3g}); the network may have "
                 "no stable resting state with these weights"
             )
