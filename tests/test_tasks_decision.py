@@ -77,3 +77,17 @@ def test_kwargs_validation():
         Decision(post_stimulus_ms=0)
     with pytest.raises(ValueError, match=r"dt_ms=0.7 does not divide"):
         Decision(dt_ms=0.7)
+
+
+def test_choice_needs_a_margin():
+    """Outputs that differ by a hair do not count as a choice; the targets themselves do."""
+    task = Decision()  # default timing: every c' != 0 has decided and holds its winner
+    trial = task.sample_batch(conditions="all")
+    assert task.evaluate(trial.target, trial)["accuracy"] == 1.0
+    flat = torch.full_like(trial.target, 0.3)
+    winner_up = flat.clone()
+    winner_up[..., 0] += 1e-3 * torch.sign(trial.conditions["coherence_pct"]).float()
+    assert task.evaluate(winner_up, trial)["accuracy"] == 0.0
+    assert Decision(choice_margin_hz=0.0).choice_margin_hz == 0.0
+    with pytest.raises(ValueError, match="choice_margin_hz"):
+        Decision(choice_margin_hz=-1.0)

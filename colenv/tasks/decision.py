@@ -65,7 +65,9 @@ pre-stimulus period lets a model settle from its initial state unscored.
 ## Success
 
 Over trials with c' != 0: a trial is correct when, averaged over the last 100 ms
-of the trial, the output of the winner's column exceeds the other's. The winner
+of the trial, the output of the winner's column exceeds the other's by at least
+``choice_margin_hz`` (default 5 Hz, about a third of the scaled targets' winner-loser
+gap of ~14 Hz; without a margin an untrained network "chooses" by 0.0002 Hz). The winner
 is the pool with the higher mean target in that window (it equals
 ``conditions["choice"]`` whenever the Wong-Wang model reached threshold).
 Solved at ``accuracy >= 0.95``; ``rmse_hz`` is over the whole mask.
@@ -80,7 +82,7 @@ output rates divided by ``action_scale = 50 Hz``, ``Box(0, 1)``. Reward:
 
 ``gym.make("colenv/Decision-v0", dt_ms=1.0, pre_stimulus_ms=300.0,
 stimulus_ms=1000.0, post_stimulus_ms=200.0, coherences_pct=(0, 3.2, 6.4, 12.8,
-25.6, 51.2), target_scale=0.5, noise=False)``. Model parameters (mu0 = 30 Hz
+25.6, 51.2), target_scale=0.5, noise=False, choice_margin_hz=5.0)``. Model parameters (mu0 = 30 Hz
 etc.) are those of ``WongWangParams``.
 
 ## Version History
@@ -106,6 +108,7 @@ DEFAULTS = {
     "coherences_pct": (0.0, 3.2, 6.4, 12.8, 25.6, 51.2),
     "target_scale": 0.5,
     "noise": False,
+    "choice_margin_hz": 5.0,
 }
 DECISION_WINDOW_MS = 100.0
 """evaluate() compares the two columns' mean outputs over the last this many ms."""
@@ -134,6 +137,7 @@ class Decision(TrialTask):
         coherences_pct: tuple[float, ...] = DEFAULTS["coherences_pct"],
         target_scale: float = DEFAULTS["target_scale"],
         noise: bool = DEFAULTS["noise"],
+        choice_margin_hz: float = DEFAULTS["choice_margin_hz"],
         render_mode: str | None = None,
         **unknown,
     ) -> None:
@@ -149,6 +153,9 @@ class Decision(TrialTask):
             raise ValueError(f"target_scale must be in (0, 1], got {target_scale!r}")
         if not isinstance(noise, bool):
             raise ValueError(f"noise must be True or False, got {noise!r}")
+        if not isinstance(choice_margin_hz, int | float) or not choice_margin_hz >= 0:
+            raise ValueError(f"choice_margin_hz must be a number >= 0, got {choice_margin_hz!r}")
+        self.choice_margin_hz = float(choice_margin_hz)
         self.coherences_pct = coherences
         self.target_scale = float(target_scale)
         self.noise = noise
@@ -208,10 +215,11 @@ class Decision(TrialTask):
         window = slice(trial.n_steps - self.decision_window_steps, trial.n_steps)
         winner = target[window].mean(dim=0).argmax(dim=-1)  # [B]
         mean_out = output[window].mean(dim=0)  # [B, 2]
-        correct = (
+        gap = (
             mean_out.gather(1, winner[:, None])[:, 0]
-            > mean_out.gather(1, 1 - winner[:, None])[:, 0]
+            - mean_out.gather(1, 1 - winner[:, None])[:, 0]
         )
+        correct = (gap > 0) & (gap >= self.choice_margin_hz)
         scored = trial.conditions["coherence_pct"].to(output.device) != 0
         n_scored = int(scored.sum())
         n_correct = int((correct & scored).sum())
