@@ -61,3 +61,15 @@ def test_kwargs_validation():
         Bifurcation(x0_range=0)
     with pytest.raises(TypeError, match="allowed"):
         Bifurcation(omega=2.0)
+
+
+def test_asymptotic_metrics_of_the_true_trajectories():
+    """The normal form's own trajectories sit on radius sqrt(mu) for mu > 0 and spiral to
+    0 for mu < 0 by the end of 25 s, so the targets pass their own attractor checks."""
+    task = Bifurcation()
+    trial = task.sample_batch(conditions="all")
+    m = task.evaluate(trial.target, trial)
+    assert m["limit_cycle_max_rel_error"] < 0.01
+    assert m["spiral_in_max_radius"] < 0.01
+    shrunk = task.evaluate(trial.target * 0.8, trial)
+    assert shrunk["limit_cycle_max_rel_error"] == pytest.approx(0.2, abs=0.01)

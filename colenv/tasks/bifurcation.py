@@ -62,6 +62,9 @@ and settle on radius sqrt(mu) for mu > 0.
 blind), per-trial RMSE statistics and ``accuracy``: the fraction of trials whose
 RMSE is <= 0.2 (phase errors grow over 25 rotations-worth of radians, so the
 threshold allows a few percent of error in omega). Solved at ``accuracy >= 0.9``.
+On constant-mu trials ``evaluate`` also reports the attractor the output settles on:
+``limit_cycle_max_rel_error`` (final radius, averaged over the last rotation, against
+sqrt(mu) for mu > 0) and ``spiral_in_max_radius`` (final radius for mu < 0).
 
 ## Gymnasium face
 
@@ -219,10 +222,32 @@ class Bifurcation(TrialTask):
         per_trial = torch.sqrt(error2.sum(dim=(0, 2)) / mask.sum(dim=(0, 2)).clamp(min=1))
         radius_error = output.norm(dim=-1) - target.norm(dim=-1)
         radius_mask = mask.all(dim=-1)
-        return {
+        metrics = {
             "rmse": float(torch.sqrt(error2.sum() / mask.sum().clamp(min=1))),
             "radius_rmse": float(torch.sqrt((radius_error[radius_mask] ** 2).mean())),
             "max_trial_rmse": float(per_trial.max()),
             "accuracy": float((per_trial <= RMSE_TOLERANCE).double().mean()),
             "n_trials": trial.batch_size,
         }
+        metrics.update(self._asymptotics(output, trial))
+        return metrics
+
+    def _asymptotics(self, output: Tensor, trial: Trial) -> dict[str, float]:
+        """Constant-mu trials: the output's final radius (mean over the last rotation,
+        2 pi / omega s) against the normal form's attractor: sqrt(mu) for mu > 0 (the limit
+        cycle), 0 for mu < 0 (a stable focus). Empty without constant-mu trials."""
+        constant = trial.conditions["mu_amplitude"].to(output.device) == 0
+        mu = trial.conditions["mu_offset"].to(output.device, output.dtype)
+        t_s = trial.t_ms.to(output.device, output.dtype) / 1000.0
+        last_turn = t_s >= t_s[-1] - 2 * math.pi / self.omega_rad_per_s
+        if not bool(constant.any()) or int(last_turn.sum()) < 2:
+            return {}
+        final_radius = output[last_turn].norm(dim=-1).mean(dim=0)  # [B]
+        out: dict[str, float] = {}
+        grow, decay = constant & (mu > 0), constant & (mu < 0)
+        if bool(grow.any()):
+            rel = (final_radius[grow] - mu[grow].sqrt()).abs() / mu[grow].sqrt()
+            out["limit_cycle_max_rel_error"] = float(rel.max())
+        if bool(decay.any()):
+            out["spiral_in_max_radius"] = float(final_radius[decay].max())
+        return out
