@@ -449,6 +449,7 @@ def window_accuracy(output: Tensor, trial: Trial, tolerance: float) -> dict[str,
         ``rmse_hz`` (root mean squared error over all masked entries).
     """
     check_output(output, trial)
+    output = output.detach()  # metrics, not part of any graph
     target = trial.target.to(device=output.device, dtype=output.dtype)
     mask = trial.mask.to(output.device)
     error = (output - target).abs()

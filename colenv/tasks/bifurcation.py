@@ -216,6 +216,7 @@ class Bifurcation(TrialTask):
     def evaluate(self, output: Tensor, trial: Trial) -> dict[str, float]:
         """RMSE, phase-blind radius RMSE and the fraction of trials with RMSE <= 0.2."""
         check_output(output, trial)
+        output = output.detach()  # metrics, not part of any graph
         target = trial.target.to(device=output.device, dtype=output.dtype)
         mask = trial.mask.to(output.device)
         error2 = torch.where(mask, (output - target) ** 2, torch.zeros_like(output))

@@ -210,6 +210,7 @@ class Decision(TrialTask):
     def evaluate(self, output: Tensor, trial: Trial) -> dict[str, float]:
         """Accuracy of the columns' choice over trials with c' != 0; see the module doc."""
         check_output(output, trial)
+        output = output.detach()  # metrics, not part of any graph
         target = trial.target.to(device=output.device, dtype=output.dtype)
         mask = trial.mask.to(output.device)
         window = slice(trial.n_steps - self.decision_window_steps, trial.n_steps)
