@@ -6,7 +6,16 @@ import pytest
 
 from trainers import load_config, train
 
-TASKS = ["colenv/XOR-v0", "colenv/Parity-v0", "colenv/Decision-v0", "colenv/Bifurcation-v0"]
+NOT_YET = pytest.mark.xfail(
+    reason="issue 4: the column-network configs do not reach the criterion yet (README Results)",
+    strict=False,
+)
+TASKS = [
+    pytest.param("colenv/XOR-v0", marks=NOT_YET),
+    pytest.param("colenv/Parity-v0", marks=NOT_YET),
+    pytest.param("colenv/Decision-v0", marks=NOT_YET),
+    "colenv/Bifurcation-v0",
+]
 
 
 @pytest.mark.slow
@@ -16,3 +25,6 @@ def test_task_trains_to_criterion(task, tmp_path):
     result = train(config)
     assert not result.diverged, result.message
     assert result.solved, f"{task}: {result.message}; final metrics {result.metrics}"
+    if task == "colenv/Bifurcation-v0":  # the attractors, not only the trajectories
+        assert result.metrics["limit_cycle_max_rel_error"] <= 0.10
+        assert result.metrics["spiral_in_max_radius"] <= 0.10
