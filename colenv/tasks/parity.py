@@ -67,10 +67,9 @@ stimulus_ms=500.0, response_ms=100.0, input_hz=15.0, target_hz=20.0)``;
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from colenv.core import Trial, TrialTask, steps_in, window_accuracy
+from colenv.tasks.binary import TOLERANCE_HZ, BinaryPatternTask
 
 DEFAULTS = {
     "n_bits": 4,
@@ -82,11 +81,10 @@ DEFAULTS = {
     "target_hz": 20.0,
 }
 N_BITS_ALLOWED = range(2, 9)
-TOLERANCE_HZ = 5.0
-"""A trial is correct when the output is within this of the target over the whole mask."""
+__all__ = ["DEFAULTS", "N_BITS_ALLOWED", "TOLERANCE_HZ", "Parity"]
 
 
-class Parity(TrialTask):
+class Parity(BinaryPatternTask):
     """n binary inputs, one output: high iff an even number of inputs is on."""
 
     metadata = {
@@ -94,9 +92,6 @@ class Parity(TrialTask):
         "paper": "Parity benchmark for laminar column networks (predecessor project; SCIENCE.md)",
         "tags": ["binary", "nonlinear", "classification", "columns", "hierarchy"],
     }
-    n_outputs = 1
-    success_threshold = 1.0
-    action_scale = 50.0
 
     def __init__(
         self,
@@ -114,54 +109,17 @@ class Parity(TrialTask):
         self._reject_unknown(type(self), unknown)
         if isinstance(n_bits, bool) or not isinstance(n_bits, int) or n_bits not in N_BITS_ALLOWED:
             raise ValueError(f"n_bits must be an int in 2..8, got {n_bits!r}")
-        for name, value in (("input_hz", input_hz), ("target_hz", target_hz)):
-            if not isinstance(value, int | float) or not 0 < value <= self.action_scale:
-                raise ValueError(f"{name} must be in (0, {self.action_scale}] Hz, got {value!r}")
-        self.n_bits = n_bits
-        self.n_inputs = n_bits
-        self.input_hz = float(input_hz)
-        self.target_hz = float(target_hz)
-        self.observation_bounds = (0.0, self.input_hz)
         super().__init__(
+            n_bits=n_bits,
             dt_ms=dt_ms,
-            periods_ms={"pre_stimulus": pre_stimulus_ms, "stimulus": stimulus_ms},
+            pre_stimulus_ms=pre_stimulus_ms,
+            stimulus_ms=stimulus_ms,
+            response_ms=response_ms,
+            input_hz=input_hz,
+            target_hz=target_hz,
             render_mode=render_mode,
         )
-        self.response_steps = steps_in(response_ms, self.dt_ms, "response_ms")
-        if response_ms > stimulus_ms:
-            raise ValueError(
-                f"response_ms={response_ms} must be <= stimulus_ms={stimulus_ms} "
-                "(the loss window lies at the end of the stimulus)"
-            )
-        self.response_ms = float(response_ms)
 
-    def _draw_conditions(self, batch_size: int, generator: torch.Generator) -> dict[str, Tensor]:
-        return {"bits": torch.randint(0, 2, (batch_size, self.n_bits), generator=generator)}
-
-    def condition_grid(self) -> dict[str, Tensor]:
-        j = torch.arange(2**self.n_bits)[:, None]
-        shifts = torch.arange(self.n_bits - 1, -1, -1)
-        return {"bits": (j >> shifts) & 1}
-
-    def _check_conditions(self, conditions: dict[str, Tensor]) -> None:
-        bits = conditions["bits"]
-        if not bool(((bits == 0) | (bits == 1)).all()):
-            raise ValueError(f"conditions['bits'] must be 0 or 1, got {bits.tolist()}")
-
-    def _build(self, conditions, generator):
-        bits = conditions["bits"].to(torch.float64)  # [B, n]
-        batch = bits.shape[0]
-        stim = self.period("stimulus")
-        even = (conditions["bits"].sum(dim=1) % 2 == 0).to(torch.float64)  # [B]
-
-        stimulus = torch.zeros(self.n_steps, batch, self.n_bits, dtype=torch.float64)
-        stimulus[stim] = self.input_hz * bits
-        target = torch.zeros(self.n_steps, batch, 1, dtype=torch.float64)
-        target[stim] = self.target_hz * even[:, None]
-        mask = torch.zeros(self.n_steps, batch, 1, dtype=torch.bool)
-        mask[stim.stop - self.response_steps : stim.stop] = True
-        return stimulus, target, mask, {}
-
-    def evaluate(self, output: Tensor, trial: Trial) -> dict[str, float]:
-        """Correct when ``|output - target| <= 5 Hz`` over the whole mask; see the module doc."""
-        return window_accuracy(output, trial, TOLERANCE_HZ)
+    def label(self, bits: Tensor) -> Tensor:
+        """An even number of inputs on (none included)."""
+        return bits.sum(dim=1) % 2 == 0

@@ -66,10 +66,9 @@ response_ms=100.0, input_hz=20.0, target_hz=20.0)``
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor
 
-from colenv.core import Trial, TrialTask, steps_in, window_accuracy
+from colenv.tasks.binary import TOLERANCE_HZ, BinaryPatternTask
 
 DEFAULTS = {
     "dt_ms": 1.0,
@@ -79,11 +78,10 @@ DEFAULTS = {
     "input_hz": 20.0,
     "target_hz": 20.0,
 }
-TOLERANCE_HZ = 5.0
-"""A trial is correct when the output is within this of the target over the whole mask."""
+__all__ = ["DEFAULTS", "TOLERANCE_HZ", "XOR"]
 
 
-class XOR(TrialTask):
+class XOR(BinaryPatternTask):
     """Two binary inputs, one output: high iff exactly one input is on."""
 
     metadata = {
@@ -92,9 +90,6 @@ class XOR(TrialTask):
         "tags": ["binary", "nonlinear", "classification", "columns"],
     }
     n_inputs = 2
-    n_outputs = 1
-    success_threshold = 1.0
-    action_scale = 50.0
 
     def __init__(
         self,
@@ -109,50 +104,17 @@ class XOR(TrialTask):
         **unknown,
     ) -> None:
         self._reject_unknown(type(self), unknown)
-        for name, value in (("input_hz", input_hz), ("target_hz", target_hz)):
-            if not isinstance(value, int | float) or not 0 < value <= self.action_scale:
-                raise ValueError(f"{name} must be in (0, {self.action_scale}] Hz, got {value!r}")
-        self.input_hz = float(input_hz)
-        self.target_hz = float(target_hz)
-        self.observation_bounds = (0.0, self.input_hz)
         super().__init__(
+            n_bits=2,
             dt_ms=dt_ms,
-            periods_ms={"pre_stimulus": pre_stimulus_ms, "stimulus": stimulus_ms},
+            pre_stimulus_ms=pre_stimulus_ms,
+            stimulus_ms=stimulus_ms,
+            response_ms=response_ms,
+            input_hz=input_hz,
+            target_hz=target_hz,
             render_mode=render_mode,
         )
-        self.response_steps = steps_in(response_ms, self.dt_ms, "response_ms")
-        if response_ms > stimulus_ms:
-            raise ValueError(
-                f"response_ms={response_ms} must be <= stimulus_ms={stimulus_ms} "
-                "(the loss window lies at the end of the stimulus)"
-            )
-        self.response_ms = float(response_ms)
 
-    def _draw_conditions(self, batch_size: int, generator: torch.Generator) -> dict[str, Tensor]:
-        return {"bits": torch.randint(0, 2, (batch_size, 2), generator=generator)}
-
-    def condition_grid(self) -> dict[str, Tensor]:
-        return {"bits": torch.tensor([[0, 0], [0, 1], [1, 0], [1, 1]])}
-
-    def _check_conditions(self, conditions: dict[str, Tensor]) -> None:
-        bits = conditions["bits"]
-        if not bool(((bits == 0) | (bits == 1)).all()):
-            raise ValueError(f"conditions['bits'] must be 0 or 1, got {bits.tolist()}")
-
-    def _build(self, conditions, generator):
-        bits = conditions["bits"].to(torch.float64)  # [B, 2]
-        batch = bits.shape[0]
-        stim = self.period("stimulus")
-        label = (bits.sum(dim=1) == 1).to(torch.float64)  # [B] exactly one on
-
-        stimulus = torch.zeros(self.n_steps, batch, 2, dtype=torch.float64)
-        stimulus[stim] = self.input_hz * bits
-        target = torch.zeros(self.n_steps, batch, 1, dtype=torch.float64)
-        target[stim] = self.target_hz * label[:, None]
-        mask = torch.zeros(self.n_steps, batch, 1, dtype=torch.bool)
-        mask[stim.stop - self.response_steps : stim.stop] = True
-        return stimulus, target, mask, {}
-
-    def evaluate(self, output: Tensor, trial: Trial) -> dict[str, float]:
-        """Correct when ``|output - target| <= 5 Hz`` over the whole mask; see the module doc."""
-        return window_accuracy(output, trial, TOLERANCE_HZ)
+    def label(self, bits: Tensor) -> Tensor:
+        """Exactly one input on."""
+        return bits.sum(dim=1) == 1

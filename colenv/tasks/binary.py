@@ -1,0 +1,96 @@
+"""What XOR and Parity share: binary inputs held through a stimulus, one output scored at
+the end of it.
+
+Timing: ``pre_stimulus`` (inputs off) then ``stimulus`` (each bit 0 Hz or ``input_hz``);
+the target is ``target_hz`` times the task's label (its ``label(bits)``, 0 or 1) during the
+stimulus and 0 before; the mask is the last ``response_ms`` of the stimulus. A trial is
+correct when the output stays within 5 Hz of the target over the whole mask. The tasks'
+own docstrings (colenv/tasks/xor.py, parity.py) are the spec; this is the shared mechanism.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from colenv.core import Trial, TrialTask, steps_in, window_accuracy
+
+TOLERANCE_HZ = 5.0
+"""A trial is correct when the output is within this of the target over the whole mask."""
+
+
+class BinaryPatternTask(TrialTask):
+    """Base of the binary-pattern tasks: subclasses set the metadata and ``label``."""
+
+    n_outputs = 1
+    success_threshold = 1.0
+    action_scale = 50.0
+
+    def __init__(
+        self,
+        *,
+        n_bits: int,
+        dt_ms: float,
+        pre_stimulus_ms: float,
+        stimulus_ms: float,
+        response_ms: float,
+        input_hz: float,
+        target_hz: float,
+        render_mode: str | None,
+    ) -> None:
+        for name, value in (("input_hz", input_hz), ("target_hz", target_hz)):
+            if not isinstance(value, int | float) or not 0 < value <= self.action_scale:
+                raise ValueError(f"{name} must be in (0, {self.action_scale}] Hz, got {value!r}")
+        self.n_bits = n_bits
+        self.n_inputs = n_bits
+        self.input_hz = float(input_hz)
+        self.target_hz = float(target_hz)
+        self.observation_bounds = (0.0, self.input_hz)
+        super().__init__(
+            dt_ms=dt_ms,
+            periods_ms={"pre_stimulus": pre_stimulus_ms, "stimulus": stimulus_ms},
+            render_mode=render_mode,
+        )
+        self.response_steps = steps_in(response_ms, self.dt_ms, "response_ms")
+        if response_ms > stimulus_ms:
+            raise ValueError(
+                f"response_ms={response_ms} must be <= stimulus_ms={stimulus_ms} "
+                "(the loss window lies at the end of the stimulus)"
+            )
+        self.response_ms = float(response_ms)
+
+    def label(self, bits: Tensor) -> Tensor:
+        """[B] 1.0 where the pattern bits [B, n] should give a high output, else 0.0."""
+        raise NotImplementedError
+
+    def _draw_conditions(self, batch_size: int, generator: torch.Generator) -> dict[str, Tensor]:
+        return {"bits": torch.randint(0, 2, (batch_size, self.n_bits), generator=generator)}
+
+    def condition_grid(self) -> dict[str, Tensor]:
+        """All 2^n patterns, in binary counting order (first bit most significant)."""
+        j = torch.arange(2**self.n_bits)[:, None]
+        shifts = torch.arange(self.n_bits - 1, -1, -1)
+        return {"bits": (j >> shifts) & 1}
+
+    def _check_conditions(self, conditions: dict[str, Tensor]) -> None:
+        bits = conditions["bits"]
+        if not bool(((bits == 0) | (bits == 1)).all()):
+            raise ValueError(f"conditions['bits'] must be 0 or 1, got {bits.tolist()}")
+
+    def _build(self, conditions, generator):
+        bits = conditions["bits"].to(torch.float64)  # [B, n]
+        batch = bits.shape[0]
+        stim = self.period("stimulus")
+        label = self.label(conditions["bits"]).to(torch.float64)  # [B]
+
+        stimulus = torch.zeros(self.n_steps, batch, self.n_bits, dtype=torch.float64)
+        stimulus[stim] = self.input_hz * bits
+        target = torch.zeros(self.n_steps, batch, 1, dtype=torch.float64)
+        target[stim] = self.target_hz * label[:, None]
+        mask = torch.zeros(self.n_steps, batch, 1, dtype=torch.bool)
+        mask[stim.stop - self.response_steps : stim.stop] = True
+        return stimulus, target, mask, {}
+
+    def evaluate(self, output: Tensor, trial: Trial) -> dict[str, float]:
+        """Correct when ``|output - target| <= 5 Hz`` over the whole mask; see the module doc."""
+        return window_accuracy(output, trial, TOLERANCE_HZ)
