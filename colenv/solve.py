@@ -141,10 +141,6 @@ class SolverConfig:
         if not isinstance(self.max_steps, int) or self.max_steps < 0:
             raise ValueError(f"max_steps must be an integer >= 0, got {self.max_steps!r}")
 
-    @property
-    def fixed_step(self) -> bool:
-        return self.sde and not self.adaptive or self.method in ODE_FIXED + FAST
-
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> SolverConfig:
         allowed = {f.name for f in fields(cls)}
