@@ -73,3 +73,24 @@ def test_asymptotic_metrics_of_the_true_trajectories():
     assert m["spiral_in_max_radius"] < 0.01
     shrunk = task.evaluate(trial.target * 0.8, trial)
     assert shrunk["limit_cycle_max_rel_error"] == pytest.approx(0.2, abs=0.01)
+
+
+def test_targets_match_rk4_integration_of_the_cartesian_system():
+    """The polar-solution targets against an independent RK4 integration of (x, y)."""
+    from colenv.reference.hopf import integrate, sine_mu
+
+    task = Bifurcation()
+    for conditions in (None, "all"):
+        trial = task.sample_batch(
+            6 if conditions is None else None, seed=3, conditions=conditions, dtype=torch.float64
+        )
+        c = trial.conditions
+        t_s = trial.t_ms / 1000.0
+        rk4 = integrate(
+            c["x0"],
+            t_s,
+            lambda t, c=c: sine_mu(t, c["mu_amplitude"], 0.25, c["mu_phase"], c["mu_offset"]),
+            omega=1.0,
+            max_step_s=0.005,
+        )
+        assert (trial.target - rk4).abs().max() < 1e-6
