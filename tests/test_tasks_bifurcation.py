@@ -94,3 +94,11 @@ def test_targets_match_rk4_integration_of_the_cartesian_system():
             max_step_s=0.005,
         )
         assert (trial.target - rk4).abs().max() < 1e-6
+
+
+def test_criterion_needs_trajectories_and_attractors():
+    task = Bifurcation()
+    trial = task.sample_batch(conditions="all")
+    assert task.evaluate(trial.target, trial)["criterion_met"] == 1.0
+    shrunk = task.evaluate(trial.target * 0.85, trial)  # radius 15 % short: limit cycles off
+    assert shrunk["accuracy"] == 1.0 and shrunk["criterion_met"] == 0.0

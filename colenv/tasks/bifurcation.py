@@ -66,6 +66,8 @@ threshold allows a few percent of error in omega). Solved at ``accuracy >= 0.9``
 On constant-mu trials ``evaluate`` also reports the attractor the output settles on:
 ``limit_cycle_max_rel_error`` (final radius, averaged over the last rotation, against
 sqrt(mu) for mu > 0) and ``spiral_in_max_radius`` (final radius for mu < 0).
+``criterion_met`` is 1.0 when the accuracy criterion holds and, where present, the limit
+cycles are within 10 % of sqrt(mu) and the mu < 0 trials end within 0.1 of the origin.
 
 ## Gymnasium face
 
@@ -107,6 +109,12 @@ GRID_MU = (-1.0, -0.5, 0.0, 0.25, 0.5, 1.0)
 GRID_X0 = ((0.1, 0.0), (1.0, 1.0), (-2.0, 2.0))
 RMSE_TOLERANCE = 0.2
 """A trial counts as reproduced when its RMSE over the mask is at most this."""
+
+
+LIMIT_CYCLE_TOLERANCE = 0.10
+"""Largest relative error of the final radius against sqrt(mu) on constant mu > 0 trials."""
+SPIRAL_IN_TOLERANCE = 0.10
+"""Largest final radius on constant mu < 0 trials (the true one is ~0 after 25 s)."""
 
 
 class Bifurcation(TrialTask):
@@ -237,6 +245,13 @@ class Bifurcation(TrialTask):
             "n_trials": trial.batch_size,
         }
         metrics.update(self._asymptotics(output, trial))
+        # the full criterion: trajectories tracked and, where the grid has constant-mu
+        # trials, the attractors right (limit cycle within 10 % of sqrt(mu), focus at 0)
+        metrics["criterion_met"] = float(
+            metrics["accuracy"] >= self.success_threshold
+            and metrics.get("limit_cycle_max_rel_error", 0.0) <= LIMIT_CYCLE_TOLERANCE
+            and metrics.get("spiral_in_max_radius", 0.0) <= SPIRAL_IN_TOLERANCE
+        )
         return metrics
 
     def _asymptotics(self, output: Tensor, trial: Trial) -> dict[str, float]:
