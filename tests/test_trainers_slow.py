@@ -14,7 +14,13 @@ TASKS = [
     pytest.param("colenv/XOR-v0", marks=NOT_YET),
     pytest.param("colenv/Parity-v0", marks=NOT_YET),
     pytest.param("colenv/Decision-v0", marks=NOT_YET),
-    "colenv/Bifurcation-v0",
+    pytest.param(
+        "colenv/Bifurcation-v0",
+        marks=pytest.mark.xfail(
+            reason="issue 4: tracks 16 of the 18 grid trajectories, 17 needed (README Results)",
+            strict=False,
+        ),
+    ),
 ]
 
 
