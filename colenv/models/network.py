@@ -477,7 +477,7 @@ class ColumnNetwork(nn.Module):
         """Instantaneous rates f(v - a) of states y [..., S] -> [..., P]."""
         c = self.constants()
         v, a, _ = y.split(self.n_pop, dim=-1)
-        return saturate(transfer_g((v - a) * c["da"] - c["db"]) / c["d"], c["max_rate"])
+        return _rate(v - a, c)
 
     def rates(self, states: torch.Tensor) -> torch.Tensor:
         """Population rates (Hz) [..., P] of states [..., S] in the configured readout variable."""
@@ -509,12 +509,12 @@ class ColumnNetwork(nn.Module):
         def f_and_slope(u):
             with torch.enable_grad():
                 uu = u.detach().requires_grad_(True)
-                phi = saturate(transfer_g(uu * c["da"] - c["db"]) / c["d"], c["max_rate"])
+                phi = _rate(uu, c)
                 (slope,) = torch.autograd.grad(phi.sum(), uu)
             return phi.detach(), slope
 
         def residual(u):
-            phi = saturate(transfer_g(u * c["da"] - c["db"]) / c["d"], c["max_rate"])
+            phi = _rate(u, c)
             return w @ phi + b - kappa * phi - u
 
         u = b.clone()  # a cold start from the background drive: same weights, same rest state
@@ -544,7 +544,7 @@ class ColumnNetwork(nn.Module):
                 f"rest_state did not converge (max residual {norm:.3g}); the network may have "
                 "no stable resting state with these weights"
             )
-        phi = saturate(transfer_g(u * c["da"] - c["db"]) / c["d"], c["max_rate"])
+        phi = _rate(u, c)
         a = kappa * phi
         state = torch.cat([u + a, a, phi])
         return state.to(self.bg_drive.dtype)
@@ -557,6 +557,11 @@ class ColumnNetwork(nn.Module):
         """Human-readable name of state entry ``index`` (e.g. 'mt[3].L23e v')."""
         var = ("v", "a", "r")[index // self.n_pop]
         return f"{self.population_names[index % self.n_pop]} {var}"
+
+
+def _rate(x: torch.Tensor, c: dict) -> torch.Tensor:
+    """phi = f(x) (Hz) for x = v - a, with the optional rate ceiling; ``c`` from constants()."""
+    return saturate(transfer_g(x * c["da"] - c["db"]) / c["d"], c["max_rate"])
 
 
 def _first_col(spec: NetworkSpec, area: int) -> int:
@@ -608,7 +613,7 @@ class Dynamics(nn.Module):
         c = self.c
         P = self.P
         v, a, r = y[..., :P], y[..., P : 2 * P], y[..., 2 * P :]
-        phi = saturate(transfer_g((v - a) * c["da"] - c["db"]) / c["d"], c["max_rate"])
+        phi = _rate(v - a, c)
         dv = torch.addmm(drive, phi, self.w_t) - v * self.inv_tau_m
         da = (self.kappa * phi - a) * self.inv_tau_a
         dr = (phi - r) * self.inv_tau_s
