@@ -185,3 +185,39 @@ def test_rate_ceiling_bounds_a_runaway():
     out = rollout(net, stim, t, SolverConfig("rk4exp", step_ms=0.5), y0=y0)
     r = net.rates(out.states)
     assert torch.isfinite(r).all() and r.max() <= 500.0 and r.max() > 400.0
+
+
+@pytest.mark.parametrize("parametrization", ["linear", "log"])
+def test_init_jitter_breaks_symmetry_reproducibly_on_trainable_entries_only(parametrization):
+    def build(**kw):
+        spec = NetworkSpec(
+            areas=(AreaSpec("pd2014", 3),),
+            n_inputs=1,
+            lateral=ConnectionSpec(enabled=True, trainable=True),
+            feedforward=ConnectionSpec(enabled=False),
+            parametrization=parametrization,
+            **kw,
+        )
+        return ColumnNetwork(spec=spec, dtype=torch.float64)
+
+    plain, a, b, other = build(), build(init_jitter=0.2), build(init_jitter=0.2), build(
+        init_jitter=0.2, init_seed=1
+    )
+    lat = a.lateral.effective().detach()
+    assert torch.equal(lat, b.lateral.effective().detach())  # same seed, same network
+    assert not torch.equal(lat, other.lateral.effective().detach())
+    # the three columns' lateral weights no longer coincide ...
+    base = plain.lateral.effective().detach()
+    on = a.lateral.train_mask.bool()
+    ratio = lat[on] / base[on]
+    assert float(ratio.log().std()) == pytest.approx(0.2, rel=0.5)
+    # ... while fixed kinds (recurrent) and Dale signs are untouched
+    assert torch.equal(a.recurrent.effective(), plain.recurrent.effective())
+    assert bool((lat * base >= 0).all())
+
+
+def test_init_jitter_errors_name_the_key():
+    with pytest.raises(ConfigError, match="init_jitter"):
+        NetworkSpec(init_jitter=-0.1)
+    with pytest.raises(ConfigError, match="init_seed"):
+        NetworkSpec(init_seed=1.5)

@@ -99,6 +99,11 @@ class NetworkSpec:
             the SDE (model units, "mV"); the diffusion is noise_std * sqrt(2 / tau_m) on v.
         parametrization: "linear" (weights in units of their initial value, Dale by
             projection) or "log" (log magnitudes: multiplicative learning, Dale built in).
+        init_jitter: std of a log-normal factor exp(jitter * N(0, 1)) on every trainable initial
+            weight (0 = none). Identical columns fed the same input get identical gradients and
+            stay identical forever; the jitter breaks that symmetry (e.g. Parity's 8 first-area
+            columns must come to respond to different numbers of active bits).
+        init_seed: seed of that jitter (same seed, same initial network).
     """
 
     areas: tuple[AreaSpec, ...] = (AreaSpec("mt", 1),)
@@ -112,6 +117,8 @@ class NetworkSpec:
     readout_variable: str = "r"
     noise_std: float = 1.0
     parametrization: str = "linear"
+    init_jitter: float = 0.0
+    init_seed: int = 0
 
     def __post_init__(self) -> None:
         if not self.areas:
@@ -143,6 +150,10 @@ class NetworkSpec:
             )
         if self.noise_std < 0:
             raise ConfigError(f"network.noise_std must be >= 0, got {self.noise_std!r}")
+        if not isinstance(self.init_jitter, int | float) or not 0 <= self.init_jitter <= 1:
+            raise ConfigError(f"network.init_jitter must be in [0, 1], got {self.init_jitter!r}")
+        if not isinstance(self.init_seed, int) or isinstance(self.init_seed, bool):
+            raise ConfigError(f"network.init_seed must be an integer, got {self.init_seed!r}")
 
     @property
     def n_columns(self) -> int:
@@ -409,8 +420,22 @@ class ColumnNetwork(nn.Module):
         readout_idx = ((pop_area == last) & (pop_type == population_index(spec.readout))).nonzero()
         self.register_buffer("readout_index", readout_idx.flatten(), persistent=False)
         self.n_outputs = int(self.readout_index.numel())
+        if spec.init_jitter > 0:
+            self._jitter_(spec.init_jitter, spec.init_seed)
 
         self.to(device=device, dtype=dtype)
+
+    @torch.no_grad()
+    def _jitter_(self, std: float, seed: int) -> None:
+        """Multiply every trainable initial weight by exp(std * N(0, 1)), seeded, on CPU."""
+        gen = torch.Generator().manual_seed(seed)
+        for conn in self.connections().values():  # fixed order: same seed, same network
+            noise = torch.randn(conn.weight.shape, generator=gen, dtype=torch.float64)
+            factor = std * noise * conn.train_mask.double()
+            if conn.log:  # the weight is the log magnitude
+                conn.weight.add_(factor.to(conn.weight.dtype))
+            else:
+                conn.weight.mul_(torch.exp(factor).to(conn.weight.dtype))
 
     @staticmethod
     def _train_mask(conn: ConnectionSpec, mask: torch.Tensor, pop_type: torch.Tensor):
