@@ -200,8 +200,11 @@ def test_init_jitter_breaks_symmetry_reproducibly_on_trainable_entries_only(para
         )
         return ColumnNetwork(spec=spec, dtype=torch.float64)
 
-    plain, a, b, other = build(), build(init_jitter=0.2), build(init_jitter=0.2), build(
-        init_jitter=0.2, init_seed=1
+    plain, a, b, other = (
+        build(),
+        build(init_jitter=0.2),
+        build(init_jitter=0.2),
+        build(init_jitter=0.2, init_seed=1),
     )
     lat = a.lateral.effective().detach()
     assert torch.equal(lat, b.lateral.effective().detach())  # same seed, same network

@@ -71,3 +71,17 @@ def test_bad_keys_and_values_are_errors_naming_them(override, message):
 def test_unknown_task_lists_the_known_ones():
     with pytest.raises(ConfigError, match="known: .*xor"):
         load_config("colenv/Nope-v0")
+
+
+def test_runs_started_in_the_same_second_get_their_own_run_dirs(tmp_path, monkeypatch):
+    from trainers.run import claim_run_name
+
+    monkeypatch.setattr("time.strftime", lambda fmt: "20260101-000000")
+    config = load_config("colenv/XOR-v0", [f"logging.run_dir={str(tmp_path)!r}"])
+    names = [claim_run_name(config) for _ in range(3)]
+    assert names == [
+        "xor-v0-20260101-000000",
+        "xor-v0-20260101-000000-2",
+        "xor-v0-20260101-000000-3",
+    ]
+    assert all((tmp_path / n).is_dir() for n in names)

@@ -8,8 +8,10 @@ This is what ``python -m trainers train`` calls; the trainer itself only sees
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import replace
+from pathlib import Path
 
 from trainers.callbacks import (
     Callback,
@@ -51,13 +53,28 @@ def resume_config(resume: str, overrides: list[str]) -> TrainConfig:
     return TrainConfig.from_dict(raw, source=f"checkpoint {resume}")
 
 
+def claim_run_name(config: TrainConfig) -> str:
+    """``<task>-<timestamp>`` (``-2``, ``-3``, ... when taken), its folder created atomically,
+    so two runs started in the same second never share (and overwrite) one run dir."""
+    root = Path(config.logging.run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    base = f"{config.task.split('/')[-1].lower()}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for i in itertools.count(1):
+        name = base if i == 1 else f"{base}-{i}"
+        try:
+            (root / name).mkdir()
+        except FileExistsError:
+            continue
+        return name
+    raise AssertionError("unreachable")
+
+
 def train(config: TrainConfig, callbacks: list[Callback] | None = None) -> Result:
     """Build the task and model of ``config`` and fit them with its trainer."""
     import torch
 
     if not config.run_name:
-        name = config.task.split("/")[-1].lower()
-        config = replace(config, run_name=f"{name}-{time.strftime('%Y%m%d-%H%M%S')}")
+        config = replace(config, run_name=claim_run_name(config))
     task = build_task(config)
     device = resolve_device(config.train.device)
     dtype = getattr(torch, DTYPES[config.train.dtype])
