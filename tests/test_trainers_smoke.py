@@ -85,3 +85,33 @@ def test_mismatched_network_is_a_clear_error(tmp_path, capsys):
         ["train", "colenv/Parity-v0", *tiny("colenv/Parity-v0", tmp_path), "task_kwargs.n_bits=3"]
     )
     assert code == 2 and "model.network.n_inputs = 4" in capsys.readouterr().err
+
+
+def test_train_task_kwargs_change_the_training_trials_only(tmp_path, monkeypatch, capsys):
+    """train.task_kwargs: training batches from a variant of the task (here shorter trials
+    from a smaller box of start points), evaluation on the grid of the task of task_kwargs."""
+    from colenv.tasks.bifurcation import Bifurcation
+
+    drawn = []
+    original = Bifurcation.sample_batch
+
+    def spy(self, *args, **kwargs):
+        trial = original(self, *args, **kwargs)
+        drawn.append((kwargs.get("conditions"), trial))
+        return trial
+
+    monkeypatch.setattr(Bifurcation, "sample_batch", spy)
+    task = "colenv/Bifurcation-v0"
+    overrides = tiny(task, tmp_path, "train.task_kwargs={trial_ms = 200.0, x0_range = 0.5}")
+    result = train(load_config(task, overrides))
+    assert result.steps == 2 and result.history[-1]["n_trials"] == 18
+    evals = [trial for conditions, trial in drawn if conditions == "all"]
+    batches = [trial for conditions, trial in drawn if conditions is None]
+    assert len(evals) == 1 and evals[0].t_ms[-1] > 200.0  # the grid: trial_ms of task_kwargs
+    assert len(batches) == 2
+    for trial in batches:
+        assert trial.t_ms[-1] <= 200.0 and trial.batch_size == 4
+        assert trial.conditions["x0"].abs().max() <= 0.5  # the variant's start points
+
+    code = main(["train", task, *tiny(task, tmp_path), "train.task_kwargs.trial_ms=-5.0"])
+    assert code == 2 and "train.task_kwargs" in capsys.readouterr().err

@@ -72,6 +72,9 @@ class TrainLoopConfig:
     """trials per step when conditions = "random" """
     conditions: str = "all"
     """"all": every step trains on the evaluation grid; "random": fresh trials, seeded by (seed, step)"""
+    task_kwargs: dict = field(default_factory=dict)
+    """overrides of the top-level task_kwargs for the training trials only (e.g. a shorter
+    trial_ms); evaluation always uses the task built from task_kwargs alone"""
     optimizer: str = "adam"
     """adam | adamw | sgd"""
     lr: float = 0.01

@@ -4,6 +4,9 @@
            -> masked MSE -> backward -> clip -> optimizer and schedule step -> project_()
            -> every eval_every steps: metrics on the task's evaluation grid -> callbacks
 
+``train.task_kwargs`` lets the training trials come from a variant of the task (shorter
+trials, a wider condition distribution) while evaluation stays on the task of ``task_kwargs``.
+
 Every random number comes from ``config.train.seed``: the model init, and each step's
 trials, drawn from a generator seeded by (seed, step) so that a resumed run sees exactly the
 batches an uninterrupted one would. A NaN/inf loss or a diverging rollout stops training
@@ -13,6 +16,7 @@ with a message naming the step and the last good checkpoint (which is left as it
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import random
 import time
@@ -193,6 +197,15 @@ class SupervisedTrainer:
                 "nothing trains: every connection has trainable = false (set e.g. "
                 "model.network.input.trainable=true)"
             )
+        # train.task_kwargs: the training trials may come from a variant of the task (e.g.
+        # shorter trials); evaluation is always on the task of task_kwargs
+        train_task = task
+        if t.task_kwargs:
+            merged = {**config.task_kwargs, **t.task_kwargs}
+            try:
+                train_task = build_task(dataclasses.replace(config, task_kwargs=merged))
+            except ConfigError as err:
+                raise ConfigError(f"train.task_kwargs: {err}") from err
         optimizer = _optimizer(config, params)
         scheduler = _scheduler(config, optimizer)
         state = TrainState(
@@ -228,11 +241,11 @@ class SupervisedTrainer:
             state.trial_generator.manual_seed(_step_seed(t.seed, state.step))
             step_start = time.perf_counter()
             if t.conditions == "all":
-                trial = task.sample_batch(
+                trial = train_task.sample_batch(
                     conditions="all", generator=state.trial_generator, device=device, dtype=dtype
                 )
             else:
-                trial = task.sample_batch(
+                trial = train_task.sample_batch(
                     t.batch_size, generator=state.trial_generator, device=device, dtype=dtype
                 )
 
