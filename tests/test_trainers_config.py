@@ -54,6 +54,7 @@ def test_config_from_a_path(tmp_path):
         ("train.lr=abc", "train.lr must be float"),
         ("train.optimizer=lbfgs", "allowed: adam, adamw, sgd"),
         ("train.steps=-1", "train.steps"),
+        ("train.threads=-2", "train.threads"),
         ("train.device=tpu", "train.device"),
         ("solver.method=nope", "unknown ODE method 'nope'"),
         ("model.network.lateral.colour=1", "network.lateral.colour"),

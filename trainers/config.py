@@ -101,6 +101,9 @@ class TrainLoopConfig:
     """auto (cuda if available) | cpu | cuda | cuda:N"""
     dtype: str = "float32"
     """float32 | float64"""
+    threads: int = 1
+    """torch.set_num_threads for the run; 0 keeps torch's default. These models are small and
+    dispatch-bound: one thread is as fast, and two threads slow down badly on a loaded machine"""
     eval_every: int = 10
     """evaluate on the task's grid every this many steps (and at the end)"""
 
@@ -326,6 +329,7 @@ def _validate(c: TrainConfig, source: str) -> None:
         ("success.patience", c.success.patience, 1),
         ("checkpoint.every", c.checkpoint.every, 0),
         ("train.max_rejections", c.train.max_rejections, 0),
+        ("train.threads", c.train.threads, 0),
         ("model.mlp.hidden", c.model.mlp.hidden, 1),
         ("model.mlp.layers", c.model.mlp.layers, 1),
     ):

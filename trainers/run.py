@@ -75,6 +75,8 @@ def train(config: TrainConfig, callbacks: list[Callback] | None = None) -> Resul
 
     if not config.run_name:
         config = replace(config, run_name=claim_run_name(config))
+    if config.train.threads:
+        torch.set_num_threads(config.train.threads)
     task = build_task(config)
     device = resolve_device(config.train.device)
     dtype = getattr(torch, DTYPES[config.train.dtype])
