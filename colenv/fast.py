@@ -21,15 +21,22 @@ are collected in a list and stacked once (torchdiffeq's per-output gradient copi
 cost the predecessor paid). The input drive of grid interval k is constant across its
 sub-steps, exactly as the piecewise-constant stimulus demands.
 
-Speed (SCIENCE.md §3: time goes to per-op overhead). The transfer function runs through a
-custom autograd Function (:func:`rate_g`) that computes g and, in backward, g' from the same
-intermediates: fewer ops both ways than autograd through ``transfer_g``. With
-``compile=True`` one grid interval (``n_sub`` unrolled steps and the output concatenation)
-is one ``torch.compile`` graph, cached per (method, step, n_sub, constants, shapes, dtype,
-device) so a training loop compiles once; if compilation fails the loop warns and runs eager.
-Memory: ``checkpoint_every=K`` recomputes each chunk of K grid intervals in backward
-(``torch.utils.checkpoint``), so activation memory no longer grows with trial length (only
-the returned states do).
+Speed (SCIENCE.md §3: time goes to per-op overhead). rk4exp, the training default, has a
+hand-written backward: the discrete adjoint of the scheme (:class:`_Rk4expAdjoint`; the same
+gradient as autograd through the steps, to float rounding). Forward stores per stage only
+the rate phi and its slope; backward runs the adjoint recursion (one [B, P] x [P, P] product
+per stage, like forward) and forms the weight gradient of a chunk in one large product. Both
+run over chunks of ``unroll`` grid intervals; with ``compile=True`` each chunk is one
+``torch.compile`` graph (C++ wrapper on CPU), cached per (kind, step, n_sub, constants,
+unroll, shapes, dtype, device) so a training loop compiles once; if compilation fails the
+loop warns and runs eager. Activation memory is two [B, P] tensors per stage (about a tenth
+of autograd's); ``checkpoint_every`` keeps only segment starts and recomputes each segment
+in backward, so it no longer grows with trial length (only the returned states do).
+
+expeuler and exprk2 (and rk4exp with ``backward="autograd"``) run autograd through the
+steps: the transfer function through a custom autograd Function (:func:`rate_g`) that
+computes g and, in backward, g' from the same intermediates, one compiled graph per grid
+interval, ``checkpoint_every`` through ``torch.utils.checkpoint``.
 """
 
 from __future__ import annotations
@@ -233,9 +240,11 @@ def _fresh_code(fn: Callable) -> Callable:
 class _Compiled:
     """A torch.compile'd interval that falls back to eager (with a warning) if compiling fails."""
 
-    def __init__(self, eager: IntervalFn) -> None:
+    def __init__(self, eager: IntervalFn, options: dict | None = None) -> None:
         self.eager = eager
-        self.fn: IntervalFn = torch.compile(_fresh_code(eager), dynamic=False, fullgraph=True)
+        self.fn: IntervalFn = torch.compile(
+            _fresh_code(eager), dynamic=False, fullgraph=True, options=options
+        )
         self.failed = False
         self.compiled_once = False
 
@@ -282,12 +291,307 @@ def interval_function(
     return fn
 
 
+# ----------------------------------------------------------------------------- discrete adjoint
+# rk4exp's backward written out by hand (the discrete adjoint of the scheme: the same gradient
+# as autograd through the steps, to float rounding) and run over chunks of ``unroll`` grid
+# intervals, each chunk one compiled graph. Forward stores per stage only phi and its slope
+# dphi/d(v - a); backward runs the adjoint recursion from them (one [B, P] x [P, P] product per
+# stage, as forward) and forms the weight gradient of a whole chunk in one matrix product.
+# Per-interval tensors travel as lists (one graph input or output each), so the unrolled
+# intervals of a chunk share their generated kernels instead of each baking in its offsets.
+
+
+def _make_rk4exp_chunk(n_sub: int, h: float, c: dict, unroll: int, *, store: bool) -> Callable:
+    """Forward over ``unroll`` grid intervals of rk4exp.
+
+    ``chunk(v, a, r, drives, w_t, kappa, dws) -> (v, a, r, ys[, ps, ss])``: drives a list of
+    ``unroll`` [B, P]; w_t [P source, P target] (contiguous); dws None or a list of
+    ``unroll * n_sub`` noise kicks [B, P] added to v after each step; ys [unroll, B, 3P] the
+    states at the interval ends. With ``store``: ps, ss [unroll * n_sub * 4, B, P], the rates
+    phi and their slopes dphi/d(v - a) of every stage, in step order.
+    """
+    da, db, inv_d = c["da"], c["db"], 1.0 / c["d"]
+    inv_tau_m, inv_tau_a = 1.0 / c["tau_m"], 1.0 / c["tau_a"]
+    e_r = math.exp(-h / c["tau_s"])
+    w0, wm, w1 = _filter_weights(c["tau_s"], h)
+    h2, h6 = 0.5 * h, h / 6.0
+    max_rate = c.get("max_rate", 0.0)
+    slope_scale = da * inv_d
+
+    def rates(v, a):
+        u = (v - a) * da - db
+        w = u.abs().clamp(_TINY, _EXP_CAP)
+        q = _rate_q(w)
+        phi = (torch.relu(u) + q) * inv_d
+        th = None
+        if max_rate > 0:  # soft ceiling, colenv.models.transfer.saturate
+            th = torch.tanh(phi * (1.0 / max_rate))
+            phi = max_rate * th
+        if not store:
+            return phi, None
+        s = _rate_slope(u, w, q) * slope_scale
+        if th is not None:
+            s = s * (1.0 - th * th)
+        return phi, s
+
+    def chunk(v, a, r, drives, w_t, kappa, dws):
+        ka = kappa * inv_tau_a
+        ys, ps, ss = [], [], []
+
+        def deriv(v, a, drive):
+            phi, s = rates(v, a)
+            if store:
+                ps.append(phi)
+                ss.append(s)
+            # mm minus (not plus: inductor turns mm + x back into addmm, which first copies
+            # x into its output); the subtraction fuses into the next kernel
+            dv = torch.mm(phi, w_t) - (v * inv_tau_m - drive)
+            return phi, dv, ka * phi - a * inv_tau_a
+
+        for k in range(unroll):
+            drive = drives[k]
+
+            for i in range(n_sub):
+                p1, dv1, da1 = deriv(v, a, drive)
+                p2, dv2, da2 = deriv(v + h2 * dv1, a + h2 * da1, drive)
+                p3, dv3, da3 = deriv(v + h2 * dv2, a + h2 * da2, drive)
+                p4, dv4, da4 = deriv(v + h * dv3, a + h * da3, drive)
+                v = v + h6 * (dv1 + 2.0 * (dv2 + dv3) + dv4)
+                a = a + h6 * (da1 + 2.0 * (da2 + da3) + da4)
+                r = e_r * r + w0 * p1 + wm * (p2 + p3) + w1 * p4
+                if dws is not None:
+                    v = v + dws[k * n_sub + i]
+            ys.append(torch.cat([v, a, r], dim=-1))
+        if store:
+            return v, a, r, torch.stack(ys), torch.stack(ps), torch.stack(ss)
+        return v, a, r, torch.stack(ys)
+
+    return chunk
+
+
+def _make_rk4exp_chunk_backward(n_sub: int, h: float, c: dict, unroll: int) -> Callable:
+    """Adjoint of :func:`_make_rk4exp_chunk` over the same ``unroll`` intervals.
+
+    ``back(lv, la, lr, g_wt, g_ys, ps, ss, w, kappa) -> (lv, la, lr, g_wt, g_drives)``: lv,
+    la, lr [B, P] the adjoint of the state after the chunk; g_ys a list of ``unroll`` [B, 3P]
+    loss gradients of the chunk's outputs; ps [unroll * n_sub * 4, B, P] from the forward and
+    ss the same slopes as a list of ``unroll`` [n_sub * 4, B, P] (one graph input per
+    interval: the intervals then share kernels); w [P target, P source] (contiguous); g_wt
+    [P, P] the weight gradient so far. Returns the adjoint before the chunk, g_wt plus this
+    chunk's part and g_drives [unroll, B, P].
+
+    Per step, reverse of RK4 on (v, a) with stages x_i = x + c_i h k_{i-1} and the filter
+    r' = e_r r + w0 p1 + wm (p2 + p3) + w1 p4; with s_i = dphi_i / du_i:
+        g_dv_i = b_i lv + c_{i+1} h g_v_{i+1}          (b = h/6 [1, 2, 2, 1]; same for a)
+        g_p_i  = g_dv_i W + kappa/tau_a g_da_i + w_r,i lr
+        g_v_i  = s_i g_p_i - g_dv_i / tau_m,   g_a_i = -s_i g_p_i - g_da_i / tau_a
+        lv += sum_i g_v_i,  la += sum_i g_a_i,  lr *= e_r,  g_Wt += sum_i p_i^T g_dv_i.
+    """
+    inv_tau_m, inv_tau_a = 1.0 / c["tau_m"], 1.0 / c["tau_a"]
+    e_r = math.exp(-h / c["tau_s"])
+    w0, wm, w1 = _filter_weights(c["tau_s"], h)
+    h2, h6 = 0.5 * h, h / 6.0
+    h3 = 2.0 * h6
+
+    def stage(g_dv, g_da, g_p_r, s, w, ka):
+        g_p = torch.mm(g_dv, w) - (-g_p_r - ka * g_da)  # mm minus: see the forward
+        g_u = s * g_p
+        return g_u - g_dv * inv_tau_m, -g_u - g_da * inv_tau_a
+
+    def back(lv, la, lr, g_wt, g_ys, ps, ss, w, kappa):
+        P = lv.shape[-1]
+        ka = kappa * inv_tau_a
+        g_drives: list = [None] * unroll
+        g_dvs: list = [None] * (unroll * n_sub * 4)
+        for k in range(unroll - 1, -1, -1):
+            g = g_ys[k]
+            lv = lv + g[:, :P]
+            la = la + g[:, P : 2 * P]
+            lr = lr + g[:, 2 * P :]
+            g_drive = None
+            s_k = ss[k]
+            for i in range(n_sub - 1, -1, -1):
+                j = (k * n_sub + i) * 4
+                lr_m = wm * lr
+                g_dv4, g_da4 = h6 * lv, h6 * la
+                g_v4, g_a4 = stage(g_dv4, g_da4, w1 * lr, s_k[4 * i + 3], w, ka)
+                g_dv3, g_da3 = h3 * lv + h * g_v4, h3 * la + h * g_a4
+                g_v3, g_a3 = stage(g_dv3, g_da3, lr_m, s_k[4 * i + 2], w, ka)
+                g_dv2, g_da2 = h3 * lv + h2 * g_v3, h3 * la + h2 * g_a3
+                g_v2, g_a2 = stage(g_dv2, g_da2, lr_m, s_k[4 * i + 1], w, ka)
+                g_dv1, g_da1 = h6 * lv + h2 * g_v2, h6 * la + h2 * g_a2
+                g_v1, g_a1 = stage(g_dv1, g_da1, w0 * lr, s_k[4 * i], w, ka)
+                lv = lv + g_v1 + g_v2 + g_v3 + g_v4
+                la = la + g_a1 + g_a2 + g_a3 + g_a4
+                lr = e_r * lr
+                g_dvs[j : j + 4] = [g_dv1, g_dv2, g_dv3, g_dv4]
+                g_step = g_dv1 + g_dv2 + g_dv3 + g_dv4
+                g_drive = g_step if g_drive is None else g_drive + g_step
+            g_drives[k] = g_drive
+        g_wt = torch.addmm(g_wt, ps.reshape(-1, P).t(), torch.cat(g_dvs))
+        return lv, la, lr, g_wt, torch.stack(g_drives)
+
+    return back
+
+
+def chunk_function(
+    kind: str, n_sub: int, h: float, c: dict, unroll: int, *, compile: bool, like: torch.Tensor
+) -> Callable:
+    """The (cached) rk4exp chunk function: kind "forward", "store" or "backward"."""
+    key = (
+        "chunk",
+        kind,
+        n_sub,
+        float(h),
+        tuple(sorted(c.items())),
+        unroll,
+        compile,
+        tuple(like.shape),
+        like.dtype,
+        str(like.device),
+    )
+    fn = _INTERVAL_CACHE.get(key)
+    if fn is None:
+        if kind == "backward":
+            fn = _make_rk4exp_chunk_backward(n_sub, h, c, unroll)
+        else:
+            fn = _make_rk4exp_chunk(n_sub, h, c, unroll, store=kind == "store")
+        if compile:
+            # C++ wrapper on CPU: the graph's ~100 kernel and matmul calls per chunk are made
+            # from C++ instead of Python (30 % of the rollout time, docs/profiling.md)
+            fn = _Compiled(fn, {"cpp_wrapper": True} if like.device.type == "cpu" else None)
+        _INTERVAL_CACHE[key] = fn
+    return fn
+
+
+class _Plan:
+    """What one chunked rk4exp rollout needs besides its tensors."""
+
+    def __init__(self, dyn, n_points, n_sub, h, unroll, compile, checkpoint_every, dws, like):
+        self.P = dyn.P
+        self.n_sub = n_sub
+        self.n_int = n_points - 1
+        self.unroll = unroll
+        self.n_chunks = -(-self.n_int // unroll)
+        # checkpoint segments: whole chunks, at least checkpoint_every intervals each
+        self.seg = -(-checkpoint_every // unroll) if checkpoint_every else 0
+        self.dws = dws
+        args = (n_sub, h, dyn.c, unroll)
+        self.fn = lambda kind: chunk_function(kind, *args, compile=compile, like=like)
+
+    def split(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(v, a, r) of y [B, 3P], contiguous like the chunks' outputs (one compiled graph)."""
+        P = self.P
+        return y[:, :P].contiguous(), y[:, P : 2 * P].contiguous(), y[:, 2 * P :].contiguous()
+
+    def drives(self, drive: torch.Tensor) -> list[torch.Tensor]:
+        """drive[k] for the real intervals, then the last one repeated to whole chunks."""
+        rows = list(drive[: self.n_int].contiguous().unbind(0))
+        return rows + rows[-1:] * (self.n_chunks * self.unroll - self.n_int)
+
+    def per_interval(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """[unroll * n_sub * 4, B, P] -> a list of ``unroll`` [n_sub * 4, B, P] views."""
+        return list(x.view(self.unroll, -1, *x.shape[1:]).unbind(0))
+
+    def noise(self, chunk: int):
+        if self.dws is None:
+            return None
+        n = self.unroll * self.n_sub
+        return self.dws[chunk * n : (chunk + 1) * n]
+
+    def run(self, kind, v, a, r, drives, w_t, kappa, chunks, out):
+        """Run ``chunks`` (a range) forward from (v, a, r); append each chunk's outputs."""
+        fn = self.fn(kind)
+        K = self.unroll
+        for ci in chunks:
+            res = fn(v, a, r, drives[ci * K : (ci + 1) * K], w_t, kappa, self.noise(ci))
+            v, a, r = res[:3]
+            out.append(res[3:])
+        return v, a, r
+
+
+class _Rk4expAdjoint(torch.autograd.Function):
+    """rk4exp rollout with the hand-written discrete adjoint as its backward."""
+
+    @staticmethod
+    def forward(ctx, y0, drive, w_t, kappa, plan: _Plan):
+        K = plan.unroll
+        y0d, wt = y0.detach(), w_t.detach().contiguous()
+        v, a, r = plan.split(y0d)
+        drives = plan.drives(drive.detach())
+        outs: list = []
+        if plan.seg:  # keep only the states at segment starts; recompute in backward
+            starts = []
+            for c0 in range(0, plan.n_chunks, plan.seg):
+                starts.append((v, a, r))
+                chunks = range(c0, min(c0 + plan.seg, plan.n_chunks))
+                v, a, r = plan.run("forward", v, a, r, drives, wt, kappa, chunks, outs)
+            ctx.starts = starts
+            ctx.stores = None
+        else:
+            v, a, r = plan.run("store", v, a, r, drives, wt, kappa, range(plan.n_chunks), outs)
+            ctx.stores = [(ps, plan.per_interval(ss)) for _, ps, ss in outs]
+        ctx.plan, ctx.drives = plan, drives
+        ctx.save_for_backward(wt, kappa)
+        ctx.drive_shape = drive.shape
+        states = torch.cat([y0d[None]] + [o[0] for o in outs])
+        return states[: plan.n_int + 1] if K * plan.n_chunks > plan.n_int else states
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_states):
+        plan = ctx.plan
+        wt, kappa = ctx.saved_tensors
+        P, K, n_int = plan.P, plan.unroll, plan.n_int
+        w = wt.t().contiguous()
+        g_states = g_states.contiguous()
+        zeros = g_states.new_zeros(g_states.shape[1:])
+        g_rows = list(g_states.unbind(0)) + [zeros] * (plan.n_chunks * K - n_int)
+        lv = g_states.new_zeros(g_states.shape[1], P)
+        la, lr = torch.zeros_like(lv), torch.zeros_like(lv)
+        g_wt = torch.zeros_like(wt)
+        g_drives: list = [None] * plan.n_chunks
+        back = plan.fn("backward")
+        stores = ctx.stores
+        seg_stores: dict = {}
+        for ci in range(plan.n_chunks - 1, -1, -1):
+            if stores is not None:
+                ps, ss = stores[ci]
+            else:  # recompute the segment holding this chunk, with stores
+                c0 = (ci // plan.seg) * plan.seg
+                if c0 not in seg_stores:
+                    seg_stores.clear()
+                    out: list = []
+                    chunks = range(c0, min(c0 + plan.seg, plan.n_chunks))
+                    plan.run(
+                        "store", *ctx.starts[c0 // plan.seg], ctx.drives, wt, kappa, chunks, out
+                    )
+                    seg_stores[c0] = [(ps, plan.per_interval(ss)) for _, ps, ss in out]
+                ps, ss = seg_stores[c0][ci - c0]
+            lv, la, lr, g_wt, g_drives[ci] = back(
+                lv, la, lr, g_wt, g_rows[ci * K + 1 : (ci + 1) * K + 1], ps, ss, w, kappa
+            )
+        g_y0 = g_drive = None
+        if ctx.needs_input_grad[0]:
+            g_y0 = g_states[0] + torch.cat([lv, la, lr], dim=-1)
+        if ctx.needs_input_grad[1]:
+            rest = g_states.new_zeros(ctx.drive_shape[0] - n_int, *ctx.drive_shape[1:])
+            g_drive = torch.cat([torch.cat(g_drives)[:n_int], rest])
+        g_w = g_wt if ctx.needs_input_grad[2] else None
+        return g_y0, g_drive, g_w, None, None
+
+
 def _chunk(fn, v, a, r, drives, w_t, kappa):
     ys = []
     for drive in drives:
         v, a, r, y = fn(v, a, r, drive, w_t, kappa)
         ys.append(y)
     return v, a, r, torch.stack(ys)
+
+
+BACKWARDS = ("auto", "discrete_adjoint", "autograd")
+ADJOINT_METHODS = ("rk4exp",)
+DEFAULT_UNROLL = 10  # grid intervals per compiled graph (docs/profiling.md)
 
 
 def fast_rollout(
@@ -302,6 +606,8 @@ def fast_rollout(
     checkpoint_every: int = 0,
     noise: bool = False,
     generator: torch.Generator | None = None,
+    backward: str = "auto",
+    unroll: int = 0,
 ) -> torch.Tensor:
     """Integrate bound column dynamics ``dyn`` (a :class:`colenv.models.Dynamics`).
 
@@ -312,14 +618,21 @@ def fast_rollout(
         n_sub: steps per grid interval.
         h: step in seconds.
         method: "expeuler", "exprk2" or "rk4exp".
-        compile: run each grid interval as one cached ``torch.compile`` graph.
+        compile: run the steps as cached ``torch.compile`` graphs.
         checkpoint_every: > 0 recomputes chunks of this many grid intervals in backward
-            (activation memory flat in trial length, about one extra forward of cost;
-            backward with ``loss.backward()``, not ``torch.autograd.grad``).
+            (activation memory flat in trial length, about one extra forward of cost; with the
+            autograd backward use ``loss.backward()``, not ``torch.autograd.grad``).
         noise: integrate the SDE (diagonal additive noise ``dyn._sigma`` on v) by splitting:
             each deterministic step is followed by the kick sigma sqrt(h) xi on v (strong
             order 1 for additive noise; the deterministic step keeps its stability region,
             which is what removes Euler-Maruyama's rate artefacts). ``generator`` draws xi.
+        backward: "discrete_adjoint" (rk4exp only): the hand-written adjoint of the scheme
+            (:class:`_Rk4expAdjoint`), chunks of ``unroll`` grid intervals per graph;
+            "autograd": autograd through the steps, one graph per grid interval; "auto":
+            the adjoint for rk4exp (unless ``dyn.kappa`` requires grad), else autograd.
+        unroll: grid intervals per chunk of the adjoint path (0: 10 with ``compile``, else 1).
+            A trial whose interval count is not a multiple runs its last chunk on repeated
+            drive and drops those states.
 
     Returns:
         states [T, B, 3P] on the grid.
@@ -328,21 +641,39 @@ def fast_rollout(
         raise ValueError(f"unknown fast method {method!r}; allowed: {', '.join(_METHOD_NFE)}")
     if checkpoint_every < 0:
         raise ValueError(f"checkpoint_every must be >= 0, got {checkpoint_every!r}")
+    if backward not in BACKWARDS:
+        raise ValueError(f"backward must be one of {', '.join(BACKWARDS)}; got {backward!r}")
+    if backward == "discrete_adjoint" and method not in ADJOINT_METHODS:
+        raise ValueError(
+            f"backward='discrete_adjoint' is implemented for {', '.join(ADJOINT_METHODS)}, "
+            f"not {method!r}; use backward='autograd' or 'auto'"
+        )
+    if not isinstance(unroll, int) or unroll < 0:
+        raise ValueError(f"unroll must be an integer >= 0, got {unroll!r}")
     P = dyn.P
-    v, a, r = y0[:, :P], y0[:, P : 2 * P], y0[:, 2 * P :]
-    fn = interval_function(method, n_sub, h, dyn.c, compile=compile, like=v)
     w_t, kappa, drive = dyn.w_t, dyn.kappa, dyn.drive
     n_int = n_points - 1
+    dyn.nfe += n_int * n_sub * _METHOD_NFE[method]
+    adjoint = method in ADJOINT_METHODS and backward != "autograd"
+    if adjoint and kappa.requires_grad:
+        if backward == "discrete_adjoint":
+            raise ValueError("backward='discrete_adjoint' has no gradient for kappa")
+        adjoint = False
+    if adjoint:
+        return _adjoint_rollout(
+            dyn, y0, n_points, n_sub, h, compile, checkpoint_every, noise, generator, unroll
+        )
+    v, a, r = y0[:, :P], y0[:, P : 2 * P], y0[:, 2 * P :]
+    fn = interval_function(method, n_sub, h, dyn.c, compile=compile, like=v)
     if noise:
         if checkpoint_every:
-            raise ValueError("noise=True with checkpoint_every is not supported")
+            raise ValueError("noise=True with checkpoint_every needs the discrete adjoint (rk4exp)")
         scale = dyn._sigma * math.sqrt(h)
         out = [y0]
         for k in range(n_int):
             dw = torch.randn((n_sub, *v.shape), generator=generator, dtype=v.dtype, device=v.device)
             v, a, r, y = fn(v, a, r, drive[k], w_t, kappa, dw * scale)
             out.append(y)
-        dyn.nfe += n_int * n_sub * _METHOD_NFE[method]
         return torch.stack(out)
     needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (y0, w_t, kappa, drive))
     if checkpoint_every and needs_grad:
@@ -358,12 +689,51 @@ def fast_rollout(
                 _chunk, fn, v, a, r, drive[k0:k1], w_t, kappa, use_reentrant=True
             )
             chunks.append(ys)
-        states = torch.cat(chunks)
-    else:
-        out = [y0]
-        for k in range(n_int):
-            v, a, r, y = fn(v, a, r, drive[k], w_t, kappa)
-            out.append(y)
-        states = torch.stack(out)
-    dyn.nfe += n_int * n_sub * _METHOD_NFE[method]
-    return states
+        return torch.cat(chunks)
+    out = [y0]
+    for k in range(n_int):
+        v, a, r, y = fn(v, a, r, drive[k], w_t, kappa)
+        out.append(y)
+    return torch.stack(out)
+
+
+def _adjoint_rollout(
+    dyn, y0, n_points, n_sub, h, compile, checkpoint_every, noise, generator, unroll
+):
+    """rk4exp in chunks of ``unroll`` intervals; :class:`_Rk4expAdjoint` when a gradient is needed."""
+    P = dyn.P
+    unroll = unroll or (DEFAULT_UNROLL if compile else 1)
+    w_t, kappa, drive = dyn.w_t, dyn.kappa, dyn.drive
+    like = y0[:, :P]
+    dws = None
+    if noise:  # one draw per grid interval, as the autograd path draws them
+        scale = dyn._sigma * math.sqrt(h)
+        dws = []
+        for _ in range(n_points - 1):
+            dw = torch.randn(
+                (n_sub, *like.shape), generator=generator, dtype=y0.dtype, device=y0.device
+            )
+            dws.extend((dw * scale).unbind(0))
+    plan = _Plan(dyn, n_points, n_sub, h, unroll, compile, checkpoint_every, dws, like)
+    if dws is not None:
+        pad = plan.n_chunks * unroll - plan.n_int
+        dws.extend([torch.zeros_like(like)] * (pad * n_sub))
+    needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (y0, w_t, drive))
+    if needs_grad:
+        return _Rk4expAdjoint.apply(y0, drive, w_t, kappa, plan)
+    with torch.no_grad():
+        v, a, r = plan.split(y0)
+        outs: list = []
+        plan.run(
+            "forward",
+            v,
+            a,
+            r,
+            plan.drives(drive),
+            w_t.contiguous(),
+            kappa,
+            range(plan.n_chunks),
+            outs,
+        )
+        states = torch.cat([y0[None]] + [o[0] for o in outs])
+    return states[:n_points]

@@ -15,7 +15,7 @@ Solvers (``SOLVERS``):
 |---|---|---|
 | torchdiffeq fixed | euler, midpoint, heun2, heun3, rk4, explicit_adams, implicit_adams, fixed_adams | ``step_ms`` |
 | torchdiffeq adaptive | dopri5, dopri8, bosh3, fehlberg2, adaptive_heun | ``rtol``/``atol`` |
-| colenv fast path | expeuler, exprk2, rk4exp (exact decay of the linear parts, own loop) | ``step_ms`` |
+| colenv fast path | expeuler, exprk2, rk4exp (exact decay of the linear parts, own loop; rk4exp with a hand-written discrete adjoint) | ``step_ms`` |
 | torchsde (``sde=True``) | euler, milstein, srk, heun, midpoint, euler_heun, reversible_heun | ``step_ms`` (``adaptive``) |
 | colenv fast SDE (``sde=True``) | expeuler, exprk2, rk4exp + additive noise kick on v | ``step_ms`` |
 
@@ -39,6 +39,8 @@ import torchdiffeq
 import torchsde
 
 from colenv.errors import DivergenceError
+from colenv.fast import ADJOINT_METHODS  # fast methods with a hand-written discrete adjoint
+from colenv.fast import BACKWARDS as FAST_BACKWARDS
 
 ODE_FIXED = (
     "euler",
@@ -79,6 +81,13 @@ class SolverConfig:
             several times faster; eager when False).
         checkpoint_every: fast methods: recompute chunks of this many grid intervals in
             backward, so activation memory stays flat in trial length (0 = off).
+        backward: fast methods: how gradients are computed. "discrete_adjoint" (rk4exp): the
+            hand-written adjoint of the scheme, run in chunks of ``unroll`` grid intervals
+            (same gradient as autograd to float rounding, less time and memory); "autograd":
+            autograd through the steps; "auto": the adjoint for rk4exp, autograd for the others.
+        unroll: the discrete-adjoint path (rk4exp): grid intervals per chunk, each chunk
+            one compiled graph (0 = automatic: 10 with ``compile``, 1 eager). Larger chunks
+            cost fewer calls per trial and more compile time (docs/profiling.md).
     """
 
     method: str = "rk4"
@@ -92,6 +101,8 @@ class SolverConfig:
     max_steps: int = 0
     compile: bool = False
     checkpoint_every: int = 0
+    backward: str = "auto"
+    unroll: int = 0
 
     def __post_init__(self) -> None:
         if self.sde:
@@ -117,7 +128,7 @@ class SolverConfig:
         if self.method in FAST and self.adjoint:
             raise ValueError(
                 f"adjoint=True is not available for the fast method {self.method!r}; "
-                "it already has a memory-lean backward"
+                "it has its own backward (see the backward option)"
             )
         if self.compile and self.method not in FAST:
             raise ValueError(
@@ -137,6 +148,28 @@ class SolverConfig:
             raise ValueError(
                 f"checkpoint_every applies to the fast methods ({', '.join(FAST)}), "
                 f"not {self.method!r}; use adjoint=True for memory-lean torchdiffeq rollouts"
+            )
+        if self.backward not in FAST_BACKWARDS:
+            raise ValueError(
+                f"backward must be one of {', '.join(FAST_BACKWARDS)}, got {self.backward!r}"
+            )
+        if self.backward != "auto" and self.method not in FAST:
+            raise ValueError(
+                f"backward={self.backward!r} applies to the fast methods ({', '.join(FAST)}), "
+                f"not {self.method!r}; torchdiffeq methods choose with adjoint=True/False"
+            )
+        if self.backward == "discrete_adjoint" and self.method not in ADJOINT_METHODS:
+            raise ValueError(
+                f"backward='discrete_adjoint' is implemented for {', '.join(ADJOINT_METHODS)}, "
+                f"not {self.method!r}; allowed for it: 'auto', 'autograd'"
+            )
+        if isinstance(self.unroll, bool) or not isinstance(self.unroll, int) or self.unroll < 0:
+            raise ValueError(f"unroll must be an integer >= 0, got {self.unroll!r}")
+        if self.unroll and (self.method not in ADJOINT_METHODS or self.backward == "autograd"):
+            raise ValueError(
+                f"unroll applies to the discrete-adjoint path ({', '.join(ADJOINT_METHODS)} with "
+                f"backward 'auto' or 'discrete_adjoint'), not method={self.method!r} with "
+                f"backward={self.backward!r}"
             )
         if not isinstance(self.max_steps, int) or self.max_steps < 0:
             raise ValueError(f"max_steps must be an integer >= 0, got {self.max_steps!r}")
@@ -255,6 +288,8 @@ def rollout(
                 checkpoint_every=solver.checkpoint_every,
                 noise=solver.sde,
                 generator=noise_gen,
+                backward=solver.backward,
+                unroll=solver.unroll,
             )
             steps = (t_s.shape[0] - 1) * n_sub
         elif solver.sde:

@@ -2,6 +2,7 @@
 gradients against finite differences, checkpointing and compile equal to eager."""
 
 import math
+import types
 import warnings
 
 import pytest
@@ -200,3 +201,207 @@ def test_compiled_equals_eager(method):
         out[compile] = (states.states.detach(), net.lateral.weight.grad.clone())
     torch.testing.assert_close(out[True][0], out[False][0], rtol=1e-4, atol=1e-3)
     torch.testing.assert_close(out[True][1], out[False][1], rtol=1e-3, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- discrete adjoint
+def _grads(net, stim, y0, gy, **kw):
+    """States and d(sum(states * gy))/d(y0, trainable params) of one fast rk4exp rollout."""
+    dyn = net.prepare(stim)
+    states = fast_rollout(dyn, y0, stim.shape[0], 2, 0.5e-3, "rk4exp", **kw)
+    params = [p for p in net.parameters() if p.requires_grad]
+    return states.detach(), torch.autograd.grad((states * gy).sum(), [y0, *params])
+
+
+def _adjoint_problem(T: int = 21):
+    """Decision network (lateral + input weights train), float64, a step and a ramp of input."""
+    spec = decision_spec(
+        lateral=ConnectionSpec(enabled=True, trainable=True),
+        input=ConnectionSpec(pairs=(("input", "L4e"), ("input", "L4i")), trainable=True),
+    )
+    net = ColumnNetwork(spec=spec, dtype=torch.float64)
+    stim = step_stimulus(T)
+    stim[T // 2 :, 1, 0] = torch.linspace(5.0, 25.0, T - T // 2, dtype=torch.float64)
+    y0 = net.initial_state(2).requires_grad_()
+    gy = torch.randn(
+        T, 2, net.state_size, dtype=torch.float64, generator=torch.Generator().manual_seed(0)
+    )
+    return net, stim, y0, gy
+
+
+@pytest.mark.parametrize("unroll", [1, 3, 7, 20, 32])
+def test_discrete_adjoint_equals_autograd(unroll):
+    """Same states and gradients (y0, weights, input weights) as autograd through the steps,
+    also when the 20 intervals are not a multiple of the chunk (3, 7, 32: padded last chunk)."""
+    net, stim, y0, gy = _adjoint_problem()
+    s_ref, g_ref = _grads(net, stim, y0, gy, backward="autograd")
+    s, g = _grads(net, stim, y0, gy, backward="discrete_adjoint", unroll=unroll)
+    assert s.shape == s_ref.shape
+    torch.testing.assert_close(s, s_ref, rtol=1e-12, atol=1e-10)
+    for got, want in zip(g, g_ref, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9 * float(want.abs().max()))
+
+
+def test_discrete_adjoint_gradcheck():
+    """torch.autograd.gradcheck of the adjoint rollout (float64, one column, 3 intervals in
+    chunks of 2) in y0, the weights and the drive."""
+    net = ColumnNetwork(dtype=torch.float64)
+    c, P = net.constants(), net.n_pop
+    w0 = (net.weight_matrix() * c["gain"]).detach()
+    drive0 = (net.bg_drive * c["gain"]).expand(4, 1, P).clone()
+    drive0[2:, 0, 2] *= 1.5  # a step on L4e
+    y0 = net.initial_state(1)
+
+    def run(y, w_t, drive):
+        dyn = types.SimpleNamespace(P=P, w_t=w_t, kappa=net.kappa, drive=drive, c=c, nfe=0)
+        states = fast_rollout(dyn, y, 4, 2, 0.5e-3, "rk4exp", backward="discrete_adjoint", unroll=2)
+        return states[1:]
+
+    inputs = (
+        y0.clone().requires_grad_(),
+        w0.t().clone().requires_grad_(),
+        drive0.requires_grad_(),
+    )
+    assert torch.autograd.gradcheck(run, inputs, eps=1e-6, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("checkpoint_every", [5, 7, 50])
+def test_discrete_adjoint_checkpointing_equals_stored(checkpoint_every):
+    """checkpoint_every recomputes segments (whole chunks) in backward: identical results."""
+    net, stim, y0, gy = _adjoint_problem()
+    s_ref, g_ref = _grads(net, stim, y0, gy, unroll=3)
+    s, g = _grads(net, stim, y0, gy, unroll=3, checkpoint_every=checkpoint_every)
+    torch.testing.assert_close(s, s_ref, rtol=0, atol=0)
+    for got, want in zip(g, g_ref, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+def test_discrete_adjoint_noise_equals_autograd():
+    """SDE (noise kicks on v): the adjoint path draws the same noise and gets autograd's
+    gradient; it also allows checkpointing with noise."""
+    net, stim, y0, gy = _adjoint_problem()
+    kw = dict(noise=True)
+    s_ref, g_ref = _grads(net, stim, y0, gy, backward="autograd", generator=_gen(), **kw)
+    s, g = _grads(net, stim, y0, gy, unroll=7, generator=_gen(), **kw)
+    s_ck, g_ck = _grads(net, stim, y0, gy, unroll=3, checkpoint_every=6, generator=_gen(), **kw)
+    torch.testing.assert_close(s, s_ref, rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(s_ck, s, rtol=0, atol=0)
+    for got, got_ck, want in zip(g, g_ck, g_ref, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-9, atol=1e-9 * float(want.abs().max()))
+        torch.testing.assert_close(got_ck, got, rtol=1e-12, atol=1e-12 * float(got.abs().max()))
+
+
+def _gen():
+    return torch.Generator().manual_seed(7)
+
+
+def test_discrete_adjoint_without_grad_matches():
+    """No gradient needed: the chunked forward alone, same states."""
+    net, stim, y0, gy = _adjoint_problem()
+    s_ref, _ = _grads(net, stim, y0, gy, backward="autograd")
+    with torch.no_grad():
+        s = fast_rollout(net.prepare(stim), y0, stim.shape[0], 2, 0.5e-3, "rk4exp", unroll=7)
+    torch.testing.assert_close(s, s_ref, rtol=1e-12, atol=1e-10)
+
+
+def test_discrete_adjoint_float32_matches_autograd():
+    """float32 (as trained): gradients within float rounding of autograd's."""
+    net, stim, y0, gy = _adjoint_problem()
+    net = net.float()
+    stim, y0, gy = stim.float(), y0.detach().float().requires_grad_(), gy.float()
+    _, g_ref = _grads(net, stim, y0, gy, backward="autograd")
+    _, g = _grads(net, stim, y0, gy, unroll=4)
+    for got, want in zip(g, g_ref, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+
+
+def test_kappa_gradient_falls_back_to_autograd():
+    """The adjoint has no kappa gradient: "auto" uses autograd then, "discrete_adjoint" says so."""
+    net, stim, y0, gy = _adjoint_problem()
+    net.kappa.requires_grad_(True)
+    dyn = net.prepare(stim)
+    states = fast_rollout(dyn, y0, stim.shape[0], 2, 0.5e-3, "rk4exp")
+    (g,) = torch.autograd.grad((states * gy).sum(), [net.kappa])
+    assert torch.isfinite(g).all() and float(g.abs().max()) > 0
+    with pytest.raises(ValueError, match="kappa"):
+        fast_rollout(
+            net.prepare(stim), y0, stim.shape[0], 2, 0.5e-3, "rk4exp", backward="discrete_adjoint"
+        )
+
+
+def test_solver_config_validates_backward_and_unroll():
+    with pytest.raises(ValueError, match="backward must be one of auto, discrete_adjoint"):
+        SolverConfig("rk4exp", backward="adjoint")
+    with pytest.raises(ValueError, match="applies to the fast methods"):
+        SolverConfig("dopri5", backward="autograd")
+    with pytest.raises(ValueError, match="implemented for rk4exp, not 'exprk2'"):
+        SolverConfig("exprk2", backward="discrete_adjoint")
+    with pytest.raises(ValueError, match="unroll must be an integer >= 0"):
+        SolverConfig("rk4exp", unroll=-2)
+    with pytest.raises(ValueError, match="unroll applies to the discrete-adjoint path"):
+        SolverConfig("rk4exp", backward="autograd", unroll=4)
+    with pytest.raises(ValueError, match="unroll applies"):
+        SolverConfig("rk4", unroll=4)
+    with pytest.raises(ValueError, match="unknown solver option 'unrol'"):
+        SolverConfig.from_dict({"method": "rk4exp", "unrol": 4})
+    cfg = SolverConfig.from_dict({"method": "rk4exp", "backward": "discrete_adjoint", "unroll": 5})
+    assert (cfg.backward, cfg.unroll) == ("discrete_adjoint", 5)
+
+
+def test_rollout_passes_backward_and_unroll():
+    """rollout() with the new options: same states either way, adjoint gradient = autograd's."""
+    net, stim, y0, gy = _adjoint_problem()
+    t = torch.arange(stim.shape[0], dtype=torch.float64)
+    out = {}
+    for cfg in (
+        SolverConfig("rk4exp", backward="autograd"),
+        SolverConfig("rk4exp", backward="discrete_adjoint", unroll=6),
+    ):
+        net.zero_grad()
+        states = rollout(net, stim, t, cfg, y0=y0.detach()).states
+        (states * gy).sum().backward()
+        out[cfg.backward] = (states.detach(), net.lateral.weight.grad.clone())
+    torch.testing.assert_close(
+        out["discrete_adjoint"][0], out["autograd"][0], rtol=1e-12, atol=1e-10
+    )
+    torch.testing.assert_close(out["discrete_adjoint"][1], out["autograd"][1], rtol=1e-9, atol=0)
+
+
+def test_adjoint_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch):
+    def broken_compile(fn, **kw):
+        def run(*args):
+            raise RuntimeError("no compiler here")
+
+        return run
+
+    monkeypatch.setattr(torch, "compile", broken_compile)
+    monkeypatch.setattr(fast, "_INTERVAL_CACHE", {})
+    net, stim, y0, gy = _adjoint_problem()
+    s_ref, g_ref = _grads(net, stim, y0, gy, unroll=4)
+    with pytest.warns(RuntimeWarning, match="no compiler here"):
+        s, g = _grads(net, stim, y0, gy, unroll=4, compile=True)
+    torch.testing.assert_close(s, s_ref, rtol=0, atol=0)
+    for got, want in zip(g, g_ref, strict=True):
+        torch.testing.assert_close(got, want, rtol=0, atol=0)
+
+
+@pytest.mark.slow
+def test_compiled_adjoint_equals_eager():
+    """torch.compile'd chunks (forward with stores, backward, forward alone), a trial whose 40
+    intervals are not a multiple of the chunk: same states and gradients as eager."""
+    net = ColumnNetwork(spec=decision_spec(lateral=ConnectionSpec(enabled=True, trainable=True)))
+    T = 41
+    stim, t = step_stimulus(T, torch.float32), torch.arange(T, dtype=torch.float32)
+    out = {}
+    for compile in (False, True):
+        cfg = SolverConfig("rk4exp", step_ms=0.5, compile=compile, unroll=6)
+        net.zero_grad()
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)  # a compile fallback fails the test
+            states = rollout(net, stim, t, cfg).states
+            net.readout(states[-10:]).sum().backward()
+            with torch.no_grad():
+                plain = rollout(net, stim, t, cfg).states
+        out[compile] = (states.detach(), plain, net.lateral.weight.grad.clone())
+    torch.testing.assert_close(out[True][0], out[False][0], rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(out[True][1], out[False][1], rtol=1e-4, atol=1e-3)
+    torch.testing.assert_close(out[True][2], out[False][2], rtol=1e-3, atol=1e-6)
