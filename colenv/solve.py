@@ -362,7 +362,9 @@ def _sde(dyn, y0, t_s, solver, step_s, seed, generator, dt_ms):
 
 def check_finite(states: torch.Tensor, t_ms: torch.Tensor, model) -> None:
     """Raise :class:`DivergenceError` naming the first time and state entry that is NaN/inf."""
-    if bool(torch.isfinite(states).all()):
+    # one reduction pass: any NaN/inf makes the sum non-finite (an overflow of the sum of finite
+    # states only costs the full check); isfinite(states).all() took 0.5 s at batch 256
+    if bool(torch.isfinite(states.sum())) or bool(torch.isfinite(states).all()):
         return
     bad = (~torch.isfinite(states)).nonzero()
     k, b, s = (int(x) for x in bad[0])

@@ -206,6 +206,21 @@ def test_divergence_guard_names_time_and_population():
     assert not torch.isfinite(raw.states).all()
 
 
+def test_check_finite_is_not_fooled_by_an_overflowing_sum():
+    """check_finite sums the states first; a sum that overflows on finite states is no error,
+    and one NaN among them still is."""
+    from colenv.solve import check_finite
+
+    net = small_column_net()
+    t = torch.arange(3, dtype=torch.float64)
+    states = torch.full((3, 2, net.state_size), 3e38, dtype=torch.float32)
+    assert not torch.isfinite(states.sum())
+    check_finite(states, t, net)
+    states[1, 0, 5] = float("nan")
+    with pytest.raises(DivergenceError, match="trial 0 is nan at t = 1.000 ms"):
+        check_finite(states, t, net)
+
+
 def test_bad_solver_config_lists_allowed_values():
     with pytest.raises(ValueError, match="unknown ODE method 'rk5'; allowed: euler"):
         SolverConfig("rk5")
