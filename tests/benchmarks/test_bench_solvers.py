@@ -162,6 +162,9 @@ VARIANTS = {
     "dopri5 adjoint": _solve(SolverConfig("dopri5", adjoint=True, **DOPRI5_DEFAULT)),
     "fast rk4exp 0.5ms": _solve(SolverConfig("rk4exp", step_ms=0.5)),
     "fast rk4exp 0.5ms compiled": _solve(SolverConfig("rk4exp", step_ms=0.5, compile=True)),
+    "fast rk4exp 0.5ms compiled, autograd backward": _solve(
+        SolverConfig("rk4exp", step_ms=0.5, compile=True, backward="autograd")
+    ),
     "fast rk4exp 1ms compiled": _solve(SolverConfig("rk4exp", step_ms=1.0, compile=True)),
     "RK4 compiled reference 0.5ms": compiled_rk4(0.5),
 }
