@@ -64,7 +64,12 @@ def peak_rss_mb(trial_ms: int, checkpoint_every: int) -> float:
         "dyn = net.prepare(stim);"
         f"s = fast_rollout(dyn, y0, t.shape[0], 2, 0.5e-3, 'rk4exp', checkpoint_every={checkpoint_every});"
         "B.loss_of(net, s).backward();"
-        "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
+        # VmHWM: this process image's own high-water mark. ru_maxrss is not: Linux carries
+        # it over fork + exec, so a child of a 3 GB benchmark process reported 3 GB.
+        "hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')]"
+        " if sys.platform.startswith('linux') else [];"
+        "print(int(hwm[0].split()[1]) / 1024 if hwm else "
+        "resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)"
     )
     root = os.path.join(os.path.dirname(__file__), "..")
     out = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True)
