@@ -13,7 +13,11 @@ Prints, per configuration: L2/3e at rest, at the end of the kick, and 200 / 800 
 A persistent state shows as a rate that stays up after the kick; the question is at which
 rate it settles.
 
-    python scripts/column_persistence.py [--sizes mt] [--kick-hz 200]
+A second table (Parity's question: how high can L2/3e *rest*?) scales the L2/3i -> L2/3e
+weight down and reports the resting L2/3e rate from ``ColumnNetwork.rest_state`` (no
+ceiling), or that the column has no stable rest state any more.
+
+    python scripts/column_persistence.py [--sizes mt] [--kick-hz 200] [--rest-sizes pd2014]
 """
 
 from __future__ import annotations
@@ -55,12 +59,26 @@ def run(sizes: str, self_scale: float, ei_scale: float, kick_hz: float) -> tuple
     return float(e[299]), float(e[599]), float(e[799]), float(e[T - 1])
 
 
+def resting_l23e(sizes: str, ie_scale: float) -> float | None:
+    """Resting L2/3e (Hz) with the L2/3i -> L2/3e weight x ie_scale; None without a rest state."""
+    spec = {"areas": [{"name": "a", "n_columns": 1, "sizes": sizes}], "parametrization": "log"}
+    net = ColumnNetwork(spec=spec, dtype=torch.float64)
+    with torch.no_grad():
+        net.recurrent.weight[0, 1] += math.log(ie_scale)
+    try:
+        return float(net.rest_state()[2 * net.n_pop])
+    except DivergenceError:
+        return None
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="mt")
     ap.add_argument("--kick-hz", type=float, default=200.0)
     ap.add_argument("--self-scales", default="1,1.5,2,2.5,3,4,6")
     ap.add_argument("--ei-scales", default="0.5,1,2,4")
+    ap.add_argument("--rest-sizes", default="pd2014")
+    ap.add_argument("--ie-scales", default="1,0.8,0.6,0.5,0.4,0.35,0.3,0.25,0.2,0.15")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     grid = itertools.product(
@@ -77,6 +95,13 @@ def main(argv: list[str] | None = None) -> None:
         except DivergenceError:
             cells = "no rest state | | |"
         print(f"| {s:g} | {ei:g} | {cells} |", flush=True)
+
+    print(f"\nResting L2/3e of one {args.rest_sizes} column, L2/3i -> L2/3e weight scaled\n")
+    print("| L2/3i->L2/3e x | resting L2/3e (Hz) |")
+    print("|---:|---:|")
+    for ie in (float(x) for x in args.ie_scales.split(",")):
+        rate = resting_l23e(args.rest_sizes, ie)
+        print(f"| {ie:g} | {'no stable rest state' if rate is None else f'{rate:.2f}'} |")
 
 
 if __name__ == "__main__":
