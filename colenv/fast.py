@@ -602,7 +602,7 @@ def _chunk(fn, v, a, r, drives, w_t, kappa):
 
 BACKWARDS = ("auto", "discrete_adjoint", "autograd")
 ADJOINT_METHODS = ("rk4exp",)
-DEFAULT_UNROLL = 10  # grid intervals per compiled graph (docs/profiling.md)
+DEFAULT_UNROLL = 5  # grid intervals per compiled graph (docs/profiling.md)
 
 
 def fast_rollout(
@@ -641,7 +641,7 @@ def fast_rollout(
             (:class:`_Rk4expAdjoint`), chunks of ``unroll`` grid intervals per graph;
             "autograd": autograd through the steps, one graph per grid interval; "auto":
             the adjoint for rk4exp (unless ``dyn.kappa`` requires grad), else autograd.
-        unroll: grid intervals per chunk of the adjoint path (0: 10 with ``compile``, else 1).
+        unroll: grid intervals per chunk of the adjoint path (0: 5 with ``compile``, else 1).
             A trial whose interval count is not a multiple runs its last chunk on repeated
             drive and drops those states.
 

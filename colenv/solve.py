@@ -86,7 +86,7 @@ class SolverConfig:
             (same gradient as autograd to float rounding, less time and memory); "autograd":
             autograd through the steps; "auto": the adjoint for rk4exp, autograd for the others.
         unroll: the discrete-adjoint path (rk4exp): grid intervals per chunk, each chunk
-            one compiled graph (0 = automatic: 10 with ``compile``, 1 eager). Larger chunks
+            one compiled graph (0 = automatic: 5 with ``compile``, 1 eager). Larger chunks
             cost fewer calls per trial and more compile time (docs/profiling.md).
     """
 
