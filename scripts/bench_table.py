@@ -266,7 +266,7 @@ def main(argv: list[str] | None = None) -> None:
             "\n### Peak RSS, parity batch 16, fast rk4exp eager forward+backward "
             "(discrete adjoint)\n"
         )
-        print(row(["trial", "plain autograd (MB)", "checkpoint_every=50 (MB)"]))
+        print(row(["trial", "no checkpointing (MB)", "checkpoint_every=50 (MB)"]))
         print(row(["---"] * 3))
         for trial_ms in (1000, 10000):
             plain = peak_rss_mb(trial_ms, 0)
