@@ -156,7 +156,10 @@ def test_nfe_counts_stages():
         assert dyn.nfe == (T - 1) * 2 * per_step
 
 
-def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch):
+@pytest.fixture
+def no_compiler(monkeypatch):
+    """torch.compile returns functions that raise, and the step cache starts empty."""
+
     def broken_compile(fn, **kw):
         def run(*args):
             raise RuntimeError("no compiler here")
@@ -165,6 +168,9 @@ def test_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch):
 
     monkeypatch.setattr(torch, "compile", broken_compile)
     monkeypatch.setattr(fast, "_INTERVAL_CACHE", {})
+
+
+def test_compile_failure_falls_back_to_eager_with_a_warning(no_compiler):
     net, stim, T = _one_column_problem()
     eager = fast_rollout(net.prepare(stim), net.initial_state(2), T, 2, 0.5e-3, "exprk2")
     with pytest.warns(RuntimeWarning, match="no compiler here"):
@@ -366,15 +372,7 @@ def test_rollout_passes_backward_and_unroll():
     torch.testing.assert_close(out["discrete_adjoint"][1], out["autograd"][1], rtol=1e-9, atol=0)
 
 
-def test_adjoint_compile_failure_falls_back_to_eager_with_a_warning(monkeypatch):
-    def broken_compile(fn, **kw):
-        def run(*args):
-            raise RuntimeError("no compiler here")
-
-        return run
-
-    monkeypatch.setattr(torch, "compile", broken_compile)
-    monkeypatch.setattr(fast, "_INTERVAL_CACHE", {})
+def test_adjoint_compile_failure_falls_back_to_eager_with_a_warning(no_compiler):
     net, stim, y0, gy = _adjoint_problem()
     s_ref, g_ref = _grads(net, stim, y0, gy, unroll=4)
     with pytest.warns(RuntimeWarning, match="no compiler here"):
