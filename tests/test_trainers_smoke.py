@@ -66,6 +66,12 @@ def test_cli_train_evaluate_list_reproduce(tmp_path, capsys):
     table = capsys.readouterr().out
     assert "accuracy" in table and "rmse_hz" in table
     assert evaluate_checkpoint(str(run_dir / "checkpoints" / "last.pt"))["step"] == 2
+    threads = torch.get_num_threads()
+    try:  # evaluate runs at the configured thread count, as train does
+        evaluate_checkpoint(str(run_dir), ["train.threads=3"])
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(threads)
 
     assert main(["list"]) == 0
     listed = capsys.readouterr().out

@@ -74,6 +74,8 @@ def evaluate_checkpoint(path: str, overrides: list[str] | None = None) -> dict[s
     config = TrainConfig.from_dict(
         apply_overrides(ckpt["config"], overrides or []), source=f"checkpoint {path}"
     )
+    if config.train.threads:  # as train() does: the same thread count as the run
+        torch.set_num_threads(config.train.threads)
     task = build_task(config)
     device = resolve_device(config.train.device)
     dtype = getattr(torch, DTYPES[config.train.dtype])
