@@ -224,3 +224,76 @@ def test_init_jitter_errors_name_the_key():
         NetworkSpec(init_jitter=-0.1)
     with pytest.raises(ConfigError, match="init_seed"):
         NetworkSpec(init_seed=1.5)
+
+
+# ----------------------------------------------------------------------------- explicit edges
+TWO_AREAS = {
+    "n_inputs": 2,
+    "areas": [{"name": "a", "n_columns": 2, "sizes": "pd2014"}, {"name": "b", "n_columns": 1}],
+}
+
+
+def _names(net):
+    return {name: i for i, name in enumerate(net.population_names)}
+
+
+def test_edges_wire_exactly_the_listed_entries_with_dale_signs():
+    spec = dict(
+        TWO_AREAS,
+        input={"edges": [["input[1]", "a[1].L4e", 30.0]]},
+        lateral={
+            "enabled": True,
+            "edges": [["a[0].L4e", "a[1].L5i", 2.5], ["a[1].L23i", "a[0].L23e", 4.0]],
+        },
+        feedforward={"trainable": True, "edges": [["a[1].L5e", "b[0].L23e", 7.0]]},
+        parametrization="log",
+    )
+    net = ColumnNetwork(spec=spec, dtype=torch.float64)
+    n = _names(net)
+    lat, ff, inp = (c.effective().detach() for c in (net.lateral, net.feedforward, net.input))
+    assert lat[n["a[1].L5i"], n["a[0].L4e"]] == pytest.approx(2.5)
+    assert lat[n["a[0].L23e"], n["a[1].L23i"]] == pytest.approx(-4.0)  # inhibitory source
+    assert ff[n["b[0].L23e"], n["a[1].L5e"]] == pytest.approx(7.0)
+    assert inp[n["a[1].L4e"], 1] == pytest.approx(30.0)
+    assert int((lat != 0).sum()) == 2 and int((ff != 0).sum()) == 1 and int((inp != 0).sum()) == 1
+    assert net.feedforward.mask.sum() == 1 and net.feedforward.train_mask.sum() == 1
+    assert net.lateral.train_mask.sum() == 0  # trainable defaults to False
+
+
+@pytest.mark.parametrize(
+    ("kind", "edge", "message"),
+    [
+        (
+            "feedforward",
+            ["a[0].L5e", "a[1].L4e", 1.0],
+            "from a population of area n to one of area n + 1",
+        ),
+        ("feedforward", ["b[0].L5e", "a[0].L4e", 1.0], "area n to one of area n + 1"),
+        ("lateral", ["a[0].L4e", "a[0].L5i", 1.0], "between different columns of the same area"),
+        ("lateral", ["a[0].L4e", "b[0].L5i", 1.0], "between different columns of the same area"),
+        ("input", ["input[0]", "b[0].L4e", 1.0], "to a population of the first area"),
+        ("input", ["input[2]", "a[0].L4e", 1.0], "unknown population 'input[2]'"),
+        ("feedforward", ["a[0].L7e", "b[0].L4e", 1.0], "unknown population 'a[0].L7e'"),
+        ("feedforward", ["a[0].L5e", "b[0].L4e", 0.0], "> 0"),
+        ("feedforward", ["a[0].L5e", "b[0].L4e", -2.0], "> 0"),
+        ("feedforward", ["a[0].L5e", "b[0].L4e", "big"], "must be a number"),
+        ("feedforward", ["a[0].L5e", "b[0].L4e"], "[source, target, weight_nA]"),
+    ],
+)
+def test_bad_edges_are_errors_that_name_the_edge(kind, edge, message):
+    spec = dict(TWO_AREAS, **{kind: {"enabled": True, "edges": [edge]}})
+    with pytest.raises(ConfigError, match="network." + kind + r"\.edges") as err:
+        ColumnNetwork(spec=spec)
+    assert message in str(err.value)
+
+
+def test_edges_listed_twice_or_mixed_with_pairs_are_errors():
+    twice = [["a[0].L5e", "b[0].L4e", 1.0], ["a[0].L5e", "b[0].L4e", 2.0]]
+    with pytest.raises(ConfigError, match="listed twice"):
+        ColumnNetwork(spec=dict(TWO_AREAS, feedforward={"edges": twice}))
+    with pytest.raises(ConfigError, match="either edges or pairs"):
+        NetworkSpec.from_dict(
+            dict(TWO_AREAS, feedforward={"edges": twice[:1], "pairs": [["L5e", "L4e"]]})
+        )
+    with pytest.raises(ConfigError, match="network.recurrent.edges"):
+        NetworkSpec.from_dict(dict(TWO_AREAS, recurrent={"edges": twice[:1]}))

@@ -74,12 +74,20 @@ class ConnectionSpec:
             train while the other allowed entries stay fixed.
         init_k: in-degree used for the initial weight (W = init_k * J) where the kind has no
             anatomical default; None = the kind's default.
+        edges: explicit wiring instead of ``pairs`` (lateral, feedforward and input only): a
+            tuple of (source, target, initial weight in nA) with populations named as in
+            ``ColumnNetwork.population_names`` ("area[column].Pop", e.g. "a1[0].L5e") and input
+            channels as "input[k]". Exactly these entries exist (the mask), each starting at its
+            given magnitude with the source's Dale sign. Lateral edges stay inside one area
+            (between different columns), feedforward edges go from area n to area n + 1, input
+            edges end in the first area. None = the kind's pairs-based default wiring.
     """
 
     enabled: bool = True
     pairs: tuple[Pair, ...] | None = None
     trainable: bool | tuple[Pair, ...] = False
     init_k: float | None = None
+    edges: tuple[tuple[str, str, float], ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -201,6 +209,27 @@ def _connection_from_dict(kind: str, raw: dict, default: ConnectionSpec) -> Conn
             kw[key] = tuple(tuple(p) for p in kw[key])
     if isinstance(kw.get("trainable"), list):
         kw["trainable"] = tuple(tuple(p) for p in kw["trainable"])
+    if kw.get("edges") is not None:
+        if kind == "recurrent":
+            raise ConfigError(
+                "network.recurrent.edges: explicit edges are for lateral, "
+                "feedforward and input connections (recurrent wiring is P&D's)"
+            )
+        edges = []
+        for e in kw["edges"]:
+            if not isinstance(e, list | tuple) or len(e) != 3:
+                raise ConfigError(
+                    f"network.{kind}.edges: each edge must be [source, target, weight_nA], "
+                    f"got {e!r}"
+                )
+            edges.append((str(e[0]), str(e[1]), e[2]))
+        kw["edges"] = tuple(edges)
+        for key in ("pairs", "init_k"):
+            if kw.get(key) is not None:
+                raise ConfigError(
+                    f"network.{kind}: give either edges or {key}, not both (edges fix both "
+                    "the wiring and the initial weights)"
+                )
     return replace(default, **kw)
 
 
@@ -352,8 +381,12 @@ class ColumnNetwork(nn.Module):
         lat_mask = (same_area & ~same_col).double() * lat8[pop_type[:, None], pop_type[None, :]]
         lat_mask = lat_mask * float(lat.enabled)
         lat_k = lat.init_k if lat.init_k is not None else 500.0
+        lat_init = sign * lat_k * j * lat_mask
+        if lat.edges is not None:
+            lat_init, lat_mask = self._edges("lateral", lat, same_area & ~same_col)
+            lat_init = sign * lat_init
         self.lateral = Connection(
-            sign * lat_k * j * lat_mask,
+            lat_init,
             lat_mask,
             sign,
             self._train_mask(lat, lat_mask, pop_type),
@@ -377,6 +410,9 @@ class ColumnNetwork(nn.Module):
         else:
             ff_target_k = default_k[pop_type]
         ff_init = sign * (ff_target_k / n_src_cols)[:, None] * j * ff_mask
+        if ff.edges is not None:
+            ff_init, ff_mask = self._edges("feedforward", ff, next_area)
+            ff_init = sign * ff_init
         self.feedforward = Connection(
             ff_init, ff_mask, sign, self._train_mask(ff, ff_mask, pop_type), log
         )
@@ -399,6 +435,9 @@ class ColumnNetwork(nn.Module):
         in_mask = in_mask * float(inp.enabled)
         in_k = default_k[pop_type] if inp.init_k is None else torch.full((P,), inp.init_k)
         in_init = in_k[:, None].double() * j * in_mask
+        if inp.edges is not None:
+            first_area = (pop_area == 0)[:, None].expand(P, I)
+            in_init, in_mask = self._edges("input", inp, first_area)
         if isinstance(inp.trainable, tuple):  # only some target populations train
             in_train_targets = torch.zeros(N_POP, dtype=torch.float64)
             for src, tgt in inp.trainable:
@@ -436,6 +475,47 @@ class ColumnNetwork(nn.Module):
                 conn.weight.add_(factor.to(conn.weight.dtype))
             else:
                 conn.weight.mul_(torch.exp(factor).to(conn.weight.dtype))
+
+    def _edges(
+        self, kind: str, conn: ConnectionSpec, allowed: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(initial magnitudes (nA), mask) [target, source] of ``conn.edges``; ``allowed`` is
+        where this kind may connect at all (e.g. area n -> n + 1 for feedforward)."""
+        targets = {name: i for i, name in enumerate(self.population_names)}
+        if kind == "input":
+            sources = {f"input[{k}]": k for k in range(self.n_inputs)}
+            rule = "from an input channel 'input[k]' to a population of the first area"
+        else:
+            sources = targets
+            rule = {
+                "lateral": "between different columns of the same area",
+                "feedforward": "from a population of area n to one of area n + 1",
+            }[kind]
+        init = torch.zeros(allowed.shape, dtype=torch.float64)
+        for src, tgt, weight in conn.edges:
+            where = f"network.{kind}.edges: edge {src!r} -> {tgt!r}"
+            for name, names in ((src, sources), (tgt, targets)):
+                if name not in names:
+                    example = next(iter(names), "input[0]")
+                    raise ConfigError(
+                        f"{where}: unknown population {name!r}; names look like {example!r} "
+                        f"(area[column].population{', or input[k]' if kind == 'input' else ''})"
+                    )
+            i, k = targets[tgt], sources[src]
+            if not bool(allowed[i, k]):
+                raise ConfigError(f"{where}: {kind} edges run {rule}")
+            if isinstance(weight, bool) or not isinstance(weight, int | float):
+                raise ConfigError(f"{where}: the weight must be a number (nA), got {weight!r}")
+            if not (math.isfinite(weight) and weight > 0):
+                raise ConfigError(
+                    f"{where}: the weight is a magnitude in nA (> 0, the sign follows Dale's "
+                    f"law from the source), got {weight!r}"
+                )
+            if init[i, k] != 0:
+                raise ConfigError(f"{where}: listed twice")
+            init[i, k] = float(weight)
+        mask = (init > 0).double() * float(conn.enabled)
+        return init * mask, mask
 
     @staticmethod
     def _train_mask(conn: ConnectionSpec, mask: torch.Tensor, pop_type: torch.Tensor):
