@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.trainer_utils import tiny
 from trainers import load_config, train
-from trainers.wandb_logger import read_offline_run
+from trainers.wandb_logger import WandbLogger, read_offline_run
 
 TASK = "colenv/XOR-v0"
 
@@ -39,3 +41,13 @@ def test_offline_run_logs_loss_metrics_nfe_plots_and_checkpoint(tmp_path, monkey
         assert json.loads(summary_json.read_text())["eval/accuracy"] == result.metrics["accuracy"]
     # the plots went in as images
     assert any(p.suffix == ".png" for p in (run / "files" / "media" / "images").rglob("*"))
+
+
+def test_wandb_mode_from_the_environment_is_checked(monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "")  # set but empty: the config's mode applies
+    assert WandbLogger(mode="disabled").mode == "disabled"
+    monkeypatch.setenv("WANDB_MODE", "ofline")
+    with pytest.raises(ValueError, match="'ofline' \\(from the WANDB_MODE environment variable\\)"):
+        WandbLogger()
+    monkeypatch.setenv("WANDB_MODE", "online")
+    assert WandbLogger(mode="offline").mode == "online"

@@ -19,13 +19,22 @@ from trainers.callbacks import Callback, TrainState
 
 __all__ = ["WandbLogger"]
 
+WANDB_MODES = ("offline", "online", "disabled", "dryrun", "shared", "run")
+"""What ``wandb.init(mode=...)`` accepts."""
+
 
 class WandbLogger(Callback):
     """Logs a run to W&B (offline unless configured otherwise)."""
 
     def __init__(self, project: str = "colenv", mode: str = "offline") -> None:
         self.project = project
-        self.mode = os.environ.get("WANDB_MODE", mode)
+        env = os.environ.get("WANDB_MODE", "").strip()  # set but empty counts as unset
+        self.mode = env or mode
+        if self.mode not in WANDB_MODES:
+            source = "the WANDB_MODE environment variable" if env else "logging.wandb_mode"
+            raise ValueError(
+                f"W&B mode {self.mode!r} (from {source}) must be one of {', '.join(WANDB_MODES)}"
+            )
         self.run = None
         self.local_dir: Path | None = None
         """folder of the local W&B run (``<run>/wandb/offline-run-*``), once started"""
