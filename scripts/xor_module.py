@@ -55,11 +55,11 @@ def main(argv: list[str] | None = None) -> None:
         out = rollout(net, stim, t, SolverConfig("rk4exp", step_ms=0.5))
     rates = net.rates(out.states)
     idx = {name: i for i, name in enumerate(net.population_names)}
-    a, b_, c = (net.spec.areas[0].name, net.spec.areas[0].name, net.spec.areas[1].name)
+    ab, c = net.spec.areas[0].name, net.spec.areas[1].name  # A, B = ab[0], ab[1]; C = c[0]
     cols = {
-        "A L5e": idx[f"{a}[0].L5e"],
-        "A L4e": idx[f"{a}[0].L4e"],
-        "B L5e": idx[f"{b_}[1].L5e"],
+        "A L5e": idx[f"{ab}[0].L5e"],
+        "A L4e": idx[f"{ab}[0].L4e"],
+        "B L5e": idx[f"{ab}[1].L5e"],
         "C L2/3e": idx[f"{c}[0].L23e"],
     }
     print(f"XOR module of {args.checkpoint} (step {ckpt['step']}), rates in Hz\n")
