@@ -297,3 +297,8 @@ def test_edges_listed_twice_or_mixed_with_pairs_are_errors():
         )
     with pytest.raises(ConfigError, match="network.recurrent.edges"):
         NetworkSpec.from_dict(dict(TWO_AREAS, recurrent={"edges": twice[:1]}))
+
+
+def test_edges_with_pairs_in_python_is_an_error():
+    with pytest.raises(ConfigError, match="either edges or pairs"):
+        ConnectionSpec(pairs=(("L5e", "L4e"),), edges=(("a[0].L5e", "b[0].L4e", 1.0),))

@@ -89,6 +89,13 @@ class ConnectionSpec:
     init_k: float | None = None
     edges: tuple[tuple[str, str, float], ...] | None = None
 
+    def __post_init__(self) -> None:
+        if self.edges is not None and (self.pairs is not None or self.init_k is not None):
+            raise ConfigError(
+                "a connection takes either edges or pairs/init_k, not both (edges fix both the "
+                "wiring and the initial weights)"
+            )
+
 
 @dataclass(frozen=True)
 class NetworkSpec:
@@ -230,6 +237,7 @@ def _connection_from_dict(kind: str, raw: dict, default: ConnectionSpec) -> Conn
                     f"network.{kind}: give either edges or {key}, not both (edges fix both "
                     "the wiring and the initial weights)"
                 )
+            kw[key] = None  # not the kind's default pairs either
     return replace(default, **kw)
 
 
