@@ -7,6 +7,7 @@ import torch
 
 from trainers import load_config, train
 from trainers.callbacks import read_checkpoint
+from trainers.supervised import build_model, build_task
 
 NOT_YET = pytest.mark.xfail(
     reason="issue 4: the Decision config does not reach the criterion yet (README Results)",
@@ -36,37 +37,33 @@ def test_task_trains_to_criterion(task, tmp_path):
 def test_parity_starts_from_the_weights_xor_training_finds(tmp_path):
     """parity.toml copies the XOR module's trained weights (its comments say from which run):
     train XOR from its default config and compare, within 1 %."""
-    result = train(
-        load_config("colenv/XOR-v0", [f"logging.run_dir='{tmp_path}'", "logging.wandb=false"])
-    )
+    config = load_config("colenv/XOR-v0", [f"logging.run_dir='{tmp_path}'", "logging.wandb=false"])
+    result = train(config)
     assert result.solved
-    model = read_checkpoint(result.checkpoint)["model"]
-
-    def effective(kind):  # log parametrisation: sign * exp(weight) * scale * mask
-        w = model[f"{kind}.weight"].double()
-        return model[f"{kind}.sign"] * torch.exp(w) * model[f"{kind}.scale"] * model[f"{kind}.mask"]
-
-    net = load_config("colenv/XOR-v0", []).model.network
-    assert net["parametrization"] == "log"
-    # populations of the XOR network: A = 0..7, B = 8..15, C = 16..23 (L2/3e, L2/3i, L4e, ...)
+    net = build_model(config, build_task(config), torch.device("cpu"), torch.float64)
+    net.load_state_dict(read_checkpoint(result.checkpoint)["model"])
+    n = {name: i for i, name in enumerate(net.population_names)}  # A = a1[0], B = a1[1], C = a2[0]
+    ff = net.feedforward.effective().detach()
     xor = {
-        "input": float(effective("input")[2, 0]) * 20.0 / 15.0,  # 20 Hz bits there, 15 Hz here
-        "lateral": float(effective("lateral")[13, 2]),  # A.L4e -> B.L5i
-        "L23e": float(effective("feedforward")[16, 4]),  # A.L5e -> C.L2/3e
-        "L4i": float(effective("feedforward")[19, 4]),
-        "L5i": float(effective("feedforward")[21, 4]),
-        "L6i": float(effective("feedforward")[23, 4]),
+        "input": float(net.input.effective()[n["a1[0].L4e"], 0]) * 20.0 / 15.0,  # 20 vs 15 Hz bits
+        "lateral": float(net.lateral.effective()[n["a1[1].L5i"], n["a1[0].L4e"]]),
+        **{
+            pop: float(ff[n[f"a2[0].{pop}"], n["a1[0].L5e"]])
+            for pop in ("L23e", "L4i", "L5i", "L6i")
+        },
     }
     parity = load_config("colenv/Parity-v0", []).model.network
-    edges = {(s, t): w for s, t, w in parity["feedforward"]["edges"]}
+    edges = {
+        kind: {(s, t): w for s, t, w in parity[kind]["edges"]}
+        for kind in ("input", "lateral", "feedforward")
+    }
     copied = {
-        "input": dict(((s, t), w) for s, t, w in parity["input"]["edges"])[
-            ("input[0]", "bits[0].L4e")
-        ],
-        "lateral": dict(((s, t), w) for s, t, w in parity["lateral"]["edges"])[
-            ("bits[0].L4e", "bits[1].L5i")
-        ],
-        **{pop: edges[("bits[0].L5e", f"xor1[0].{pop}")] for pop in ("L23e", "L4i", "L5i", "L6i")},
+        "input": edges["input"][("input[0]", "bits[0].L4e")],
+        "lateral": edges["lateral"][("bits[0].L4e", "bits[1].L5i")],
+        **{
+            pop: edges["feedforward"][("bits[0].L5e", f"xor1[0].{pop}")]
+            for pop in ("L23e", "L4i", "L5i", "L6i")
+        },
     }
     for key, value in xor.items():
         assert copied[key] == pytest.approx(value, rel=0.01), (key, copied[key], value)
