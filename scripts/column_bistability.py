@@ -87,7 +87,7 @@ def clamped(w, d, c, E: float, u: torch.Tensor) -> tuple[torch.Tensor, bool]:
             return u, True
         J = tau * w[1:, 1:] * slope[None, 1:] - torch.eye(7, dtype=u.dtype)
         step = torch.linalg.solve(J, -F)
-        u[1:] += step * min(1.0, 5.0 / float(step.abs().max()))  # damped: at most 5 units
+        u[1:] += step * min(1.0, 5.0 / max(float(step.abs().max()), 1e-300))  # at most 5 units
     return u, False
 
 
