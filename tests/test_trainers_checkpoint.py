@@ -141,3 +141,15 @@ def test_diverged_step_is_rolled_back_with_half_the_learning_rate(tmp_path, caps
     # the weights restored are those before step 2's update (after step 1), not NaN ones
     final = read_checkpoint(result.checkpoint)["model"]["feedforward.weight"]
     assert torch.isfinite(final).all()
+
+
+def test_divergence_before_any_last_checkpoint_names_best(tmp_path):
+    """No periodic last.pt yet, but an evaluation wrote best.pt: the message points there."""
+    config = load_config(
+        TASK, tiny(TASK, tmp_path, "run_name=early", "checkpoint.every=0", steps=6)
+    )
+    result = train(config, callbacks=[CheckpointCallback(every=0), Poison(2)])
+    best = tmp_path / "early" / "checkpoints" / "best.pt"
+    assert result.diverged and best.is_file()
+    assert not (tmp_path / "early" / "checkpoints" / "last.pt").exists()
+    assert f"The last good checkpoint is {best};" in result.message

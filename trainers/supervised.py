@@ -102,6 +102,15 @@ def masked_mse(output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -
     return ((output - target) ** 2)[mask].mean()
 
 
+def _last_good_checkpoint(state: TrainState) -> str:
+    """``last.pt`` if written, else ``best.pt`` (both are written only while training was
+    finite), else a note that there is none yet."""
+    if state.checkpoint:
+        return state.checkpoint
+    best = state.run_dir / "checkpoints" / "best.pt"
+    return str(best) if best.is_file() else "(none written yet)"
+
+
 def _step_seed(seed: int, step: int) -> int:
     """The seed of step ``step``'s trials: distinct for every (seed, step)."""
     return (seed * 1_000_003 + step) % (2**62)
@@ -304,7 +313,7 @@ class SupervisedTrainer:
                 state.diverged = True
                 state.stop_reason = (
                     f"training diverged at step {state.step + 1}: {err}. The last good "
-                    f"checkpoint is {state.checkpoint or '(none written yet)'}; resume from it "
+                    f"checkpoint is {_last_good_checkpoint(state)}; resume from it "
                     "with a smaller train.lr or solver.step_ms."
                 )
                 break
