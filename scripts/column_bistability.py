@@ -41,7 +41,8 @@ WEIGHTS = (
 
 
 def column(sizes: str, scales: list[float]):
-    """(w [8, 8] in 1/s per Hz, d [8], constants, rest u [8]) of one column, weights scaled."""
+    """(w [8, 8] in 1/s per Hz, d [8], constants, rest u [8], rest L2/3e adaptation) of one
+    column, weights scaled."""
     net = ColumnNetwork(
         spec={"areas": [{"name": "a", "n_columns": 1, "sizes": sizes}], "parametrization": "log"},
         dtype=torch.float64,
@@ -52,7 +53,8 @@ def column(sizes: str, scales: list[float]):
         dyn = net.prepare(torch.zeros(1, 1, net.n_inputs, dtype=torch.float64))
         rest = net.rest_state()
     P = net.n_pop
-    return dyn.w_t.t().detach(), dyn.drive[0, 0].detach(), dyn.c, rest[:P] - rest[P : 2 * P]
+    u_rest = rest[:P] - rest[P : 2 * P]
+    return dyn.w_t.t().detach(), dyn.drive[0, 0].detach(), dyn.c, u_rest, float(rest[P])
 
 
 def rate_and_slope(u: torch.Tensor, c: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -137,13 +139,12 @@ def main(argv: list[str] | None = None) -> None:
     scales = [float(x) for x in args.scales.split(",")]
     if len(scales) != 4 or not all(x > 0 for x in scales):
         ap.error(f"--scales needs four positive factors (EE, IE, EI, II), got {args.scales!r}")
-    w, d, c, u_rest = column(args.sizes, scales)
+    w, d, c, u_rest, a_rest = column(args.sizes, scales)
     rest_rate = float(_rate(u_rest, c)[0])
-    kappa = 1.5  # config/model.toml: L2/3e only
     a_values = (
         [float(x) for x in args.a.split(",")]
         if args.a
-        else [kappa * rest_rate, kappa * rest_rate + 1.0, kappa * rest_rate + 2.0]
+        else [a_rest, a_rest + 1.0, a_rest + 2.0]  # the rest's own adaptation, then more
     )
     named = ", ".join(f"{n} x {s:g}" for (n, _, _), s in zip(WEIGHTS, scales, strict=True))
     print(f"One {args.sizes} column, {named}; rest L2/3e {rest_rate:.3f} Hz\n")
