@@ -91,3 +91,22 @@ def test_choice_needs_a_margin():
     assert Decision(choice_margin_hz=0.0).choice_margin_hz == 0.0
     with pytest.raises(ValueError, match="choice_margin_hz"):
         Decision(choice_margin_hz=-1.0)
+
+
+def test_choice_is_read_at_the_end_of_the_stimulus_and_the_hold_after_it(grid_trial):
+    """accuracy: last 100 ms of the stimulus (steps 1200-1299); hold_accuracy: last 100 ms of
+    the trial (1400-1499). Columns that decide but fall back to rest after the stimulus get
+    accuracy 1 and hold_accuracy 0."""
+    task, trial = grid_trial
+    assert task.choice_windows() == {"stimulus end": slice(1200, 1300), "hold": slice(1400, 1500)}
+    decide_then_rest = trial.target.clone()
+    decide_then_rest[1300:] = 0.3
+    metrics = task.evaluate(decide_then_rest, trial)
+    assert metrics["accuracy"] == 1.0 and metrics["hold_accuracy"] == 0.0
+    hold_only = trial.target.clone()
+    hold_only[1200:1300] = hold_only[1200:1300].flip(-1)  # wrong choice in the stimulus window
+    metrics = task.evaluate(hold_only, trial)
+    assert metrics["accuracy"] == 0.0 and metrics["hold_accuracy"] == 1.0
+    early = trial.target.clone()
+    early[1100:1200] = early[1100:1200].flip(-1)  # before the window: not scored
+    assert task.evaluate(early, trial)["accuracy"] == 1.0

@@ -343,9 +343,12 @@ class PlotCallback(Callback):
                     plot_populations(tensors, names, out_dir / "populations.png", title)
                 )
         if "coherence_pct" in trial.conditions:
-            window = getattr(state.task, "decision_window_steps", max(1, trial.n_steps // 10))
+            if hasattr(state.task, "choice_windows"):
+                windows = state.task.choice_windows(trial.n_steps)
+            else:
+                windows = {"end of trial": slice(trial.n_steps - max(1, trial.n_steps // 10), None)}
             self.paths.append(
-                plot_psychometric(tensors, window, out_dir / "psychometric.png", title)
+                plot_psychometric(tensors, windows, out_dir / "psychometric.png", title)
             )
         state.plot_paths = list(self.paths)
 
@@ -432,10 +435,10 @@ def plot_phase_portraits(tensors: dict, path: Path, title: str) -> Path:
     return path
 
 
-def choice_accuracy(rates: torch.Tensor, coherence: torch.Tensor, window: int) -> dict:
-    """Accuracy vs |coherence|: choice = argmax of the mean rate over the last ``window`` steps,
+def choice_accuracy(rates: torch.Tensor, coherence: torch.Tensor, window: slice) -> dict:
+    """Accuracy vs |coherence|: choice = argmax of the mean rate over the steps ``window``,
     correct = pool 1 (index 0) for c' > 0 and pool 2 for c' < 0; c' = 0 is left out."""
-    choice = rates[-window:].mean(dim=0).argmax(dim=-1)
+    choice = rates[window].mean(dim=0).argmax(dim=-1)
     correct = choice == (coherence < 0).long()
     out: dict[float, float] = {}
     for level in sorted({abs(float(c)) for c in coherence if c != 0}):
@@ -444,17 +447,20 @@ def choice_accuracy(rates: torch.Tensor, coherence: torch.Tensor, window: int) -
     return out
 
 
-def plot_psychometric(tensors: dict, window: int, path: Path, title: str) -> Path:
-    """Choice accuracy vs |coherence|: trained network next to the Wong-Wang targets."""
+def plot_psychometric(tensors: dict, windows: dict[str, slice], path: Path, title: str) -> Path:
+    """Choice accuracy vs |coherence|: trained network next to the Wong-Wang targets, the
+    choice read in each of ``windows`` (name -> steps; the targets in the first)."""
     import matplotlib.pyplot as plt
 
     trial, output = tensors["trial"], tensors["output"]
     coherence = trial.conditions["coherence_pct"]
-    net = choice_accuracy(output, coherence, window)
-    ww = choice_accuracy(trial.target, coherence, window)
+    first = next(iter(windows.values()))
+    ww = choice_accuracy(trial.target, coherence, first)
     fig, ax = plt.subplots(figsize=(4, 3))
     ax.plot(list(ww), list(ww.values()), "o--", color="0.4", label="Wong & Wang 2006 (targets)")
-    ax.plot(list(net), list(net.values()), "o-", label="trained columns")
+    for name, window in windows.items():
+        net = choice_accuracy(output, coherence, window)
+        ax.plot(list(net), list(net.values()), "o-", label=f"trained columns, {name}")
     ax.set_xscale("symlog", linthresh=1.0)
     ax.set_xlabel("|coherence| (%)")
     ax.set_ylabel("accuracy")
