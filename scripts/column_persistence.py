@@ -1,11 +1,12 @@
 """Can one laminar column hold an elevated L2/3e rate after its input ends?
 
-Decision (issue 4) scores the last 100 ms of the trial, 100-200 ms after the stimulus has
-ended, so the winning column's L2/3e must stay >= 5 Hz above the loser's without input. This
+Decision's ``hold_accuracy`` reads the choice 100-200 ms after the stimulus has ended, so
+the winning column's L2/3e must stay >= 5 Hz above the loser's without input. This
 scans the trained knob of that task, the L2/3e -> L2/3e weight (x self_scale), together with
 the L2/3e -> L2/3i weight (x ei_scale), for one column (MT sizes by default): from rest, a
 300 ms kick of ``--kick-hz`` onto L2/3e, then 800 ms without input. Each configuration is
-its own one-column network (float64, rk4exp 0.5 ms); the 500 Hz soft ceiling of
+its own one-column network (float64, rk4exp at ``--step-ms``, default 0.5 ms: an L2/3 loop
+at high rates is stiff, check a runaway at a smaller step, e.g. 0.1); the 500 Hz soft ceiling of
 config/model.toml (``transfer.max_rate_hz``) is switched on so that a runaway ends at the
 ceiling instead of overflowing.
 
@@ -37,7 +38,9 @@ from colenv.errors import DivergenceError  # noqa: E402
 from colenv.models import ColumnNetwork, load_params  # noqa: E402
 
 
-def run(sizes: str, self_scale: float, ei_scale: float, kick_hz: float) -> tuple[float, ...]:
+def run(
+    sizes: str, self_scale: float, ei_scale: float, kick_hz: float, step_ms: float = 0.5
+) -> tuple[float, ...]:
     params = load_params(overrides={"transfer.max_rate_hz": 500.0})
     spec = {
         "n_inputs": 1,
@@ -54,7 +57,7 @@ def run(sizes: str, self_scale: float, ei_scale: float, kick_hz: float) -> tuple
     stim = torch.zeros(T, 1, 1, dtype=torch.float64)
     stim[300:600] = kick_hz
     t = torch.arange(T, dtype=torch.float64)
-    out = rollout(net, stim, t, SolverConfig("rk4exp", step_ms=0.5), y0=rest[None])
+    out = rollout(net, stim, t, SolverConfig("rk4exp", step_ms=step_ms), y0=rest[None])
     e = net.rates(out.states)[:, 0, 0]
     return float(e[299]), float(e[599]), float(e[799]), float(e[T - 1])
 
@@ -75,6 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--sizes", default="mt")
     ap.add_argument("--kick-hz", type=float, default=200.0)
+    ap.add_argument("--step-ms", type=float, default=0.5, help="rk4exp step (ms)")
     ap.add_argument("--self-scales", default="1,1.5,2,2.5,3,4,6")
     ap.add_argument("--ei-scales", default="0.5,1,2,4")
     ap.add_argument("--rest-sizes", default="pd2014")
@@ -85,12 +89,15 @@ def main(argv: list[str] | None = None) -> None:
         [float(x) for x in args.self_scales.split(",")],
         [float(x) for x in args.ei_scales.split(",")],
     )
-    print(f"One {args.sizes} column, {args.kick_hz:g} Hz kick onto L2/3e for 300 ms (L2/3e, Hz)\n")
+    print(
+        f"One {args.sizes} column, {args.kick_hz:g} Hz kick onto L2/3e for 300 ms, "
+        f"step {args.step_ms:g} ms (L2/3e, Hz)\n"
+    )
     print("| L2/3e->L2/3e x | L2/3e->L2/3i x | rest | end of kick | +200 ms | +800 ms |")
     print("|---:|---:|---:|---:|---:|---:|")
     for s, ei in grid:
         try:
-            rates = run(args.sizes, s, ei, args.kick_hz)
+            rates = run(args.sizes, s, ei, args.kick_hz, args.step_ms)
             cells = " | ".join(f"{r:.2f}" for r in rates)
         except DivergenceError:
             cells = "no rest state | | |"
