@@ -13,6 +13,11 @@ populations (Hz; a trained network can read out any of them), with the time wher
 peaks. The accuracy bound of issue 5 is 0.5 Hz; the last lines say, per network at its
 config step and per ``--steps`` value over all networks, whether the largest of these errors
 is within it.
+
+Decision's c' = 0 trial is left out: without noise its two columns sit on a symmetric state
+that turns unstable under strong lateral inhibition, and rounding decides which column wins
+(the float64 rk4exp rollout at 0.1 ms differs from the float64 reference by ~6 Hz there, as
+much as float32 does), so no step size can match the reference on it.
 """
 
 from __future__ import annotations
@@ -46,11 +51,12 @@ def networks(args):
             yield f"{config.task} (config weights)", config, None
 
 
-def errors(net, states, ref, t_ms):
-    """(readout err, t of it, all-pop err, t of it) in Hz and ms."""
+def errors(net, states, ref, t_ms, keep):
+    """(readout err, t of it, all-pop err, t of it) in Hz and ms over the trials ``keep``."""
     P = net.n_pop
-    readout = (net.readout(states.double()) - net.readout(ref)).abs().amax(dim=(1, 2))
-    allpop = (states.double()[..., 2 * P :] - ref[..., 2 * P :]).abs().amax(dim=(1, 2))
+    states, ref = states.double()[:, keep], ref[:, keep]
+    readout = (net.readout(states) - net.readout(ref)).abs().amax(dim=(1, 2))
+    allpop = (states[..., 2 * P :] - ref[..., 2 * P :]).abs().amax(dim=(1, 2))
     kr, ka = int(readout.argmax()), int(allpop.argmax())
     return float(readout[kr]), float(t_ms[kr]), float(allpop[ka]), float(t_ms[ka])
 
@@ -85,6 +91,9 @@ def main(argv: list[str] | None = None) -> int:
                 net.load_state_dict(weights)
             nets[dt] = net
         trial = task.sample_batch(conditions="all", seed=config.train.seed, dtype=torch.float64)
+        keep = torch.ones(trial.batch_size, dtype=torch.bool)
+        if "coherence_pct" in trial.conditions:  # Decision: c' = 0 is decided by rounding
+            keep = trial.conditions["coherence_pct"] != 0
         t0 = time.perf_counter()
         with torch.no_grad():
             ref_cfg = SolverConfig("dopri5", rtol=1e-9, atol=1e-9)
@@ -102,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
                         trial.t_ms.to(dtype),
                         SolverConfig("rk4exp", step_ms=step),
                     ).states
-                ro, t_ro, allp, t_all = errors(nets["float64"], states, ref, trial.t_ms)
+                ro, t_ro, allp, t_all = errors(nets["float64"], states, ref, trial.t_ms, keep)
                 if step in args.steps:
                     worst[step] = max(worst.get(step, 0.0), ro, allp)
                 if step == config_step:
