@@ -105,6 +105,7 @@ def test_nan_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
     assert result.diverged and result.steps == 3
     last = str(tmp_path / "diverge" / "checkpoints" / "last.pt")
     assert "step 4" in result.message and last in result.message
+    assert "half the step" not in result.message  # NaN weights: a smaller step does not help
     assert result.checkpoint == last
     ckpt = read_checkpoint(last)
     assert ckpt["step"] == 3
@@ -153,3 +154,17 @@ def test_divergence_before_any_last_checkpoint_names_best(tmp_path):
     assert result.diverged and best.is_file()
     assert not (tmp_path / "early" / "checkpoints" / "last.pt").exists()
     assert f"The last good checkpoint is {best};" in result.message
+
+
+def test_a_runaway_from_too_large_a_step_says_so(tmp_path):
+    """Decision's columns at 1 ms: the rollout runs away numerically (the float64 reference
+    stays below 17 Hz, scripts/solver_accuracy.py) while 0.5 ms stays finite; the message
+    names the step, not only the learning rate."""
+    task = "colenv/Decision-v0"
+    config = load_config(
+        task, tiny(task, tmp_path, "solver.step_ms=1.0", "train.runaway_hz=1000.0")
+    )
+    result = train(config)
+    assert result.diverged and "rates reached" in result.message
+    assert "half the step (solver.step_ms=0.5) stays within" in result.message
+    assert "try solver.step_ms=0.5" in result.message

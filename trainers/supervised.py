@@ -29,6 +29,7 @@ import torch
 import colenv
 from colenv import DivergenceError, Trial, rollout
 from colenv.models import ColumnNetwork, HopfField, NetworkSpec, load_params
+from colenv.solve import ODE_ADAPTIVE
 from trainers.callbacks import Callback, TrainState, load_checkpoint, resolve_checkpoint
 from trainers.config import ConfigError, TrainConfig, flat_params
 from trainers.registry import Result
@@ -153,6 +154,32 @@ def evaluate(model, task, config: TrainConfig, trial: Trial, solver) -> tuple[di
     return metrics, tensors
 
 
+def step_diagnosis(model, trial: Trial, config: TrainConfig, solver, noise_seed: int) -> str:
+    """After a runaway rollout: rerun it at half the solver step (eager, no grad). A fixed-step
+    scheme that is too coarse for a stiff network runs away where the dynamics does not (e.g.
+    Decision's MT columns at 0.25 ms, README "Results"); then the learning rate is not the
+    cause. Returns a sentence for the error message, or "" when halving does not help or the
+    solver has no fixed step (adaptive or SDE)."""
+    if solver.sde or solver.method in ODE_ADAPTIVE:
+        return ""
+    half = dataclasses.replace(solver, step_ms=solver.step_ms / 2, compile=False, unroll=0)
+    try:
+        with torch.no_grad():
+            _, states, _ = forward(model, trial, config, half, noise_seed)
+    except DivergenceError:
+        return ""
+    rates = model.rates(states) if isinstance(model, ColumnNetwork) else states
+    peak = float(rates.abs().max())
+    limit = config.train.runaway_hz or math.inf
+    if not math.isfinite(peak) or peak > limit:
+        return ""
+    return (
+        f" The same rollout at half the step (solver.step_ms={half.step_ms:g}) stays within "
+        f"{peak:.4g} Hz: the step is too large for these weights (a stiff network runs away "
+        f"numerically), not the learning rate; try solver.step_ms={half.step_ms:g}."
+    )
+
+
 def _optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
     t = config.train
     if t.optimizer == "adam":
@@ -245,6 +272,7 @@ class SupervisedTrainer:
             cb.on_fit_start(state)
 
         snapshot, rejections, rejected_at = None, 0, -1  # for train.max_rejections
+        diagnosis: str | None = None  # step_diagnosis of the first runaway forward, once
         while state.step < t.steps:
             # --- the batch of this step: seeded by (seed, step), so resumes are exact
             state.trial_generator.manual_seed(_step_seed(t.seed, state.step))
@@ -259,6 +287,7 @@ class SupervisedTrainer:
                 )
 
             # --- forward, loss, backward
+            in_forward = True
             try:
                 output, states, stats = forward(
                     model, trial, config, solver, _step_seed(t.seed, state.step)
@@ -276,6 +305,7 @@ class SupervisedTrainer:
                         loss = loss + t.rate_penalty * excess.pow(2).mean()
                 if not torch.isfinite(loss):
                     raise DivergenceError(f"loss is {float(loss)}")
+                in_forward = False
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 norm = torch.nn.utils.clip_grad_norm_(
@@ -292,6 +322,11 @@ class SupervisedTrainer:
                         f"gradient norm is {float(norm)} ({where}) at loss {loss.item():.6g}"
                     )
             except DivergenceError as err:
+                if in_forward and diagnosis is None:
+                    diagnosis = step_diagnosis(
+                        model, trial, config, solver, _step_seed(t.seed, state.step)
+                    )
+                hint = diagnosis if in_forward and diagnosis else ""
                 if snapshot is not None and rejections < t.max_rejections:
                     # the last update tipped the network over: undo it, retry at half the lr
                     rejections += 1
@@ -306,7 +341,7 @@ class SupervisedTrainer:
                     snapshot = None
                     print(
                         f"step {rejected_at + 1} rejected ({err}); learning rate halved to "
-                        f"{optimizer.param_groups[0]['lr']:.3g}",
+                        f"{optimizer.param_groups[0]['lr']:.3g}" + (f".{hint}" if hint else ""),
                         flush=True,
                     )
                     continue
@@ -314,7 +349,7 @@ class SupervisedTrainer:
                 state.stop_reason = (
                     f"training diverged at step {state.step + 1}: {err}. The last good "
                     f"checkpoint is {_last_good_checkpoint(state)}; resume from it "
-                    "with a smaller train.lr or solver.step_ms."
+                    f"with a smaller train.lr or solver.step_ms.{hint}"
                 )
                 break
             if t.max_rejections:
