@@ -166,5 +166,8 @@ def test_a_runaway_from_too_large_a_step_says_so(tmp_path):
     )
     result = train(config)
     assert result.diverged and "rates reached" in result.message
-    assert "half the step (solver.step_ms=0.5) stays within" in result.message
+    assert (
+        "At step 1, the same rollout at half the step (solver.step_ms=0.5) stayed within"
+        in result.message
+    )
     assert "try solver.step_ms=0.5" in result.message

@@ -154,12 +154,15 @@ def evaluate(model, task, config: TrainConfig, trial: Trial, solver) -> tuple[di
     return metrics, tensors
 
 
-def step_diagnosis(model, trial: Trial, config: TrainConfig, solver, noise_seed: int) -> str:
+def step_diagnosis(
+    model, trial: Trial, config: TrainConfig, solver, noise_seed: int, step: int
+) -> str:
     """After a runaway rollout: rerun it at half the solver step (eager, no grad). A fixed-step
     scheme that is too coarse for a stiff network runs away where the dynamics does not (e.g.
     Decision's MT columns at 0.25 ms, README "Results"); then the learning rate is not the
-    cause. Returns a sentence for the error message, or "" when halving does not help or the
-    solver has no fixed step (adaptive or SDE)."""
+    cause. Returns a sentence for the error message (naming training ``step``, where the
+    check ran), or "" when halving does not help or the solver has no fixed step (adaptive or
+    SDE)."""
     if solver.sde or solver.method in ODE_ADAPTIVE:
         return ""
     half = dataclasses.replace(solver, step_ms=solver.step_ms / 2, compile=False, unroll=0)
@@ -174,9 +177,10 @@ def step_diagnosis(model, trial: Trial, config: TrainConfig, solver, noise_seed:
     if not math.isfinite(peak) or peak > limit:
         return ""
     return (
-        f" The same rollout at half the step (solver.step_ms={half.step_ms:g}) stays within "
-        f"{peak:.4g} Hz: the step is too large for these weights (a stiff network runs away "
-        f"numerically), not the learning rate; try solver.step_ms={half.step_ms:g}."
+        f" At step {step}, the same rollout at half the step (solver.step_ms={half.step_ms:g}) "
+        f"stayed within {peak:.4g} Hz: the step is too large for these weights (a stiff "
+        f"network runs away numerically), not the learning rate; try "
+        f"solver.step_ms={half.step_ms:g}."
     )
 
 
@@ -324,7 +328,7 @@ class SupervisedTrainer:
             except DivergenceError as err:
                 if in_forward and diagnosis is None:
                     diagnosis = step_diagnosis(
-                        model, trial, config, solver, _step_seed(t.seed, state.step)
+                        model, trial, config, solver, _step_seed(t.seed, state.step), state.step + 1
                     )
                 hint = diagnosis if in_forward and diagnosis else ""
                 if snapshot is not None and rejections < t.max_rejections:
