@@ -54,8 +54,7 @@ def readout_stats(model, task, trial, step_ms: float) -> dict:
     window = task.choice_windows()["stimulus end"]
     mean = out[window].mean(dim=0)  # [B, 2]
     coherence = trial.conditions["coherence_pct"]
-    winner = (coherence < 0).long()
-    gap = mean.gather(1, winner[:, None])[:, 0] - mean.gather(1, 1 - winner[:, None])[:, 0]
+    gap = task.choice_gap(out.float(), trial.target.float(), window)
     scored = coherence != 0
     at = {c: int((coherence - c).abs().argmin()) for c in (3.2, 51.2)}
     return {

@@ -246,13 +246,17 @@ class Decision(TrialTask):
         w = self.decision_window_steps
         return {"stimulus end": slice(max(end - w, 0), end), "hold": slice(max(n - w, 0), n)}
 
-    def _correct(self, output: Tensor, target: Tensor, window: slice) -> Tensor:
-        """[B] bool: over ``window``, the column of the pool with the higher mean target leads
-        the other by at least the margin."""
+    def choice_gap(self, output: Tensor, target: Tensor, window: slice) -> Tensor:
+        """[B] mean output of the winner's column minus the other's over ``window`` (Hz); the
+        winner is the pool with the higher mean target there."""
         winner = target[window].mean(dim=0).argmax(dim=-1)  # [B]
         mean_out = output[window].mean(dim=0)  # [B, 2]
-        gap = (
+        return (
             mean_out.gather(1, winner[:, None])[:, 0]
             - mean_out.gather(1, 1 - winner[:, None])[:, 0]
         )
+
+    def _correct(self, output: Tensor, target: Tensor, window: slice) -> Tensor:
+        """[B] bool: over ``window`` the winner's column leads by at least the margin."""
+        gap = self.choice_gap(output, target, window)
         return (gap > 0) & (gap >= self.choice_margin_hz)
