@@ -586,6 +586,7 @@ def _chunk(fn, v, a, r, drives, w_t, kappa):
 
 
 BACKWARDS = ("auto", "discrete_adjoint", "autograd")
+KERNELS = ("auto", "torch", "native")
 ADJOINT_METHODS = ("rk4exp",)
 DEFAULT_UNROLL = 5  # grid intervals per compiled graph (docs/profiling.md)
 
@@ -604,6 +605,7 @@ def fast_rollout(
     generator: torch.Generator | None = None,
     backward: str = "auto",
     unroll: int = 0,
+    kernel: str = "auto",
 ) -> torch.Tensor:
     """Integrate bound column dynamics ``dyn`` (a :class:`colenv.models.Dynamics`).
 
@@ -629,6 +631,9 @@ def fast_rollout(
         unroll: grid intervals per chunk of the adjoint path (0: 5 with ``compile``, else 1).
             A trial whose interval count is not a multiple runs its last chunk on repeated
             drive and drops those states.
+        kernel: "auto": rk4exp without noise and without a gradient runs on the native C
+            kernel (:mod:`colenv.native`) when the tensors are float32 on CPU and the kernel
+            builds; "torch": never; "native": always, else ValueError/RuntimeError.
 
     Returns:
         states [T, B, 3P] on the grid.
@@ -646,9 +651,19 @@ def fast_rollout(
         )
     if not isinstance(unroll, int) or unroll < 0:
         raise ValueError(f"unroll must be an integer >= 0, got {unroll!r}")
+    if kernel not in KERNELS:
+        raise ValueError(f"kernel must be one of {', '.join(KERNELS)}; got {kernel!r}")
     P = dyn.P
     w_t, kappa, drive = dyn.w_t, dyn.kappa, dyn.drive
     n_int = n_points - 1
+    if kernel != "torch" and _use_native(kernel, method, noise, y0, w_t, drive, kappa):
+        from colenv import native
+
+        states = native.rk4exp_forward(
+            y0, drive, w_t, kappa, dyn.c, n_points, n_sub, h, _filter_weights(dyn.c["tau_s"], h)
+        )
+        dyn.nfe += n_int * n_sub * _METHOD_NFE[method]
+        return states
     dyn.nfe += n_int * n_sub * _METHOD_NFE[method]
     adjoint = method in ADJOINT_METHODS and backward != "autograd"
     if adjoint and kappa.requires_grad:
@@ -691,6 +706,28 @@ def fast_rollout(
         v, a, r, y = fn(v, a, r, drive[k], w_t, kappa)
         out.append(y)
     return torch.stack(out)
+
+
+def _use_native(kernel, method, noise, y0, w_t, drive, kappa) -> bool:
+    """Whether this rollout runs on the native kernel; with kernel="native", an error saying
+    why where it cannot."""
+    from colenv import native
+
+    why = None
+    if method != "rk4exp" or noise:
+        why = f"it integrates rk4exp without noise (method={method!r}, noise={noise!r})"
+    elif not native.supports(y0, w_t, drive, kappa):
+        why = (
+            "it takes float32 CPU tensors and no gradient (got "
+            f"{y0.dtype} on {y0.device}, grad {'needed' if torch.is_grad_enabled() else 'off'})"
+        )
+    elif not native.available():
+        why = f"it is unavailable here ({native.unavailable_reason()})"
+    if why is None:
+        return True
+    if kernel == "native":
+        raise ValueError(f"kernel='native' cannot run this rollout: {why}")
+    return False
 
 
 def _adjoint_rollout(

@@ -39,7 +39,10 @@ import torchdiffeq
 import torchsde
 
 from colenv.errors import DivergenceError
-from colenv.fast import ADJOINT_METHODS  # fast methods with a hand-written discrete adjoint
+from colenv.fast import (
+    ADJOINT_METHODS,  # fast methods with a hand-written discrete adjoint
+    KERNELS,  # where no-grad rk4exp rollouts run
+)
 from colenv.fast import BACKWARDS as FAST_BACKWARDS
 
 ODE_FIXED = (
@@ -88,6 +91,12 @@ class SolverConfig:
         unroll: the discrete-adjoint path (rk4exp): grid intervals per chunk, each chunk
             one compiled graph (0 = automatic: 5 with ``compile``, 1 eager). Larger chunks
             cost fewer calls per trial and more compile time (docs/profiling.md).
+        kernel: rk4exp rollouts that need no gradient (evaluation, inference): "auto" runs
+            them on the native C kernel (:mod:`colenv.native`: sparse weight product, batch
+            vectorised) where it applies (CPU, float32, no noise) and builds, else on the
+            torch path; "torch" always the torch path; "native" requires the C kernel
+            (error where it does not apply or does not build). Rollouts that need a gradient
+            always take the torch path.
     """
 
     method: str = "rk4"
@@ -103,6 +112,7 @@ class SolverConfig:
     checkpoint_every: int = 0
     backward: str = "auto"
     unroll: int = 0
+    kernel: str = "auto"
 
     def __post_init__(self) -> None:
         if self.sde:
@@ -173,6 +183,13 @@ class SolverConfig:
             )
         if not isinstance(self.max_steps, int) or self.max_steps < 0:
             raise ValueError(f"max_steps must be an integer >= 0, got {self.max_steps!r}")
+        if self.kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {', '.join(KERNELS)}, got {self.kernel!r}")
+        if self.kernel == "native" and (self.method not in ADJOINT_METHODS or self.sde):
+            raise ValueError(
+                f"kernel='native' applies to method {', '.join(ADJOINT_METHODS)} without sde, "
+                f"not method={self.method!r} sde={self.sde!r}; allowed here: 'auto', 'torch'"
+            )
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> SolverConfig:
@@ -290,6 +307,7 @@ def rollout(
                 generator=noise_gen,
                 backward=solver.backward,
                 unroll=solver.unroll,
+                kernel=solver.kernel,
             )
             steps = (t_s.shape[0] - 1) * n_sub
         elif solver.sde:

@@ -1,0 +1,179 @@
+/* rk4exp forward (no gradient) for the column network on CPU, batch innermost.
+ *
+ * The same scheme as colenv.fast._make_rk4exp_chunk (store=False): classical RK4 on (v, a),
+ * the synaptic filter r integrated exactly against the quadratic through the stage rates,
+ * piecewise-constant drive per grid interval. Two things make it faster than the torch graph
+ * at large batch (docs/profiling.md):
+ *
+ *  - the weight product is sparse: W is block-diagonal within columns (8 x 8) plus a few
+ *    inter-column entries (855 of 10,816 nonzero on the parity network), so the product runs
+ *    over the nonzeros only (CSR by target) instead of the dense [P, P] matrix;
+ *  - trials are processed in tiles of BT with the batch innermost ([P][BT] per array): every
+ *    update is a vector operation over the tile, the tile's state stays in cache for the whole
+ *    trial and nothing is recomputed between stages.
+ *
+ * Built on first use by colenv.native (cc -O3 -march=native; no -ffast-math: NaN and inf must
+ * propagate exactly as in torch so that runaways are caught by the same checks) and called
+ * through ctypes. Float32 only. Arithmetic differs from the torch path only in rounding order
+ * and in exp (a Cephes-style polynomial, about 1 ulp).
+ */
+#include <math.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+typedef struct {
+    int32_t B, P, n_int, n_sub, n_threads;
+    const float *y0;        /* [B, 3P] */
+    const float *drive;     /* [n_int, B, P]: drive of grid interval k */
+    const int32_t *row_ptr; /* [P + 1]: CSR of W by target population */
+    const int32_t *col;     /* [nnz]: source population of each nonzero */
+    const float *val;       /* [nnz]: its weight (w_t[source, target]) */
+    const float *kappa;     /* [P] */
+    float h, da, db, inv_d, inv_tau_m, inv_tau_a, e_r, w0, wm, w1, max_rate;
+    float *out; /* [n_int + 1, B, 3P]; row 0 is written too (= y0) */
+} Problem;
+
+#define TINY 1e-30f
+#define EXP_CAP 60.0f
+#define Q_SERIES_BELOW 0.1f
+
+/* exp(x) for x in [-87, 88] (Cephes expf: range reduction plus a degree-6 polynomial). NaN in,
+ * NaN out (its polynomial is NaN whatever the scale). Vectorises, unlike libm's expf. */
+static inline float exp_f(float x) {
+    x = x > 88.0f ? 88.0f : x;
+    x = x < -87.0f ? -87.0f : x;
+    float fx = floorf(x * 1.44269504088896341f + 0.5f);
+    x = x - fx * 0.693359375f;
+    x = x + fx * 2.12194440e-4f;
+    float z = x * x;
+    float y = 1.9875691500e-4f;
+    y = y * x + 1.3981999507e-3f;
+    y = y * x + 8.3334519073e-3f;
+    y = y * x + 4.1665795894e-2f;
+    y = y * x + 1.6666665459e-1f;
+    y = y * x + 5.0000001201e-1f;
+    y = y * z + x + 1.0f;
+    int32_t n = (int32_t)fx;
+    uint32_t bits = (uint32_t)(n + 127) << 23;
+    float scale;
+    memcpy(&scale, &bits, sizeof scale);
+    return y * scale;
+}
+
+/* phi = g((v - a) da - db) / d, g(u) = u / (1 - exp(-u)) as relu(u) + q, q = w / expm1(w),
+ * w = |u| clamped to [TINY, EXP_CAP], q by its series below Q_SERIES_BELOW (colenv.fast._rate_q);
+ * then the soft ceiling max_rate tanh(phi / max_rate) when max_rate > 0. */
+static inline __attribute__((always_inline)) float rate(float x, const Problem *p, const int saturate) {
+    const float da = p->da, db = p->db, inv_d = p->inv_d, max_rate = p->max_rate;
+    float u = x * da - db;
+    float w = u < 0.0f ? -u : u;
+    w = w < TINY ? TINY : w; /* NaN stays NaN (comparisons are false) */
+    w = w > EXP_CAP ? EXP_CAP : w;
+    float series = 1.0f + w * (-0.5f + w * (1.0f / 12.0f + w * w * (-1.0f / 720.0f + w * w / 30240.0f)));
+    float q = w < Q_SERIES_BELOW ? series : w / (exp_f(w) - 1.0f);
+    float relu = u > 0.0f ? u : 0.0f;
+    float phi = (relu + q) * inv_d;
+    if (saturate) {
+        float s = phi * (1.0f / max_rate);
+        /* tanh(s) = 1 - 2 / (exp(2 s) + 1) for s >= 0 (phi > 0); series where that cancels */
+        float e2 = exp_f(2.0f * (s < 30.0f ? s : 30.0f));
+        float th = s < 0.01f ? s * (1.0f - s * s * (1.0f / 3.0f - s * s * (2.0f / 15.0f)))
+                             : 1.0f - 2.0f / (e2 + 1.0f);
+        th = s != s ? s : th;
+        phi = max_rate * th;
+    }
+    return phi;
+}
+
+/* Scratch arrays of one tile, each [P][BT]: state, two stage-input buffers (stage s reads one
+ * and writes the other, so no array is read and written in the same loop), rates, drive and
+ * the running RK4 sums. */
+enum { V, A, R, X1V, X1A, X2V, X2A, PHI, DRV, KV1, KV23, KA1, KA23, PR1, PR23, N_ARR };
+
+typedef float f32x8 __attribute__((vector_size(32)));
+typedef float f32x16 __attribute__((vector_size(64)));
+
+#define VT float
+#define BT 1
+#define SUFFIX 1
+#include "rk4exp_tile.h"
+#undef VT
+#undef BT
+#undef SUFFIX
+#define VT f32x8
+#define BT 8
+#define SUFFIX 8
+#include "rk4exp_tile.h"
+#undef VT
+#undef BT
+#undef SUFFIX
+#define VT f32x16
+#define BT 16
+#define SUFFIX 16
+#include "rk4exp_tile.h"
+#undef VT
+#undef BT
+#undef SUFFIX
+
+/* Tile width: one lane for one trial, 8 lanes up to 8 trials, else tiles of 16 (the last one
+ * padded). */
+static int tile_width(int B) { return B <= 1 ? 1 : B <= 8 ? 8 : 16; }
+
+typedef struct {
+    const Problem *p;
+    int id;
+    int failed;
+} Worker;
+
+static void *work(void *arg) {
+    Worker *w = (Worker *)arg;
+    const Problem *p = w->p;
+    const int BT = tile_width(p->B);
+    float *buf = (float *)aligned_alloc(64, ((size_t)N_ARR * p->P * BT * sizeof(float) + 63) / 64 * 64);
+    if (!buf) {
+        w->failed = 1;
+        return NULL;
+    }
+    const int n_tiles = (p->B + BT - 1) / BT;
+    for (int t = w->id; t < n_tiles; t += p->n_threads) {
+        const int b0 = t * BT, nb = p->B - b0 < BT ? p->B - b0 : BT;
+        switch (BT) {
+        case 1: tile_1(p, b0, nb, buf); break;
+        case 8: tile_8(p, b0, nb, buf); break;
+        default: tile_16(p, b0, nb, buf); break;
+        }
+    }
+    free(buf);
+    return NULL;
+}
+
+/* Returns 0 on success, 1 if scratch memory could not be allocated, 2 if a thread failed to start. */
+int colenv_rk4exp_forward(const Problem *p) {
+    int nt = p->n_threads < 1 ? 1 : p->n_threads;
+    Worker workers[64];
+    pthread_t threads[64];
+    if (nt > 64) nt = 64;
+    Problem q = *p;
+    q.n_threads = nt;
+    int status = 0;
+    for (int i = 0; i < nt; i++) workers[i] = (Worker){&q, i, 0};
+    int started = 1;
+    for (int i = 1; i < nt; i++) {
+        if (pthread_create(&threads[i], NULL, work, &workers[i])) {
+            status = 2;
+            break;
+        }
+        started++;
+    }
+    if (status == 2) { /* run the missing workers' tiles here */
+        for (int i = started; i < nt; i++) work(&workers[i]);
+        status = 0;
+    }
+    work(&workers[0]);
+    for (int i = 1; i < started; i++) pthread_join(threads[i], NULL);
+    for (int i = 0; i < nt; i++)
+        if (workers[i].failed) status = 1;
+    return status;
+}

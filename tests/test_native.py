@@ -1,0 +1,223 @@
+"""The native rk4exp kernel (colenv.native): the same scheme as the torch fast path, checked
+against the torch path (to float32 rounding), against a tight float64 dopri5 reference (the
+0.5 Hz bound of issue 5), and for runaways, dispatch, errors and fallback."""
+
+import pytest
+import torch
+
+from colenv import DivergenceError, SolverConfig, native, rollout
+from colenv.fast import _filter_weights, fast_rollout
+from colenv.models import AreaSpec, ColumnNetwork, ConnectionSpec, NetworkSpec, load_params
+
+pytestmark = pytest.mark.skipif(
+    not native.available(), reason=f"native kernel unavailable: {native.unavailable_reason()}"
+)
+
+
+def parity_spec() -> NetworkSpec:
+    """The benchmark's 13-column network (lateral and feedforward connections)."""
+    return NetworkSpec(
+        areas=(AreaSpec("a", 8), AreaSpec("b", 4), AreaSpec("c", 1)),
+        n_inputs=4,
+        lateral=ConnectionSpec(enabled=True, trainable=True),
+        feedforward=ConnectionSpec(trainable=True),
+    )
+
+
+def xor_spec() -> NetworkSpec:
+    return NetworkSpec(
+        areas=(AreaSpec("ab", 2), AreaSpec("c", 1)),
+        n_inputs=2,
+        input_mode="one_to_one",
+        feedforward=ConnectionSpec(trainable=True),
+        input=ConnectionSpec(pairs=(("input", "L4e"), ("input", "L4i")), trainable=True),
+    )
+
+
+def trials(net: ColumnNetwork, batch: int, T: int, seed: int = 0, dtype=torch.float32):
+    """(stimulus [T, B, I], t_ms [T]): random 0-20 Hz inputs switched on at a third of the trial."""
+    gen = torch.Generator().manual_seed(seed)
+    stim = torch.zeros(T, batch, net.n_inputs, dtype=dtype)
+    stim[T // 3 :] = 20.0 * torch.rand(batch, net.n_inputs, generator=gen, dtype=dtype)
+    return stim, torch.arange(T, dtype=dtype)
+
+
+def both(net, stim, t, step_ms=0.5, y0=None):
+    """(native, torch) states of the same no-grad rk4exp rollout."""
+    with torch.no_grad():
+        out = [
+            rollout(net, stim, t, SolverConfig("rk4exp", step_ms=step_ms, kernel=k), y0=y0).states
+            for k in ("native", "torch")
+        ]
+    return out
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8, 17])
+@pytest.mark.parametrize("spec", [parity_spec, xor_spec])
+def test_native_equals_torch_path(spec, batch):
+    """Every tile width (1, 8, 16 with a padded last tile) gives the torch path's states."""
+    torch.manual_seed(0)
+    net = ColumnNetwork(spec=spec())
+    stim, t = trials(net, batch, 121)
+    nat, tor = both(net, stim, t)
+    assert nat.shape == tor.shape and nat.dtype == torch.float32
+    assert torch.equal(nat[0], tor[0])
+    scale = float(tor.abs().max())
+    torch.testing.assert_close(nat, tor, rtol=2e-5, atol=2e-5 * scale)
+
+
+def test_native_steps_and_saturation_equal_torch_path():
+    """One step per interval and two, and the soft rate ceiling (tanh branch)."""
+    params = load_params(overrides={"transfer.max_rate_hz": 40.0})
+    torch.manual_seed(1)
+    net = ColumnNetwork(spec=xor_spec(), params=params)
+    stim, t = trials(net, 4, 61)
+    stim = stim * 5.0  # drive some populations into the ceiling
+    for step_ms in (1.0, 0.5):
+        nat, tor = both(net, stim, t, step_ms=step_ms)
+        assert float(tor[..., 2 * net.n_pop :].max()) > 20.0  # the tanh branch is exercised
+        torch.testing.assert_close(nat, tor, rtol=2e-5, atol=2e-5 * float(tor.abs().max()))
+
+
+def test_native_within_half_hz_of_float64_reference():
+    """Issue 5's bound, against tight float64 dopri5 rather than the torch path."""
+    torch.manual_seed(0)
+    net64 = ColumnNetwork(spec=parity_spec(), dtype=torch.float64)
+    net32 = ColumnNetwork(spec=parity_spec())
+    net32.load_state_dict({k: v.float() for k, v in net64.state_dict().items()})
+    stim, t = trials(net64, 4, 201, dtype=torch.float64)
+    with torch.no_grad():
+        ref = rollout(net64, stim, t, SolverConfig("dopri5", rtol=1e-9, atol=1e-9)).states
+        nat = rollout(net32, stim.float(), t.float(), SolverConfig("rk4exp", kernel="native"))
+    P = net32.n_pop
+    err = (nat.states.double() - ref)[..., 2 * P :].abs().max()
+    assert float(ref[..., 2 * P :].max()) > 10.0
+    assert err < 0.5, f"native rk4exp at 0.5 ms is {float(err):.3g} Hz off the reference"
+
+
+def test_native_runaway_is_caught_like_torch():
+    """Non-finite rates propagate (no -ffast-math): rollout raises DivergenceError."""
+    torch.manual_seed(0)
+    net = ColumnNetwork(spec=xor_spec())
+    stim, t = trials(net, 2, 41)
+    with torch.no_grad():
+        y0 = net.initial_state(2)  # rest of the unscaled network
+        for p in net.parameters():
+            p.mul_(1e20)
+    for kernel in ("native", "torch"):
+        with pytest.raises(DivergenceError):
+            with torch.no_grad():
+                rollout(net, stim, t, SolverConfig("rk4exp", kernel=kernel), y0=y0)
+    with torch.no_grad():
+        cfg = SolverConfig("rk4exp", kernel="native", check_finite=False)
+        nat = rollout(net, stim, t, cfg, y0=y0)
+    assert not torch.isfinite(nat.states[-1]).all()
+
+
+def test_threads_give_identical_states():
+    torch.manual_seed(0)
+    net = ColumnNetwork(spec=parity_spec())
+    stim, t = trials(net, 40, 31)
+    with torch.no_grad():
+        dyn = net.prepare(stim)
+        y0 = net.initial_state(40)
+        fw = _filter_weights(dyn.c["tau_s"], 0.5e-3)
+        one = native.rk4exp_forward(y0, dyn.drive, dyn.w_t, dyn.kappa, dyn.c, 31, 2, 0.5e-3, fw, 1)
+        three = native.rk4exp_forward(
+            y0, dyn.drive, dyn.w_t, dyn.kappa, dyn.c, 31, 2, 0.5e-3, fw, 3
+        )
+    assert torch.equal(one, three)
+
+
+def test_dispatch_auto_uses_native_only_without_gradient():
+    torch.manual_seed(0)
+    net = ColumnNetwork(spec=xor_spec())
+    stim, t = trials(net, 2, 21)
+    calls = []
+    real = native.rk4exp_forward
+
+    def spy(*args, **kw):
+        calls.append(1)
+        return real(*args, **kw)
+
+    native_mod = native
+    native_mod.rk4exp_forward = spy
+    try:
+        with torch.no_grad():
+            rollout(net, stim, t, SolverConfig("rk4exp"))
+        assert len(calls) == 1
+        states = rollout(net, stim, t, SolverConfig("rk4exp")).states  # gradient: torch path
+        assert states.requires_grad and len(calls) == 1
+        with torch.no_grad():
+            rollout(net, stim, t, SolverConfig("rk4exp", kernel="torch"))
+            rollout(net, stim, t, SolverConfig("exprk2"))
+            rollout(net, stim, t, SolverConfig("rk4exp", sde=True), seed=0)
+        assert len(calls) == 1
+    finally:
+        native_mod.rk4exp_forward = real
+
+
+def test_kernel_errors_name_the_value_and_what_is_allowed():
+    with pytest.raises(ValueError, match="kernel must be one of auto, torch, native, got 'gpu'"):
+        SolverConfig("rk4exp", kernel="gpu")
+    with pytest.raises(ValueError, match="kernel='native' applies to method rk4exp"):
+        SolverConfig("rk4", kernel="native")
+    with pytest.raises(ValueError, match="kernel='native' applies to method rk4exp"):
+        SolverConfig("rk4exp", sde=True, kernel="native")
+    net = ColumnNetwork(spec=xor_spec(), dtype=torch.float64)
+    stim, t = trials(net, 2, 11, dtype=torch.float64)
+    with pytest.raises(
+        ValueError, match=r"float32 CPU tensors and no gradient \(got torch.float64"
+    ):
+        with torch.no_grad():
+            rollout(net, stim, t, SolverConfig("rk4exp", kernel="native"))
+    with torch.no_grad():  # auto falls back to the torch path for float64
+        rollout(net, stim, t, SolverConfig("rk4exp"))
+
+
+def test_fast_rollout_rejects_unknown_kernel():
+    net = ColumnNetwork(spec=xor_spec())
+    stim, _ = trials(net, 1, 5)
+    with pytest.raises(ValueError, match="kernel must be one of auto, torch, native; got 'c'"):
+        fast_rollout(net.prepare(stim), net.initial_state(1), 5, 1, 1e-3, "rk4exp", kernel="c")
+
+
+def test_drive_shape_is_checked():
+    net = ColumnNetwork(spec=xor_spec())
+    stim, _ = trials(net, 2, 5)
+    dyn = net.prepare(stim)
+    fw = _filter_weights(dyn.c["tau_s"], 1e-3)
+    with pytest.raises(ValueError, match=r"drive must be \[>= 9, 2, 24\]"):
+        native.rk4exp_forward(
+            net.initial_state(2), dyn.drive, dyn.w_t, dyn.kappa, dyn.c, 10, 1, 1e-3, fw
+        )
+
+
+def test_unavailable_kernel_falls_back(monkeypatch):
+    """Without a working compiler "auto" runs the torch path and "native" says why."""
+    monkeypatch.setattr(native, "_lib", None)
+    monkeypatch.setattr(native, "_error", None)
+    monkeypatch.setenv("CC", "/nonexistent/cc")
+    monkeypatch.setenv("COLENV_CACHE_DIR", "/nonexistent-colenv-cache")
+    assert not native.available()
+    assert "nonexistent" in native.unavailable_reason()
+    net = ColumnNetwork(spec=xor_spec())
+    stim, t = trials(net, 2, 11)
+    with torch.no_grad():
+        auto = rollout(net, stim, t, SolverConfig("rk4exp")).states
+        tor = rollout(net, stim, t, SolverConfig("rk4exp", kernel="torch")).states
+        assert torch.equal(auto, tor)
+        with pytest.raises(ValueError, match="unavailable here .*nonexistent"):
+            rollout(net, stim, t, SolverConfig("rk4exp", kernel="native"))
+
+
+def test_build_is_cached_per_source(tmp_path, monkeypatch):
+    """A fresh cache dir gets one library; loading again reuses it (no rebuild)."""
+    monkeypatch.setenv("COLENV_CACHE_DIR", str(tmp_path))
+    lib = native._build()
+    built = list(tmp_path.glob("rk4exp-*.so"))
+    assert len(built) == 1 and lib is not None
+    mtime = built[0].stat().st_mtime_ns
+    native._build()
+    assert [p.stat().st_mtime_ns for p in tmp_path.glob("rk4exp-*.so")] == [mtime]
+    assert not list(tmp_path.glob("*.tmp*")) and len(list(tmp_path.iterdir())) == 1
