@@ -14,6 +14,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
@@ -107,6 +108,78 @@ def cold_compile_s(unroll: int) -> dict[str, float]:
     return {"forward with stores": fwd_store, "backward": bwd, "forward (no grad)": fwd}
 
 
+ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+def parity_call(variant: str, repeats: int, per_trial_sample: int) -> dict:
+    """Time one variant of the parity batch-16 forward+backward (in this process)."""
+    batch = 16
+    if variant == "dopri5 per-trial":
+        n = per_trial_sample
+        _, call = B.measure(variant, "parity", n, grad=True)
+        # the fastest of two calls, like the fast variants: noise only adds time
+        sec, (states, nfe), first = timed(call, 2, warmup=0, stat=min)
+        return {
+            "sec": sec * batch / n,
+            "nfe": nfe * batch // n,
+            "first": first,
+            "states": states,
+            "note": f"{n} trials x {batch // n}",
+        }
+    slow = variant.startswith("dopri5") or "torchdiffeq" in variant
+    _, call = B.measure(variant, "parity", batch, grad=True)
+    sec, (states, nfe), first = timed(
+        call, 1 if slow else repeats, warmup=0 if slow else 1, stat=min
+    )
+    return {"sec": sec, "nfe": nfe, "first": first, "states": states, "note": fmt(first)}
+
+
+BATCH_CALLS = {1: 20, 16: 10, 256: 3}  # calls per round (batch 1 / 16 / 256)
+BATCH_ROUNDS = 3
+
+
+def batch_scaling(variant: str) -> dict:
+    """Forward (no grad) call times of ``variant`` at batch 1, 16, 256, interleaved over
+    rounds (in this process)."""
+    calls = {}
+    for batch in BATCH_CALLS:
+        calls[batch] = B.measure(variant, "parity", batch, grad=False)[1]
+        calls[batch]()  # compile / build / warm up
+    times: dict[int, list[float]] = {batch: [] for batch in BATCH_CALLS}
+    for _ in range(BATCH_ROUNDS):
+        for batch, n in BATCH_CALLS.items():
+            for _ in range(n):
+                t0 = time.perf_counter()
+                calls[batch]()
+                times[batch].append(time.perf_counter() - t0)
+    return {"times": times}
+
+
+def isolated(kind: str, **kw) -> dict:
+    """Run ``parity_call`` or ``batch_scaling`` in a fresh process (one thread) and return its
+    result: every variant starts from the same process state (a long-running process that has
+    held large tensors timed the compiled path up to 1.5x slower)."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = os.path.join(tmp, "result.pt")
+        spec = json.dumps({"kind": kind, "kw": kw, "out": out})
+        res = subprocess.run(
+            [sys.executable, os.path.abspath(__file__), "--child", spec],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+        if res.returncode:
+            raise RuntimeError(f"{kind} {kw} failed:\n{res.stderr[-3000:]}")
+        return torch.load(out, weights_only=False)
+
+
+def child(spec: str) -> None:
+    job = json.loads(spec)
+    torch.set_num_threads(1)
+    fn = {"parity": parity_call, "batch": batch_scaling}[job["kind"]]
+    torch.save(fn(**job["kw"]), job["out"])
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--repeats", type=int, default=5)
@@ -120,13 +193,17 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--skip-cold-compile", action="store_true")
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--json", help="also write raw numbers here")
+    ap.add_argument("--child", help=argparse.SUPPRESS)  # internal: one isolated measurement
     args = ap.parse_args(argv)
+    if args.child:
+        child(args.child)
+        return
     torch.set_num_threads(1)
     raw: dict = {}
     started = time.perf_counter()
     print(
-        f"torch {torch.__version__}, 1 thread, {os.cpu_count()} cores; parity table: fastest of "
-        f"{args.repeats} calls after a warmup call (per-trial dopri5: fastest of 2 calls; the "
+        f"torch {torch.__version__}, 1 thread, {os.cpu_count()} cores; parity table: each variant "
+        f"in its own process, fastest of {args.repeats} calls after a warmup call (per-trial dopri5: fastest of 2 calls; the "
         "other dopri5 and torchdiffeq rows: one call); 1 s trials (1001 points), stimulus in "
         "the second half.\n"
     )
@@ -161,26 +238,28 @@ def main(argv: list[str] | None = None) -> None:
         "fast rk4exp 1ms compiled",
         "RK4 compiled reference 0.5ms",
     ]:
-        if variant == "dopri5 per-trial":
-            n = args.per_trial_sample
-            net, call = B.measure(variant, name, n, grad=True)
-            # the fastest of two calls, like the fast variants below: noise only adds time
-            sec, (states, nfe), first = timed(call, 2, warmup=0, stat=min)
-            sec, nfe = sec * batch / n, nfe * batch // n
-            errs = B.errors_hz(net, states, ref[:, :n])
-            note = f"{n} trials x {batch // n}"
-        else:
-            slow = variant.startswith("dopri5") or "torchdiffeq" in variant
-            net, call = B.measure(variant, name, batch, grad=True)
-            sec, (states, nfe), first = timed(
-                call, 1 if slow else args.repeats, warmup=0 if slow else 1, stat=min
-            )
-            errs = B.errors_hz(net, states, ref)
-            note = fmt(first)
+        res = isolated(
+            "parity",
+            variant=variant,
+            repeats=args.repeats,
+            per_trial_sample=args.per_trial_sample,
+        )
+        sec, nfe, states = res["sec"], res["nfe"], res["states"]
+        errs = B.errors_hz(B.workload(name, 1)[0], states, ref[:, : states.shape[1]])
         results[variant] = sec
         base = results["dopri5 per-trial"]
         print(
-            row([variant, fmt(sec), f"{base / sec:.0f}x", nfe, fmt(errs[0]), fmt(errs[1]), note]),
+            row(
+                [
+                    variant,
+                    fmt(sec),
+                    f"{base / sec:.0f}x",
+                    nfe,
+                    fmt(errs[0]),
+                    fmt(errs[1]),
+                    res["note"],
+                ]
+            ),
             flush=True,
         )
     raw["parity_b16_fwd_bwd"] = results
@@ -195,47 +274,55 @@ def main(argv: list[str] | None = None) -> None:
         f"Per-trial dopri5 timed on {args.per_trial_sample} trials and scaled per trial.\n"
     )
 
-    # ---- 2. batch scaling, forward, parity, fast compiled
-    # A ratio of two timings on a shared machine: a slow moment in either swings it (batch 1
-    # alone measured 27-59 ms in one session). So: calls interleaved over rounds, and the
-    # fastest call of each batch size (its cost without interference) for the ratio.
-    rounds, calls_per_round = 3, {1: 20, 16: 10, 256: 3}
+    # ---- 2. batch scaling, forward, parity: the native kernel (the no-grad default) and the
+    # compiled torch path. A ratio of two timings on a shared machine: a slow moment in either
+    # swings it (batch 1 alone measured 27-59 ms in one session). So: calls interleaved over
+    # rounds, and the fastest call of each batch size (its cost without interference).
     print(
-        "### Batch scaling, parity, forward (no grad), fast rk4exp 0.5 ms compiled\n\n"
-        f"Fastest of {rounds} rounds x "
-        + " / ".join(f"{n}" for n in calls_per_round.values())
-        + " calls (batch 1 / 16 / 256), interleaved; the median in brackets.\n"
+        "### Batch scaling, parity, forward (no grad), rk4exp 0.5 ms\n\n"
+        f"Each kernel in its own process; fastest of {BATCH_ROUNDS} rounds x "
+        + " / ".join(f"{n}" for n in BATCH_CALLS.values())
+        + " calls (batch 1 / 16 / 256), interleaved; the median in brackets. Native: the C "
+        "kernel (colenv.native), what a rollout without gradient runs by default; torch: the "
+        'compiled torch path (`kernel="torch"`), what training\'s forward runs.\n'
     )
-    print(row(["batch", "time (s)", "trials/s", "ms per trial", "per-trial cost vs batch 1"]))
-    print(row(["---"] * 5))
-    calls = {}
-    for batch in calls_per_round:
-        calls[batch] = B.measure("fast rk4exp 0.5ms compiled", name, batch, grad=False)[1]
-        calls[batch]()  # compile / warm up
-    times: dict[int, list[float]] = {batch: [] for batch in calls_per_round}
-    for _ in range(rounds):
-        for batch, n in calls_per_round.items():
-            for _ in range(n):
-                t0 = time.perf_counter()
-                calls[batch]()
-                times[batch].append(time.perf_counter() - t0)
-    per = {batch: min(ts) / batch for batch, ts in times.items()}
-    for batch, ts in times.items():
-        sec = min(ts)
-        print(
-            row(
-                [
-                    batch,
-                    f"{fmt(sec)} ({fmt(statistics.median(ts))})",
-                    fmt(batch / sec),
-                    fmt(1e3 * sec / batch),
-                    f"{per[1] / per[batch]:.1f}x lower",
-                ]
-            ),
-            flush=True,
+    print(
+        row(
+            ["kernel", "batch", "time (s)", "trials/s", "ms per trial", "per-trial cost vs batch 1"]
         )
-    raw["batch_scaling"] = per
-    raw["batch_times"] = times
+    )
+    print(row(["---"] * 6))
+    raw["batch_scaling"] = {}
+    for kernel, variant in (
+        ("native", "fast rk4exp 0.5ms compiled"),
+        ("torch", "fast rk4exp 0.5ms compiled, torch kernel"),
+    ):
+        times = {int(b): ts for b, ts in isolated("batch", variant=variant)["times"].items()}
+        per = {batch: min(ts) / batch for batch, ts in times.items()}
+        for batch, ts in times.items():
+            sec = min(ts)
+            print(
+                row(
+                    [
+                        kernel,
+                        batch,
+                        f"{fmt(sec)} ({fmt(statistics.median(ts))})",
+                        fmt(batch / sec),
+                        fmt(1e3 * sec / batch),
+                        f"{per[1] / per[batch]:.1f}x lower",
+                    ]
+                ),
+                flush=True,
+            )
+        raw["batch_scaling"][kernel] = {"per_trial_s": per, "times": times}
+    nat = raw["batch_scaling"]["native"]["per_trial_s"]
+    tor = raw["batch_scaling"]["torch"]["per_trial_s"]
+    print(
+        f"\nBatch 256 per trial: native {nat[1] / nat[256]:.1f}x below its batch 1, torch "
+        f"{tor[1] / tor[256]:.1f}x below its batch 1 (target 10x: "
+        f"{'met' if nat[1] / nat[256] >= 10 else 'NOT met'} by the default); native batch 256 "
+        f"per trial is {tor[1] / nat[256]:.1f}x below the torch path's batch 1.\n"
+    )
 
     # ---- 2b. compile time of the default fast path from a cold cache
     if not args.skip_cold_compile:
@@ -254,7 +341,8 @@ def main(argv: list[str] | None = None) -> None:
 
     # ---- 3. task networks: accuracy and eager cost of the recommended config
     print(
-        "\n### Task networks, batch 16, forward: fast rk4exp (eager) vs tight float64 reference\n"
+        "\n### Task networks, batch 16, forward: fast rk4exp (no grad: native kernel) vs tight "
+        "float64 reference\n"
     )
     print(
         row(

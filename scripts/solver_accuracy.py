@@ -8,7 +8,8 @@ For each task (default config, or the config and weights of a checkpoint) this b
 network and the task's evaluation trials (``sample_batch(conditions="all")``, what the
 trainer evaluates), integrates them with a float64 dopri5 reference at rtol = atol = 1e-9 and
 with rk4exp at the config's own step (``solver.step_ms``, what training uses) and at each
-``--steps``, and prints the largest readout error and the largest rate error over all
+``--steps``, float32 on both kernels (the torch path, which training's forward uses, and the
+native C kernel, which evaluation uses: colenv.native), and prints the largest readout error and the largest rate error over all
 populations (Hz; a trained network can read out any of them), with the time where each
 peaks. The accuracy bound of issue 5 is 0.5 Hz; the last lines say, per network at its
 config step and per ``--steps`` value over all networks, whether the largest of these errors
@@ -31,7 +32,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import torch  # noqa: E402
 
-from colenv import SolverConfig, rollout  # noqa: E402
+from colenv import SolverConfig, native, rollout  # noqa: E402
 from trainers.callbacks import read_checkpoint  # noqa: E402
 from trainers.config import TrainConfig, load_config  # noqa: E402
 from trainers.supervised import build_model, build_task  # noqa: E402
@@ -76,10 +77,14 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     print(
-        "| network | step (ms) | dtype | readout err (Hz) | at (ms) | all-pop err (Hz) | at (ms) "
-        "| max rate (Hz) |"
+        "| network | step (ms) | dtype | kernel | readout err (Hz) | at (ms) | all-pop err (Hz) "
+        "| at (ms) | max rate (Hz) |"
     )
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    kernels = {
+        "float32": ["torch"] + (["native"] if native.available() else []),
+        "float64": ["torch"],
+    }
     worst: dict[float, float] = {}
     at_config: list[tuple[str, float, float]] = []
     for label, config, weights in networks(args):
@@ -104,26 +109,30 @@ def main(argv: list[str] | None = None) -> int:
         for step in sorted({config_step, *args.steps}):
             for dt in args.dtype:
                 dtype = getattr(torch, dt)
-                with torch.no_grad():
-                    states = rollout(
-                        nets[dt],
-                        trial.stimulus.to(dtype),
-                        trial.t_ms.to(dtype),
-                        SolverConfig("rk4exp", step_ms=step),
-                    ).states
-                ro, t_ro, allp, t_all = errors(nets["float64"], states, ref, trial.t_ms, keep)
-                if step in args.steps:
-                    worst[step] = max(worst.get(step, 0.0), ro, allp)
-                if step == config_step:
-                    at_config.append((label, step, max(ro, allp)))
-                mark = " (config)" if step == config_step else ""
-                print(
-                    f"| {label} | {step:g}{mark} | {dt} | {ro:.3g} | {t_ro:.0f} | {allp:.3g} | "
-                    f"{t_all:.0f} | {max_rate:.1f} |",
-                    flush=True,
-                )
+                for kernel in kernels[dt]:
+                    with torch.no_grad():
+                        states = rollout(
+                            nets[dt],
+                            trial.stimulus.to(dtype),
+                            trial.t_ms.to(dtype),
+                            SolverConfig("rk4exp", step_ms=step, kernel=kernel),
+                        ).states
+                    ro, t_ro, allp, t_all = errors(nets["float64"], states, ref, trial.t_ms, keep)
+                    if step in args.steps:
+                        worst[step] = max(worst.get(step, 0.0), ro, allp)
+                    if step == config_step:
+                        at_config.append((label, step, max(ro, allp)))
+                    mark = " (config)" if step == config_step else ""
+                    print(
+                        f"| {label} | {step:g}{mark} | {dt} | {kernel} | {ro:.3g} | {t_ro:.0f} | "
+                        f"{allp:.3g} | {t_all:.0f} | {max_rate:.1f} |",
+                        flush=True,
+                    )
     print()
-    for label, step, err in at_config:
+    largest: dict[tuple[str, float], float] = {}
+    for label, step, err in at_config:  # the largest over dtypes and kernels
+        largest[label, step] = max(largest.get((label, step), 0.0), err)
+    for (label, step), err in largest.items():
         verdict = "within" if err <= BOUND_HZ else "ABOVE"
         print(f"{label} at its config step {step:g} ms: largest error {err:.3g} Hz, {verdict}")
     for step, err in worst.items():

@@ -162,6 +162,10 @@ VARIANTS = {
     "dopri5 adjoint": _solve(SolverConfig("dopri5", adjoint=True, **DOPRI5_DEFAULT)),
     "fast rk4exp 0.5ms": _solve(SolverConfig("rk4exp", step_ms=0.5)),
     "fast rk4exp 0.5ms compiled": _solve(SolverConfig("rk4exp", step_ms=0.5, compile=True)),
+    # the same without the native kernel: without a gradient the default runs on colenv.native
+    "fast rk4exp 0.5ms compiled, torch kernel": _solve(
+        SolverConfig("rk4exp", step_ms=0.5, compile=True, kernel="torch")
+    ),
     "fast rk4exp 0.5ms compiled, autograd backward": _solve(
         SolverConfig("rk4exp", step_ms=0.5, compile=True, backward="autograd")
     ),
