@@ -656,11 +656,20 @@ def fast_rollout(
     P = dyn.P
     w_t, kappa, drive = dyn.w_t, dyn.kappa, dyn.drive
     n_int = n_points - 1
-    if kernel != "torch" and _use_native(kernel, method, noise, y0, w_t, drive, kappa):
+    if kernel != "torch" and _use_native(kernel, method, noise, backward, y0, w_t, drive, kappa):
         from colenv import native
 
-        states = native.rk4exp_forward(
-            y0, drive, w_t, kappa, dyn.c, n_points, n_sub, h, _filter_weights(dyn.c["tau_s"], h)
+        states = native.rk4exp_rollout(
+            y0,
+            drive,
+            w_t,
+            kappa,
+            dyn.c,
+            n_points,
+            n_sub,
+            h,
+            _filter_weights(dyn.c["tau_s"], h),
+            segment=checkpoint_every or native.SEGMENT,
         )
         dyn.nfe += n_int * n_sub * _METHOD_NFE[method]
         return states
@@ -708,18 +717,21 @@ def fast_rollout(
     return torch.stack(out)
 
 
-def _use_native(kernel, method, noise, y0, w_t, drive, kappa) -> bool:
+def _use_native(kernel, method, noise, backward, y0, w_t, drive, kappa) -> bool:
     """Whether this rollout runs on the native kernel; with kernel="native", an error saying
     why where it cannot."""
     from colenv import native
 
+    grad = torch.is_grad_enabled() and any(x.requires_grad for x in (y0, w_t, drive, kappa))
     why = None
     if method != "rk4exp" or noise:
         why = f"it integrates rk4exp without noise (method={method!r}, noise={noise!r})"
+    elif grad and backward == "autograd":
+        why = "its gradient is the discrete adjoint (backward='autograd' was asked for)"
     elif not native.supports(y0, w_t, drive, kappa):
         why = (
-            "it takes float32 CPU tensors and no gradient (got "
-            f"{y0.dtype} on {y0.device}, grad {'needed' if torch.is_grad_enabled() else 'off'})"
+            "it takes float32 CPU tensors and no gradient for kappa (got "
+            f"{y0.dtype} on {y0.device}, kappa requires grad: {kappa.requires_grad})"
         )
     elif not native.available():
         why = f"it is unavailable here ({native.unavailable_reason()})"

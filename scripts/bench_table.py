@@ -57,8 +57,8 @@ def fmt(x: float, digits: int = 3) -> str:
     return f"{x:.{digits}g}"
 
 
-def peak_rss_mb(trial_ms: int, checkpoint_every: int) -> float:
-    """Peak RSS (MB) of a fresh process doing one fast rk4exp forward+backward."""
+def peak_rss_mb(trial_ms: int, checkpoint_every: int, kernel: str) -> float:
+    """Peak RSS (MB) of a fresh process doing one fast rk4exp forward+backward (eager)."""
     code = (
         "import resource, torch, sys; sys.path.insert(0, '.');"
         "torch.set_num_threads(1);"
@@ -66,7 +66,7 @@ def peak_rss_mb(trial_ms: int, checkpoint_every: int) -> float:
         "from colenv.fast import fast_rollout;"
         f"net, stim, t, y0 = B.workload('parity', 16, {trial_ms});"
         "dyn = net.prepare(stim);"
-        f"s = fast_rollout(dyn, y0, t.shape[0], 2, 0.5e-3, 'rk4exp', checkpoint_every={checkpoint_every});"
+        f"s = fast_rollout(dyn, y0, t.shape[0], 2, 0.5e-3, 'rk4exp', checkpoint_every={checkpoint_every}, kernel='{kernel}');"
         "B.loss_of(net, s).backward();"
         # VmHWM: this process image's own high-water mark. ru_maxrss is not: Linux carries
         # it over fork + exec, so a child of a 3 GB benchmark process reported 3 GB.
@@ -82,17 +82,18 @@ def peak_rss_mb(trial_ms: int, checkpoint_every: int) -> float:
     return float(out.stdout.strip().splitlines()[-1])
 
 
-def cold_compile_s(unroll: int) -> dict[str, float]:
-    """First-call seconds of the default fast path in a fresh process with inductor's caches
-    disabled and an empty native-kernel cache (what a first run on a new machine pays): the
-    two compiled graphs of training (forward with stores, backward) and the no-grad forward,
-    which runs on the native kernel (its first call builds the C library)."""
+def cold_compile_s(unroll: int, kernel: str) -> list[float]:
+    """First-call seconds (forward with grad, its backward, a forward without grad) of the fast
+    path at 0.5 ms in a fresh process with inductor's caches disabled and an empty native-kernel
+    cache: what a first run on a new machine pays (the torch kernel compiles its three graphs,
+    the native one builds its C library on its first call)."""
     code = (
         "import time, torch, sys; sys.path.insert(0, '.');"
         "torch.set_num_threads(1);"
         "from tests.benchmarks import test_bench_solvers as B;"
         "from colenv import SolverConfig, rollout;"
-        f"cfg = SolverConfig('rk4exp', step_ms=0.5, compile=True, unroll={unroll});"
+        f"cfg = SolverConfig('rk4exp', step_ms=0.5, compile=True, unroll={unroll}, "
+        f"kernel='{kernel}');"
         "net, stim, t, y0 = B.workload('parity', 16);"
         "t0 = time.perf_counter(); s = rollout(net, stim, t, cfg, y0=y0).states;"
         "t1 = time.perf_counter(); B.loss_of(net, s).backward(); t2 = time.perf_counter();"
@@ -109,15 +110,19 @@ def cold_compile_s(unroll: int) -> dict[str, float]:
         )
     if out.returncode:
         raise RuntimeError(out.stderr[-2000:])
-    fwd_store, bwd, fwd = (float(x) for x in out.stdout.strip().splitlines()[-1].split())
-    return {
-        "forward with stores": fwd_store,
-        "backward": bwd,
-        "forward (no grad; native kernel, building it)": fwd,
-    }
+    return [float(x) for x in out.stdout.strip().splitlines()[-1].split()]
 
 
 ROOT = os.path.join(os.path.dirname(__file__), "..")
+
+
+def default_kernel() -> str:
+    """The kernel the default solver runs float32 rollouts on here: native on CPU where the C
+    kernel builds (colenv.native), else torch."""
+    from colenv import native
+
+    on_cpu = torch.get_default_device().type == "cpu"
+    return "native" if on_cpu and native.available() else "torch"
 
 
 def parity_call(variant: str, repeats: int, per_trial_sample: int) -> dict:
@@ -161,11 +166,8 @@ def batch_scaling(variant: str) -> dict:
                 t0 = time.perf_counter()
                 calls[batch]()
                 times[batch].append(time.perf_counter() - t0)
-    from colenv import native
 
-    cfg_kernel = "torch" if "torch kernel" in variant else "auto"
-    on_cpu = torch.get_default_device().type == "cpu"
-    used = "native" if cfg_kernel == "auto" and on_cpu and native.available() else "torch"
+    used = default_kernel() if variant == "fast rk4exp 0.5ms default" else "torch"
     return {"times": times, "kernel": used}
 
 
@@ -252,6 +254,7 @@ def main(argv: list[str] | None = None) -> None:
         "fast rk4exp 0.5ms compiled, autograd backward",
         "fast rk4exp 0.5ms compiled",
         "fast rk4exp 1ms compiled",
+        "fast rk4exp 0.5ms default",
         "RK4 compiled reference 0.5ms",
     ]:
         res = isolated(
@@ -279,15 +282,18 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
     raw["parity_b16_fwd_bwd"] = results
-    best = results["fast rk4exp 0.5ms compiled"]
+    best = results["fast rk4exp 0.5ms default"]
     speedup = results["dopri5 per-trial"] / best
     vs_rk4 = best / results["RK4 compiled reference 0.5ms"]
+    torch_x = results["dopri5 per-trial"] / results["fast rk4exp 0.5ms compiled"]
     print(
-        f"\nTargets (issue 5), fast rk4exp 0.5 ms compiled (the training default): "
+        f"\nTargets (issue 5), fast rk4exp 0.5 ms default (the task configs' solver: "
+        f"{default_kernel()} kernel): "
         f"{speedup:.0f}x faster than per-trial dopri5 (target >= 300x: "
         f"{'met' if speedup >= 300 else 'NOT met'}); {vs_rk4:.2f}x the time of the compiled "
         f"RK4 reference at the same step (target <= 2x: {'met' if vs_rk4 <= 2 else 'NOT met'}). "
-        f"Per-trial dopri5 timed on {args.per_trial_sample} trials and scaled per trial.\n"
+        f"Per-trial dopri5 timed on {args.per_trial_sample} trials and scaled per trial. The "
+        f"compiled torch kernel: {torch_x:.0f}x.\n"
     )
 
     # ---- 2. batch scaling, forward, parity: the native kernel (the no-grad default) and the
@@ -299,8 +305,8 @@ def main(argv: list[str] | None = None) -> None:
         f"Each kernel in its own process; fastest of {BATCH_ROUNDS} rounds x "
         + " / ".join(f"{n}" for n in BATCH_CALLS.values())
         + " calls (batch 1 / 16 / 256), interleaved; the median in brackets. Native: the C "
-        "kernel (colenv.native), what a rollout without gradient runs by default; torch: the "
-        'compiled torch path (`kernel="torch"`), what training\'s forward runs.\n'
+        "kernel (colenv.native), what the default solver runs on CPU; torch: the compiled torch "
+        'path (`kernel="torch"`).\n'
     )
     print(
         row(
@@ -310,8 +316,8 @@ def main(argv: list[str] | None = None) -> None:
     print(row(["---"] * 6))
     raw["batch_scaling"] = {}
     for label, variant in (
-        ("default", "fast rk4exp 0.5ms compiled"),
-        ("torch", "fast rk4exp 0.5ms compiled, torch kernel"),
+        ("default", "fast rk4exp 0.5ms default"),
+        ("torch", "fast rk4exp 0.5ms compiled"),
     ):
         res = isolated("batch", variant=variant)
         times = {int(b): ts for b, ts in res["times"].items()}
@@ -343,20 +349,23 @@ def main(argv: list[str] | None = None) -> None:
         "torch path's batch 1.\n"
     )
 
-    # ---- 2b. compile time of the default fast path from a cold cache
+    # ---- 2b. first calls from cold caches
     if not args.skip_cold_compile:
         unroll = DEFAULT_UNROLL
+        print("\n### First calls from cold caches, fast rk4exp 0.5 ms, parity batch 16\n")
+        print("A fresh process with inductor's caches disabled and an empty native-kernel cache")
         print(
-            f"\n### Compile time, fast rk4exp 0.5 ms compiled (unroll={unroll}), parity batch 16\n"
+            f"(a first run on a new machine). torch: the compiled torch kernel (unroll={unroll}),"
         )
-        print("First calls in a fresh process with inductor's caches disabled (a first run on a")
-        print("new machine); later processes load the compiled graphs from the cache.\n")
-        print(row(["graph", "first call (s)"]))
-        print(row(["---"] * 2))
-        cold = cold_compile_s(unroll)
-        for graph, sec in cold.items():
-            print(row([graph, fmt(sec)]), flush=True)
-        raw["cold_compile_s"] = cold
+        print("whose three graphs compile here and load from the cache in later processes;")
+        print("native: the C kernel, whose library builds on the first call.\n")
+        kernels = ["torch"] + (["native"] if default_kernel() == "native" else [])
+        print(row(["call", *(f"{k} (s)" for k in kernels)]))
+        print(row(["---"] * (1 + len(kernels))))
+        cold = {k: cold_compile_s(unroll, k) for k in kernels}
+        for i, call in enumerate(["forward with grad", "backward", "forward without grad"]):
+            print(row([call, *(fmt(cold[k][i]) for k in kernels)]), flush=True)
+        raw["cold_first_calls_s"] = cold
 
     # ---- 3. task networks: accuracy and eager cost of the recommended config
     print(
@@ -394,16 +403,32 @@ def main(argv: list[str] | None = None) -> None:
 
     # ---- 4. memory
     if not args.skip_memory:
+        print("\n### Peak RSS, parity batch 16, fast rk4exp forward+backward (discrete adjoint)\n")
         print(
-            "\n### Peak RSS, parity batch 16, fast rk4exp eager forward+backward "
-            "(discrete adjoint)\n"
+            "Native: the default on CPU, whose backward recomputes segments of 25 intervals "
+            "(memory flat in trial length by design); torch: the eager torch kernel, without and "
+            "with `checkpoint_every=50`.\n"
         )
-        print(row(["trial", "no checkpointing (MB)", "checkpoint_every=50 (MB)"]))
-        print(row(["---"] * 3))
+        print(
+            row(
+                [
+                    "trial",
+                    "native (MB)",
+                    "torch, no checkpointing (MB)",
+                    "torch, checkpoint_every=50 (MB)",
+                ]
+            )
+        )
+        print(row(["---"] * 4))
         for trial_ms in (1000, 10000):
-            plain = peak_rss_mb(trial_ms, 0)
-            ck = peak_rss_mb(trial_ms, 50)
-            print(row([f"{trial_ms // 1000} s", fmt(plain, 4), fmt(ck, 4)]), flush=True)
+            nat = (
+                peak_rss_mb(trial_ms, 0, "native") if default_kernel() == "native" else float("nan")
+            )
+            plain = peak_rss_mb(trial_ms, 0, "torch")
+            ck = peak_rss_mb(trial_ms, 50, "torch")
+            print(
+                row([f"{trial_ms // 1000} s", fmt(nat, 4), fmt(plain, 4), fmt(ck, 4)]), flush=True
+            )
 
     # ---- 5. SDE
     print("\n### SDE, parity batch 16, 1 s (no grad)\n")

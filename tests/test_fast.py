@@ -193,7 +193,8 @@ def test_interval_function_is_cached_per_configuration():
 @pytest.mark.slow
 @pytest.mark.parametrize("method", ["exprk2", "rk4exp"])
 def test_compiled_equals_eager(method):
-    """torch.compile of an interval: same states and gradients as eager (float32 rounding)."""
+    """torch.compile of an interval: same states and gradients as eager (float32 rounding; the
+    torch kernel: in float32 on CPU rk4exp would otherwise run on colenv.native)."""
     net = ColumnNetwork(spec=decision_spec(lateral=ConnectionSpec(enabled=True, trainable=True)))
     T = 41
     stim, t = step_stimulus(T, torch.float32), torch.arange(T, dtype=torch.float32)
@@ -202,7 +203,8 @@ def test_compiled_equals_eager(method):
         net.zero_grad()
         with warnings.catch_warnings():
             warnings.simplefilter("error", RuntimeWarning)  # a compile fallback fails the test
-            states = rollout(net, stim, t, SolverConfig(method, step_ms=0.5, compile=compile))
+            cfg = SolverConfig(method, step_ms=0.5, compile=compile, kernel="torch")
+            states = rollout(net, stim, t, cfg)
             net.readout(states.states[-10:]).sum().backward()
         out[compile] = (states.states.detach(), net.lateral.weight.grad.clone())
     torch.testing.assert_close(out[True][0], out[False][0], rtol=1e-4, atol=1e-3)
@@ -310,12 +312,13 @@ def test_discrete_adjoint_without_grad_matches():
 
 
 def test_discrete_adjoint_float32_matches_autograd():
-    """float32 (as trained): gradients within float rounding of autograd's."""
+    """float32 (as trained): gradients within float rounding of autograd's (the torch kernel;
+    tests/test_native.py checks the native one)."""
     net, stim, y0, gy = _adjoint_problem()
     net = net.float()
     stim, y0, gy = stim.float(), y0.detach().float().requires_grad_(), gy.float()
     _, g_ref = _grads(net, stim, y0, gy, backward="autograd")
-    _, g = _grads(net, stim, y0, gy, unroll=4)
+    _, g = _grads(net, stim, y0, gy, unroll=4, kernel="torch")
     for got, want in zip(g, g_ref, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
 
@@ -391,7 +394,7 @@ def test_compiled_adjoint_equals_eager():
     stim, t = step_stimulus(T, torch.float32), torch.arange(T, dtype=torch.float32)
     out = {}
     for compile in (False, True):
-        cfg = SolverConfig("rk4exp", step_ms=0.5, compile=compile, unroll=6)
+        cfg = SolverConfig("rk4exp", step_ms=0.5, compile=compile, unroll=6, kernel="torch")
         net.zero_grad()
         with warnings.catch_warnings():
             warnings.simplefilter("error", RuntimeWarning)  # a compile fallback fails the test

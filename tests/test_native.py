@@ -1,6 +1,8 @@
-"""The native rk4exp kernel (colenv.native): the same scheme as the torch fast path, checked
-against the torch path (to float32 rounding), against a tight float64 dopri5 reference (the
-0.5 Hz bound of issue 5), and for runaways, dispatch, errors and fallback."""
+"""The native rk4exp kernel (colenv.native): the same scheme and discrete adjoint as the torch
+fast path, checked against the torch path (states and gradients, to float32 rounding; the torch
+adjoint is checked against autograd and gradcheck in tests/test_fast.py), against a tight
+float64 dopri5 reference (the 0.5 Hz bound of issue 5), and for runaways, dispatch, errors
+and fallback."""
 
 import pytest
 import torch
@@ -15,12 +17,13 @@ pytestmark = pytest.mark.skipif(
 
 
 def parity_spec() -> NetworkSpec:
-    """The benchmark's 13-column network (lateral and feedforward connections)."""
+    """The benchmark's 13-column network (lateral, feedforward and input weights train)."""
     return NetworkSpec(
         areas=(AreaSpec("a", 8), AreaSpec("b", 4), AreaSpec("c", 1)),
         n_inputs=4,
         lateral=ConnectionSpec(enabled=True, trainable=True),
         feedforward=ConnectionSpec(trainable=True),
+        input=ConnectionSpec(trainable=True),
     )
 
 
@@ -140,21 +143,82 @@ def test_dispatch_auto_uses_native_only_without_gradient():
         calls.append(1)
         return real(*args, **kw)
 
-    native_mod = native
-    native_mod.rk4exp_forward = spy
+    native.rk4exp_forward = spy
     try:
         with torch.no_grad():
             rollout(net, stim, t, SolverConfig("rk4exp"))
         assert len(calls) == 1
-        states = rollout(net, stim, t, SolverConfig("rk4exp")).states  # gradient: torch path
-        assert states.requires_grad and len(calls) == 1
+        states = rollout(net, stim, t, SolverConfig("rk4exp")).states  # the native adjoint
+        assert states.grad_fn.name().endswith("_AdjointBackward") and len(calls) == 1
+        states = rollout(net, stim, t, SolverConfig("rk4exp", backward="autograd")).states
+        assert not states.grad_fn.name().endswith("_AdjointBackward")
         with torch.no_grad():
             rollout(net, stim, t, SolverConfig("rk4exp", kernel="torch"))
             rollout(net, stim, t, SolverConfig("exprk2"))
             rollout(net, stim, t, SolverConfig("rk4exp", sde=True), seed=0)
         assert len(calls) == 1
     finally:
-        native_mod.rk4exp_forward = real
+        native.rk4exp_forward = real
+
+
+def _grads(net, stim, t, y0, gy, cfg):
+    """States and d(sum(states * gy)) / d(y0, stimulus, trainable parameters)."""
+    y0 = y0.detach().clone().requires_grad_()
+    stim = stim.detach().clone().requires_grad_()
+    params = [p for p in net.parameters() if p.requires_grad]
+    states = rollout(net, stim, t, cfg, y0=y0).states
+    return states.detach(), torch.autograd.grad((states * gy).sum(), [y0, stim, *params])
+
+
+@pytest.mark.parametrize(
+    ("batch", "segment"),
+    [(1, 25), (5, 7), (17, 40), (17, 1)],  # tile widths 1, 8, 16 (padded); segment vs 40 intervals
+)
+def test_native_adjoint_equals_torch_adjoint(batch, segment):
+    """Gradients for y0, the stimulus (through the drive) and every trainable weight (input,
+    lateral, feedforward): the torch discrete adjoint's, to float32 rounding; any segment length
+    (checkpoint_every) gives the same."""
+    torch.manual_seed(2)
+    net = ColumnNetwork(spec=parity_spec())
+    stim, t = trials(net, batch, 41, seed=3)
+    y0 = net.initial_state(batch)
+    gy = torch.randn(41, batch, net.state_size, generator=torch.Generator().manual_seed(4))
+    s_nat, g_nat = _grads(
+        net, stim, t, y0, gy, SolverConfig("rk4exp", kernel="native", checkpoint_every=segment)
+    )
+    s_tor, g_tor = _grads(net, stim, t, y0, gy, SolverConfig("rk4exp", kernel="torch"))
+    torch.testing.assert_close(s_nat, s_tor, rtol=2e-5, atol=2e-5 * float(s_tor.abs().max()))
+    assert len(g_nat) == 5  # y0, stimulus, and the lateral, feedforward and input weights
+    for got, want in zip(g_nat, g_tor, strict=True):
+        assert float(want.abs().max()) > 0
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+
+
+def test_native_adjoint_with_saturation_equals_torch_adjoint():
+    params = load_params(overrides={"transfer.max_rate_hz": 40.0})
+    torch.manual_seed(1)
+    net = ColumnNetwork(spec=xor_spec(), params=params)
+    stim, t = trials(net, 4, 31)
+    stim = stim * 5.0
+    y0 = net.initial_state(4)
+    gy = torch.randn(31, 4, net.state_size, generator=torch.Generator().manual_seed(5))
+    s_nat, g_nat = _grads(net, stim, t, y0, gy, SolverConfig("rk4exp", step_ms=1.0))
+    s_tor, g_tor = _grads(net, stim, t, y0, gy, SolverConfig("rk4exp", step_ms=1.0, kernel="torch"))
+    assert float(s_tor[..., 2 * net.n_pop :].max()) > 20.0
+    for got, want in zip(g_nat, g_tor, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+
+
+def test_kappa_gradient_takes_the_torch_path():
+    torch.manual_seed(0)
+    net = ColumnNetwork(spec=xor_spec())
+    net.kappa.requires_grad_(True)
+    stim, t = trials(net, 2, 11)
+    states = rollout(net, stim, t, SolverConfig("rk4exp")).states
+    (g,) = torch.autograd.grad(states[..., 2 * net.n_pop :].sum(), [net.kappa])
+    assert torch.isfinite(g).all() and float(g.abs().max()) > 0
+    with pytest.raises(ValueError, match="no gradient for kappa .*kappa requires grad: True"):
+        rollout(net, stim, t, SolverConfig("rk4exp", kernel="native"))
 
 
 def test_kernel_errors_name_the_value_and_what_is_allowed():
@@ -166,9 +230,7 @@ def test_kernel_errors_name_the_value_and_what_is_allowed():
         SolverConfig("rk4exp", sde=True, kernel="native")
     net = ColumnNetwork(spec=xor_spec(), dtype=torch.float64)
     stim, t = trials(net, 2, 11, dtype=torch.float64)
-    with pytest.raises(
-        ValueError, match=r"float32 CPU tensors and no gradient \(got torch.float64"
-    ):
+    with pytest.raises(ValueError, match=r"float32 CPU tensors .*\(got torch.float64"):
         with torch.no_grad():
             rollout(net, stim, t, SolverConfig("rk4exp", kernel="native"))
     with torch.no_grad():  # auto falls back to the torch path for float64

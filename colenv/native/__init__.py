@@ -76,6 +76,15 @@ class _Problem(ctypes.Structure):
             )
         ),
         ("out", ctypes.c_void_p),
+        ("ps", ctypes.c_void_p),
+        ("ss", ctypes.c_void_p),
+        ("row_ptr_s", ctypes.c_void_p),
+        ("col_s", ctypes.c_void_p),
+        ("val_s", ctypes.c_void_p),
+        ("g_states", ctypes.c_void_p),
+        ("adj", ctypes.c_void_p),
+        ("gdvs", ctypes.c_void_p),
+        ("g_drive", ctypes.c_void_p),
     ]
 
 
@@ -120,8 +129,9 @@ def _build() -> ctypes.CDLL:
             if os.path.exists(tmp):
                 os.remove(tmp)
     lib = ctypes.CDLL(str(lib_path))
-    lib.colenv_rk4exp_forward.argtypes = [ctypes.POINTER(_Problem)]
-    lib.colenv_rk4exp_forward.restype = ctypes.c_int
+    for fn in (lib.colenv_rk4exp_forward, lib.colenv_rk4exp_backward):
+        fn.argtypes = [ctypes.POINTER(_Problem)]
+        fn.restype = ctypes.c_int
     return lib
 
 
@@ -151,22 +161,99 @@ def unavailable_reason() -> str | None:
 
 
 def supports(y0: torch.Tensor, w_t: torch.Tensor, drive: torch.Tensor, kappa: torch.Tensor) -> bool:
-    """Whether these tensors can take the native path (float32 CPU, no gradient)."""
+    """Whether these tensors can take the native path: float32 on CPU, and no gradient for
+    kappa (the adjoint covers y0, drive and w_t, like colenv.fast's discrete adjoint)."""
     tensors = (y0, w_t, drive, kappa)
     return all(x.device.type == "cpu" and x.dtype == torch.float32 for x in tensors) and not (
-        torch.is_grad_enabled() and any(x.requires_grad for x in tensors)
+        torch.is_grad_enabled() and kappa.requires_grad
     )
 
 
 def sparse_by_target(w_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """CSR of the nonzeros of w_t [P source, P target] grouped by target:
     (row_ptr [P + 1] int32, source [nnz] int32, weight [nnz] float32)."""
-    w = w_t.detach().t()  # [target, source]
-    target, source = torch.nonzero(w, as_tuple=True)
-    counts = torch.bincount(target, minlength=w.shape[0])
+    return _csr(w_t.detach().t())
+
+
+def sparse_by_source(w_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The same grouped by source: (row_ptr, target, weight), for the adjoint's W^T product."""
+    return _csr(w_t.detach())
+
+
+def _csr(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    row, col = torch.nonzero(w, as_tuple=True)
+    counts = torch.bincount(row, minlength=w.shape[0])
     row_ptr = torch.zeros(w.shape[0] + 1, dtype=torch.int32)
     row_ptr[1:] = torch.cumsum(counts, 0)
-    return row_ptr, source.to(torch.int32).contiguous(), w[target, source].contiguous()
+    return row_ptr, col.to(torch.int32).contiguous(), w[row, col].contiguous()
+
+
+def tile_width(batch: int) -> int:
+    """Trials per tile (rk4exp.c's tile_width): 1, 8, else 16."""
+    return 1 if batch <= 1 else 8 if batch <= 8 else 16
+
+
+class _Call:
+    """The arguments shared by every kernel call of one rollout (tensors kept alive here)."""
+
+    def __init__(self, drive, w_t, kappa, c, n_sub, h, filter_weights, n_threads):
+        self.drive = drive.detach().contiguous()
+        self.kappa = kappa.detach().contiguous()
+        self.by_target = sparse_by_target(w_t)
+        self.by_source = None
+        self.n_sub, self.h, self.c = n_sub, h, c
+        self.fw = filter_weights
+        self.n_threads = n_threads or torch.get_num_threads()
+        self.B, self.P = self.drive.shape[1], self.drive.shape[2]
+
+    def problem(self, y0, k0, k1, out, **ptrs) -> _Problem:
+        """The C struct for intervals [k0, k1) from the states y0 [B, 3P]."""
+        import math
+
+        c, (row_ptr, col, val) = self.c, self.by_target
+        w0, wm, w1 = self.fw
+        prob = _Problem(
+            B=self.B,
+            P=self.P,
+            n_int=k1 - k0,
+            n_sub=self.n_sub,
+            n_threads=self.n_threads,
+            y0=y0.data_ptr(),
+            drive=self.drive[k0].data_ptr() if k1 > k0 else self.drive.data_ptr(),
+            row_ptr=row_ptr.data_ptr(),
+            col=col.data_ptr(),
+            val=val.data_ptr(),
+            kappa=self.kappa.data_ptr(),
+            h=self.h,
+            da=c["da"],
+            db=c["db"],
+            inv_d=1.0 / c["d"],
+            inv_tau_m=1.0 / c["tau_m"],
+            inv_tau_a=1.0 / c["tau_a"],
+            e_r=math.exp(-self.h / c["tau_s"]),
+            w0=w0,
+            wm=wm,
+            w1=w1,
+            max_rate=c.get("max_rate", 0.0),
+            out=out.data_ptr(),
+        )
+        for name, x in ptrs.items():
+            setattr(prob, name, x.data_ptr())
+        return prob
+
+    def call(self, fn, prob: _Problem) -> None:
+        if fn(ctypes.byref(prob)):
+            raise MemoryError("native rk4exp kernel: out of memory for its scratch arrays")
+
+
+def _check(y0: torch.Tensor, drive: torch.Tensor, n_points: int) -> None:
+    B, S = y0.shape
+    n_int = n_points - 1
+    if drive.shape[0] < n_int or tuple(drive.shape[1:]) != (B, S // 3):
+        raise ValueError(
+            f"drive must be [>= {n_int}, {B}, {S // 3}] for y0 {tuple(y0.shape)}, "
+            f"got {tuple(drive.shape)}"
+        )
 
 
 def rk4exp_forward(
@@ -181,57 +268,134 @@ def rk4exp_forward(
     filter_weights: tuple[float, float, float],
     n_threads: int | None = None,
 ) -> torch.Tensor:
-    """States [n_points, B, 3P] of rk4exp from y0 [B, 3P] under drive [>= n_points - 1, B, P].
+    """States [n_points, B, 3P] of rk4exp from y0 [B, 3P] under drive [>= n_points - 1, B, P],
+    no gradient.
 
     The scheme of :func:`colenv.fast.fast_rollout` (method "rk4exp", no noise), computed by the
     C kernel; ``n_threads`` defaults to ``torch.get_num_threads()``. Raises RuntimeError when
     the kernel is unavailable (check :func:`available` first).
     """
+    lib = _lib_or_raise()
+    _check(y0, drive, n_points)
+    call = _Call(drive[: n_points - 1], w_t, kappa, c, n_sub, h, filter_weights, n_threads)
+    y0c = y0.detach().contiguous()
+    out = torch.empty(n_points, *y0.shape, dtype=torch.float32)
+    call.call(lib.colenv_rk4exp_forward, call.problem(y0c, 0, n_points - 1, out))
+    return out
+
+
+SEGMENT = 25  # grid intervals recomputed per backward segment (stores of one segment only)
+
+
+class _Adjoint(torch.autograd.Function):
+    """rk4exp on the native kernel with its discrete adjoint (the same gradient as
+    colenv.fast._Rk4expAdjoint, to float rounding).
+
+    Forward keeps only the states it returns. Backward walks the trial in segments of
+    ``segment`` intervals from the end: it recomputes a segment from its saved start state with
+    stores (each stage's rates and slopes, bit-identical to the forward), runs the adjoint
+    recursion over it and adds the segment's weight gradient as one product of the stores. The
+    stores of one segment are all the extra memory, so memory is flat in trial length.
+    """
+
+    @staticmethod
+    def forward(ctx, y0, drive, w_t, kappa, call: _Call, n_points: int, segment: int):
+        lib = _lib_or_raise()
+        y0c = y0.detach().contiguous()
+        states = torch.empty(n_points, *y0.shape, dtype=torch.float32)
+        call.call(lib.colenv_rk4exp_forward, call.problem(y0c, 0, n_points - 1, states))
+        ctx.call, ctx.segment, ctx.drive_shape = call, segment, drive.shape
+        ctx.save_for_backward(states)
+        return states
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_states):
+        lib = _lib_or_raise()
+        (states,) = ctx.saved_tensors
+        call, seg = ctx.call, ctx.segment
+        if call.by_source is None:
+            call.by_source = sparse_by_source(call.by_target_wt)
+        B, P, n_int = call.B, call.P, states.shape[0] - 1
+        g_states = g_states.contiguous()
+        bt = tile_width(B)
+        n_tiles = -(-B // bt)
+        width = n_tiles * seg * call.n_sub * 4 * bt
+        ps = torch.empty(P * width)
+        ss = torch.empty(P * width)
+        gdvs = torch.empty(P * width)
+        scratch = torch.empty(seg + 1, B, 3 * P)
+        adj = torch.zeros(B, 3 * P)
+        g_wt = torch.zeros(P, P)
+        g_drive = torch.zeros(ctx.drive_shape)
+        row_ptr_s, col_s, val_s = call.by_source
+        for k1 in range(n_int, 0, -seg):
+            k0 = max(0, k1 - seg)
+            n = n_tiles * (k1 - k0) * call.n_sub * 4 * bt
+            p_, s_, g_ = (x[: P * n].view(P, n) for x in (ps, ss, gdvs))
+            y0 = states[k0].contiguous()
+            fwd = call.problem(y0, k0, k1, scratch, ps=p_, ss=s_)
+            call.call(lib.colenv_rk4exp_forward, fwd)
+            back = call.problem(
+                y0,
+                k0,
+                k1,
+                scratch,
+                ss=s_,
+                row_ptr_s=row_ptr_s,
+                col_s=col_s,
+                val_s=val_s,
+                g_states=g_states[k0 + 1],
+                adj=adj,
+                gdvs=g_,
+                g_drive=g_drive[k0],
+            )
+            call.call(lib.colenv_rk4exp_backward, back)
+            g_wt.addmm_(p_, g_.t())
+        g_y0 = g_states[0] + adj if ctx.needs_input_grad[0] else None
+        return (
+            g_y0,
+            g_drive if ctx.needs_input_grad[1] else None,
+            g_wt if ctx.needs_input_grad[2] else None,
+            None,
+            None,
+            None,
+            None,
+        )
+
+
+def rk4exp_rollout(
+    y0: torch.Tensor,
+    drive: torch.Tensor,
+    w_t: torch.Tensor,
+    kappa: torch.Tensor,
+    c: dict,
+    n_points: int,
+    n_sub: int,
+    h: float,
+    filter_weights: tuple[float, float, float],
+    *,
+    segment: int = SEGMENT,
+    n_threads: int | None = None,
+) -> torch.Tensor:
+    """Like :func:`rk4exp_forward`, differentiable in y0, drive and w_t when they need it
+    (the native discrete adjoint, :class:`_Adjoint`; kappa gets no gradient)."""
+    if not isinstance(segment, int) or segment < 1:
+        raise ValueError(f"segment must be an integer >= 1, got {segment!r}")
+    needs = torch.is_grad_enabled() and any(x.requires_grad for x in (y0, drive, w_t))
+    if not needs:
+        return rk4exp_forward(
+            y0, drive, w_t, kappa, c, n_points, n_sub, h, filter_weights, n_threads
+        )
+    _lib_or_raise()
+    _check(y0, drive, n_points)
+    call = _Call(drive[: n_points - 1], w_t, kappa, c, n_sub, h, filter_weights, n_threads)
+    call.by_target_wt = w_t.detach()
+    return _Adjoint.apply(y0, drive, w_t, kappa, call, n_points, segment)
+
+
+def _lib_or_raise() -> ctypes.CDLL:
     lib = _load()
     if lib is None:
         raise RuntimeError(f"the native rk4exp kernel is unavailable: {_error}")
-    B, S = y0.shape
-    P = S // 3
-    n_int = n_points - 1
-    if drive.shape[0] < n_int or tuple(drive.shape[1:]) != (B, P):
-        raise ValueError(
-            f"drive must be [>= {n_int}, {B}, {P}] for y0 {tuple(y0.shape)}, "
-            f"got {tuple(drive.shape)}"
-        )
-    y0c = y0.detach().contiguous()
-    drv = drive.detach()[:n_int].contiguous()
-    kap = kappa.detach().contiguous()
-    row_ptr, col, val = sparse_by_target(w_t)
-    out = torch.empty(n_points, B, S, dtype=torch.float32)
-    w0, wm, w1 = filter_weights
-    import math
-
-    prob = _Problem(
-        B=B,
-        P=P,
-        n_int=n_int,
-        n_sub=n_sub,
-        n_threads=n_threads or torch.get_num_threads(),
-        y0=y0c.data_ptr(),
-        drive=drv.data_ptr(),
-        row_ptr=row_ptr.data_ptr(),
-        col=col.data_ptr(),
-        val=val.data_ptr(),
-        kappa=kap.data_ptr(),
-        h=h,
-        da=c["da"],
-        db=c["db"],
-        inv_d=1.0 / c["d"],
-        inv_tau_m=1.0 / c["tau_m"],
-        inv_tau_a=1.0 / c["tau_a"],
-        e_r=math.exp(-h / c["tau_s"]),
-        w0=w0,
-        wm=wm,
-        w1=w1,
-        max_rate=c.get("max_rate", 0.0),
-        out=out.data_ptr(),
-    )
-    status = lib.colenv_rk4exp_forward(ctypes.byref(prob))
-    if status:
-        raise MemoryError(f"native rk4exp kernel failed (status {status}: out of memory)")
-    return out
+    return lib

@@ -33,6 +33,19 @@ typedef struct {
     const float *kappa;     /* [P] */
     float h, da, db, inv_d, inv_tau_m, inv_tau_a, e_r, w0, wm, w1, max_rate;
     float *out; /* [n_int + 1, B, 3P]; row 0 is written too (= y0) */
+    /* Stores (forward; NULL: none) and the adjoint (backward). A store is [P][N] with
+     * N = n_tiles * n_int * n_sub * 4 * BT: population j, tile t, stage st (in step order),
+     * lane b at j N + (t n_stages + st) BT + b, so that the weight gradient is one product
+     * ps gdvs^T over all stages and trials (padded lanes carry a zero gradient). */
+    float *ps;                /* rates phi of every stage */
+    float *ss;                /* their slopes dphi / d(v - a) */
+    const int32_t *row_ptr_s; /* [P + 1]: CSR of W by source population */
+    const int32_t *col_s;     /* [nnz]: target population of each nonzero */
+    const float *val_s;       /* [nnz]: its weight (w_t[source, target]) */
+    const float *g_states;    /* [n_int, B, 3P]: loss gradient of the states at interval ends */
+    float *adj;               /* [B, 3P]: adjoint after the last interval in, before the first out */
+    float *gdvs;              /* [P][N]: gradient of each stage's dv (layout of ps) */
+    float *g_drive;           /* [n_int, B, P] */
 } Problem;
 
 #define TINY 1e-30f
@@ -87,10 +100,46 @@ static inline __attribute__((always_inline)) float rate(float x, const Problem *
     return phi;
 }
 
+/* rate() and its slope dphi / d(v - a) from the same intermediates (colenv.fast._rate_slope):
+ * g'(u) = [u > 0] + sign(u) q (1 - w - q) / w, by its series 1/2 + u/6 - u^3/180 for
+ * w < 1e-2; times da / d, and (1 - tanh^2) under the soft ceiling. */
+static inline __attribute__((always_inline)) float rate_slope(float x, const Problem *p,
+                                                              const int saturate, float *slope) {
+    const float da = p->da, db = p->db, inv_d = p->inv_d, max_rate = p->max_rate;
+    float u = x * da - db;
+    float w = u < 0.0f ? -u : u;
+    w = w < TINY ? TINY : w;
+    w = w > EXP_CAP ? EXP_CAP : w;
+    float series = 1.0f + w * (-0.5f + w * (1.0f / 12.0f + w * w * (-1.0f / 720.0f + w * w / 30240.0f)));
+    float q = w < Q_SERIES_BELOW ? series : w / (exp_f(w) - 1.0f);
+    float relu = u > 0.0f ? u : 0.0f;
+    float phi = (relu + q) * inv_d;
+    float sgn = u > 0.0f ? 1.0f : (u < 0.0f ? -1.0f : 0.0f);
+    float exact = (u > 0.0f ? 1.0f : 0.0f) + sgn * q * (1.0f - w - q) / w;
+    float gs = 0.5f + u * (1.0f / 6.0f) - u * u * u * (1.0f / 180.0f);
+    float s = (w < 1e-2f ? gs : exact) * (da * inv_d);
+    s = u != u ? u : s;
+    if (saturate) {
+        float z = phi * (1.0f / max_rate);
+        float e2 = exp_f(2.0f * (z < 30.0f ? z : 30.0f));
+        float th = z < 0.01f ? z * (1.0f - z * z * (1.0f / 3.0f - z * z * (2.0f / 15.0f)))
+                             : 1.0f - 2.0f / (e2 + 1.0f);
+        th = z != z ? z : th;
+        phi = max_rate * th;
+        s = s * (1.0f - th * th);
+    }
+    *slope = s;
+    return phi;
+}
+
 /* Scratch arrays of one tile, each [P][BT]: state, two stage-input buffers (stage s reads one
  * and writes the other, so no array is read and written in the same loop), rates, drive and
  * the running RK4 sums. */
-enum { V, A, R, X1V, X1A, X2V, X2A, PHI, DRV, KV1, KV23, KA1, KA23, PR1, PR23, N_ARR };
+enum { V, A, R, X1V, X1A, X2V, X2A, PHI, SLP, DRV, KV1, KV23, KA1, KA23, PR1, PR23, N_ARR };
+/* Scratch arrays of one tile in backward, each [P][BT]: the adjoint (lv, la, lr), the four
+ * stages' dv and da gradients, their state gradients, and the interval's drive gradient. */
+enum { LV, LA, LR, GDV1, GDV2, GDV3, GDV4, GDA1, GDA2, GDA3, GDA4, GV1, GV2, GV3, GV4, GA1, GA2,
+       GA3, GA4, GDRV, N_BARR };
 
 typedef float f32x8 __attribute__((vector_size(32)));
 typedef float f32x16 __attribute__((vector_size(64)));
@@ -124,6 +173,7 @@ static int tile_width(int B) { return B <= 1 ? 1 : B <= 8 ? 8 : 16; }
 typedef struct {
     const Problem *p;
     int id;
+    int backward;
     int failed;
 } Worker;
 
@@ -131,7 +181,8 @@ static void *work(void *arg) {
     Worker *w = (Worker *)arg;
     const Problem *p = w->p;
     const int BT = tile_width(p->B);
-    float *buf = (float *)aligned_alloc(64, ((size_t)N_ARR * p->P * BT * sizeof(float) + 63) / 64 * 64);
+    const size_t n_arr = w->backward ? N_BARR : N_ARR;
+    float *buf = (float *)aligned_alloc(64, (n_arr * p->P * BT * sizeof(float) + 63) / 64 * 64);
     if (!buf) {
         w->failed = 1;
         return NULL;
@@ -139,41 +190,49 @@ static void *work(void *arg) {
     const int n_tiles = (p->B + BT - 1) / BT;
     for (int t = w->id; t < n_tiles; t += p->n_threads) {
         const int b0 = t * BT, nb = p->B - b0 < BT ? p->B - b0 : BT;
-        switch (BT) {
-        case 1: tile_1(p, b0, nb, buf); break;
-        case 8: tile_8(p, b0, nb, buf); break;
-        default: tile_16(p, b0, nb, buf); break;
+        if (w->backward) {
+            switch (BT) {
+            case 1: btile_1(p, t, b0, nb, buf); break;
+            case 8: btile_8(p, t, b0, nb, buf); break;
+            default: btile_16(p, t, b0, nb, buf); break;
+            }
+        } else {
+            switch (BT) {
+            case 1: tile_1(p, t, b0, nb, buf); break;
+            case 8: tile_8(p, t, b0, nb, buf); break;
+            default: tile_16(p, t, b0, nb, buf); break;
+            }
         }
     }
     free(buf);
     return NULL;
 }
 
-/* Returns 0 on success, 1 if scratch memory could not be allocated, 2 if a thread failed to start. */
-int colenv_rk4exp_forward(const Problem *p) {
+/* Runs the tiles on n_threads threads (the calling one included). Returns 0 on success, 1 if
+ * scratch memory could not be allocated. */
+static int run(const Problem *p, int backward) {
     int nt = p->n_threads < 1 ? 1 : p->n_threads;
     Worker workers[64];
     pthread_t threads[64];
     if (nt > 64) nt = 64;
     Problem q = *p;
     q.n_threads = nt;
-    int status = 0;
-    for (int i = 0; i < nt; i++) workers[i] = (Worker){&q, i, 0};
+    for (int i = 0; i < nt; i++) workers[i] = (Worker){&q, i, backward, 0};
     int started = 1;
     for (int i = 1; i < nt; i++) {
-        if (pthread_create(&threads[i], NULL, work, &workers[i])) {
-            status = 2;
-            break;
-        }
+        if (pthread_create(&threads[i], NULL, work, &workers[i])) break;
         started++;
     }
-    if (status == 2) { /* run the missing workers' tiles here */
-        for (int i = started; i < nt; i++) work(&workers[i]);
-        status = 0;
-    }
+    for (int i = started; i < nt; i++) work(&workers[i]); /* threads that did not start */
     work(&workers[0]);
     for (int i = 1; i < started; i++) pthread_join(threads[i], NULL);
     for (int i = 0; i < nt; i++)
-        if (workers[i].failed) status = 1;
-    return status;
+        if (workers[i].failed) return 1;
+    return 0;
 }
+
+/* States of all intervals into out; with ps/ss set, also every stage's rates and slopes. */
+int colenv_rk4exp_forward(const Problem *p) { return run(p, 0); }
+
+/* The adjoint over the same intervals (needs ss of a forward with stores). */
+int colenv_rk4exp_backward(const Problem *p) { return run(p, 1); }

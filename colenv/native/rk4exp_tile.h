@@ -8,9 +8,9 @@
  * the slopes dv = W phi - (v / tau_m - drive) and da = kappa / tau_a phi - a / tau_a, their
  * running RK4 sums, and the next stage's input (nv, na), or for s = 3 the step's result (v, a
  * and the r filter). Stage s reads one stage-input buffer and writes the other. */
-static inline __attribute__((always_inline)) void CAT(stage_, SUFFIX)(const Problem *p,
-                                                                     float *const *arr,
-                                                                     const int s) {
+static inline __attribute__((always_inline)) void CAT(stage_, SUFFIX)(
+    const Problem *p, float *const *arr, const int s, const int store, float *psb, float *ssb,
+    size_t N) {
     const Problem c = *p; /* constants in locals: the loops below store through pointers */
     const int P = c.P;
     VT *restrict v = (VT *)arr[V], *restrict a = (VT *)arr[A], *restrict r = (VT *)arr[R];
@@ -27,7 +27,18 @@ static inline __attribute__((always_inline)) void CAT(stage_, SUFFIX)(const Prob
     const float inv_m = c.inv_tau_m, inv_a = c.inv_tau_a;
     const float c_next = s == 2 ? c.h : 0.5f * c.h, h6 = c.h / 6.0f;
 
-    if (c.max_rate > 0.0f) {
+    if (store) { /* rates and slopes, into the [P][N] stores too (psb, ssb: this stage's slot) */
+        float *restrict slf = arr[SLP];
+        if (c.max_rate > 0.0f) {
+            for (int j = 0; j < P * BT; j++) phif[j] = rate_slope(cvf[j] - caf[j], &c, 1, &slf[j]);
+        } else {
+            for (int j = 0; j < P * BT; j++) phif[j] = rate_slope(cvf[j] - caf[j], &c, 0, &slf[j]);
+        }
+        for (int j = 0; j < P; j++) {
+            *(VT *)(psb + j * N) = phi[j];
+            *(VT *)(ssb + j * N) = ((const VT *)slf)[j];
+        }
+    } else if (c.max_rate > 0.0f) {
         for (int j = 0; j < P * BT; j++) phif[j] = rate(cvf[j] - caf[j], &c, 1);
     } else {
         for (int j = 0; j < P * BT; j++) phif[j] = rate(cvf[j] - caf[j], &c, 0);
@@ -61,12 +72,15 @@ static inline __attribute__((always_inline)) void CAT(stage_, SUFFIX)(const Prob
     }
 }
 
-/* Trials [b0, b0 + nb) (nb <= BT; lanes >= nb repeat trial b0 and are not written). */
-static void CAT(tile_, SUFFIX)(const Problem *p, int b0, int nb, float *buf) {
+/* Trials [b0, b0 + nb) of tile t_idx (nb <= BT; lanes >= nb repeat trial b0 and are not
+ * written to out; the stores hold them). */
+static void CAT(tile_, SUFFIX)(const Problem *p, int t_idx, int b0, int nb, float *buf) {
     const int P = p->P, B = p->B, S = 3 * P;
     float *arr[N_ARR];
     for (int i = 0; i < N_ARR; i++) arr[i] = buf + (size_t)i * P * BT;
     float *v = arr[V], *a = arr[A], *r = arr[R], *drv = arr[DRV];
+    const size_t n_stages = (size_t)p->n_int * p->n_sub * 4;
+    const size_t N = (size_t)((B + BT - 1) / BT) * n_stages * BT;
 
     for (int b = 0; b < BT; b++) {
         const float *y = p->y0 + (size_t)(b0 + (b < nb ? b : 0)) * S;
@@ -86,10 +100,19 @@ static void CAT(tile_, SUFFIX)(const Problem *p, int b0, int nb, float *buf) {
             for (int pp = 0; pp < P; pp++) drv[pp * BT + b] = db_[pp];
         }
         for (int i = 0; i < p->n_sub; i++) {
-            CAT(stage_, SUFFIX)(p, arr, 0);
-            CAT(stage_, SUFFIX)(p, arr, 1);
-            CAT(stage_, SUFFIX)(p, arr, 2);
-            CAT(stage_, SUFFIX)(p, arr, 3);
+            if (p->ps) {
+                const size_t st = (size_t)t_idx * n_stages + ((size_t)k * p->n_sub + i) * 4;
+                float *psb = p->ps + st * BT, *ssb = p->ss + st * BT;
+                CAT(stage_, SUFFIX)(p, arr, 0, 1, psb, ssb, N);
+                CAT(stage_, SUFFIX)(p, arr, 1, 1, psb + BT, ssb + BT, N);
+                CAT(stage_, SUFFIX)(p, arr, 2, 1, psb + 2 * BT, ssb + 2 * BT, N);
+                CAT(stage_, SUFFIX)(p, arr, 3, 1, psb + 3 * BT, ssb + 3 * BT, N);
+            } else {
+                CAT(stage_, SUFFIX)(p, arr, 0, 0, NULL, NULL, 0);
+                CAT(stage_, SUFFIX)(p, arr, 1, 0, NULL, NULL, 0);
+                CAT(stage_, SUFFIX)(p, arr, 2, 0, NULL, NULL, 0);
+                CAT(stage_, SUFFIX)(p, arr, 3, 0, NULL, NULL, 0);
+            }
         }
         float *row = p->out + (size_t)(k + 1) * B * S;
         for (int b = 0; b < nb; b++) {
@@ -99,6 +122,110 @@ static void CAT(tile_, SUFFIX)(const Problem *p, int b0, int nb, float *buf) {
                 y[P + pp] = a[pp * BT + b];
                 y[2 * P + pp] = r[pp * BT + b];
             }
+        }
+    }
+}
+
+/* Backward stage q of a step: gp = W^T gdv + wr lr + kappa / tau_a gda (W^T through the CSR
+ * by source), gu = s gp, then the state gradients gv = gu - gdv / tau_m, ga = -gu - gda / tau_a
+ * (colenv.fast._make_rk4exp_chunk_backward's stage()). sb: this stage's slopes in the store. */
+static inline __attribute__((always_inline)) void CAT(bstage_, SUFFIX)(
+    const Problem *c, const VT *restrict gdv, const VT *restrict gda, const VT *restrict lr,
+    const float wr, const float *restrict sb, size_t N, VT *restrict gv, VT *restrict ga) {
+    const int P = c->P;
+    const float inv_m = c->inv_tau_m, inv_a = c->inv_tau_a;
+    for (int j = 0; j < P; j++) {
+        VT acc = gdv[0] * 0.0f;
+        for (int e = c->row_ptr_s[j]; e < c->row_ptr_s[j + 1]; e++)
+            acc += c->val_s[e] * gdv[c->col_s[e]];
+        const VT gp = acc - (-(wr * lr[j]) - (c->kappa[j] * inv_a) * gda[j]);
+        const VT gu = *(const VT *)(sb + j * N) * gp;
+        gv[j] = gu - gdv[j] * inv_m;
+        ga[j] = -gu - gda[j] * inv_a;
+    }
+}
+
+/* The discrete adjoint of run_tile over this call's intervals, for trials [b0, b0 + nb) of tile
+ * t_idx: reads ss (from a forward with stores over the same intervals), g_states and adj, writes
+ * gdvs (layout of ps), g_drive and adj (colenv.fast._make_rk4exp_chunk_backward). */
+static void CAT(btile_, SUFFIX)(const Problem *p, int t_idx, int b0, int nb, float *buf) {
+    const Problem c = *p;
+    const int P = c.P, B = c.B, S = 3 * P;
+    const size_t n_stages = (size_t)c.n_int * c.n_sub * 4;
+    const size_t N = (size_t)((B + BT - 1) / BT) * n_stages * BT;
+    VT *arr[N_BARR];
+    for (int i = 0; i < N_BARR; i++) arr[i] = (VT *)(buf + (size_t)i * P * BT);
+    VT *restrict lv = arr[LV], *restrict la = arr[LA], *restrict lr = arr[LR];
+    VT *restrict gdv[4] = {arr[GDV1], arr[GDV2], arr[GDV3], arr[GDV4]};
+    VT *restrict gda[4] = {arr[GDA1], arr[GDA2], arr[GDA3], arr[GDA4]};
+    VT *restrict gv[4] = {arr[GV1], arr[GV2], arr[GV3], arr[GV4]};
+    VT *restrict ga[4] = {arr[GA1], arr[GA2], arr[GA3], arr[GA4]};
+    VT *restrict gdrv = arr[GDRV];
+    float *lvf = (float *)lv, *laf = (float *)la, *lrf = (float *)lr, *gdrvf = (float *)gdrv;
+    const float h = c.h, h2 = 0.5f * c.h, h6 = c.h / 6.0f, h3 = 2.0f * (c.h / 6.0f);
+    const float wr[4] = {c.w0, c.wm, c.wm, c.w1};
+
+    for (int b = 0; b < BT; b++) { /* padded lanes: zero adjoint, so zero gradients */
+        const float *y = c.adj + (size_t)(b0 + b) * S;
+        for (int j = 0; j < P; j++) {
+            lvf[j * BT + b] = b < nb ? y[j] : 0.0f;
+            laf[j * BT + b] = b < nb ? y[P + j] : 0.0f;
+            lrf[j * BT + b] = b < nb ? y[2 * P + j] : 0.0f;
+        }
+    }
+    for (int k = c.n_int - 1; k >= 0; k--) {
+        const float *g = c.g_states + (size_t)k * B * S;
+        for (int b = 0; b < nb; b++) {
+            const float *gb = g + (size_t)(b0 + b) * S;
+            for (int j = 0; j < P; j++) {
+                lvf[j * BT + b] += gb[j];
+                laf[j * BT + b] += gb[P + j];
+                lrf[j * BT + b] += gb[2 * P + j];
+            }
+        }
+        for (int j = 0; j < P; j++) gdrv[j] = lv[j] * 0.0f;
+        for (int i = c.n_sub - 1; i >= 0; i--) {
+            const size_t st = (size_t)t_idx * n_stages + ((size_t)k * c.n_sub + i) * 4;
+            const float *sb = c.ss + st * BT;
+            for (int j = 0; j < P; j++) {
+                gdv[3][j] = h6 * lv[j];
+                gda[3][j] = h6 * la[j];
+            }
+            CAT(bstage_, SUFFIX)(&c, gdv[3], gda[3], lr, wr[3], sb + 3 * BT, N, gv[3], ga[3]);
+            for (int j = 0; j < P; j++) {
+                gdv[2][j] = h3 * lv[j] + h * gv[3][j];
+                gda[2][j] = h3 * la[j] + h * ga[3][j];
+            }
+            CAT(bstage_, SUFFIX)(&c, gdv[2], gda[2], lr, wr[2], sb + 2 * BT, N, gv[2], ga[2]);
+            for (int j = 0; j < P; j++) {
+                gdv[1][j] = h3 * lv[j] + h2 * gv[2][j];
+                gda[1][j] = h3 * la[j] + h2 * ga[2][j];
+            }
+            CAT(bstage_, SUFFIX)(&c, gdv[1], gda[1], lr, wr[1], sb + BT, N, gv[1], ga[1]);
+            for (int j = 0; j < P; j++) {
+                gdv[0][j] = h6 * lv[j] + h2 * gv[1][j];
+                gda[0][j] = h6 * la[j] + h2 * ga[1][j];
+            }
+            CAT(bstage_, SUFFIX)(&c, gdv[0], gda[0], lr, wr[0], sb, N, gv[0], ga[0]);
+            for (int j = 0; j < P; j++) {
+                lv[j] = lv[j] + gv[0][j] + gv[1][j] + gv[2][j] + gv[3][j];
+                la[j] = la[j] + ga[0][j] + ga[1][j] + ga[2][j] + ga[3][j];
+                lr[j] = c.e_r * lr[j];
+                gdrv[j] += gdv[0][j] + gdv[1][j] + gdv[2][j] + gdv[3][j];
+                float *gd = c.gdvs + j * N + st * BT;
+                for (int q = 0; q < 4; q++) *(VT *)(gd + q * BT) = gdv[q][j];
+            }
+        }
+        float *gdr = c.g_drive + (size_t)k * B * P;
+        for (int b = 0; b < nb; b++)
+            for (int j = 0; j < P; j++) gdr[(size_t)(b0 + b) * P + j] = gdrvf[j * BT + b];
+    }
+    for (int b = 0; b < nb; b++) {
+        float *y = c.adj + (size_t)(b0 + b) * S;
+        for (int j = 0; j < P; j++) {
+            y[j] = lvf[j * BT + b];
+            y[P + j] = laf[j * BT + b];
+            y[2 * P + j] = lrf[j * BT + b];
         }
     }
 }
