@@ -28,7 +28,9 @@ def main() -> None:
             drive = net.bg_drive.clone()
             drive[population_index(target)] += extra
             rates = net.rates(net.rest_state(drive))
-            print(f"| {target} | {extra:.0f} | {float(rates[l23e]):.2f} | {float(rates[l5e]):.2f} |")
+            print(
+                f"| {target} | {extra:.0f} | {float(rates[l23e]):.2f} | {float(rates[l5e]):.2f} |"
+            )
 
 
 if __name__ == "__main__":

@@ -320,10 +320,8 @@ class _Adjoint(torch.autograd.Function):
         g_states = g_states.contiguous()
         bt = tile_width(B)
         n_tiles = -(-B // bt)
-        width = n_tiles * seg * call.n_sub * 4 * bt
-        ps = torch.empty(P * width)
-        ss = torch.empty(P * width)
-        gdvs = torch.empty(P * width)
+        size = n_tiles * P * seg * call.n_sub * 4 * bt  # stores of one segment
+        ps, ss, gdvs = torch.empty(size), torch.empty(size), torch.empty(size)
         scratch = torch.empty(seg + 1, B, 3 * P)
         adj = torch.zeros(B, 3 * P)
         g_wt = torch.zeros(P, P)
@@ -331,27 +329,18 @@ class _Adjoint(torch.autograd.Function):
         row_ptr_s, col_s, val_s = call.by_source
         for k1 in range(n_int, 0, -seg):
             k0 = max(0, k1 - seg)
-            n = n_tiles * (k1 - k0) * call.n_sub * 4 * bt
-            p_, s_, g_ = (x[: P * n].view(P, n) for x in (ps, ss, gdvs))
+            n = (k1 - k0) * call.n_sub * 4 * bt  # a store row: one population of one tile
+            p_, s_, g_ = (x[: n_tiles * P * n].view(n_tiles, P, n) for x in (ps, ss, gdvs))
             y0 = states[k0].contiguous()
             fwd = call.problem(y0, k0, k1, scratch, ps=p_, ss=s_)
             call.call(lib.colenv_rk4exp_forward, fwd)
             back = call.problem(
-                y0,
-                k0,
-                k1,
-                scratch,
-                ss=s_,
-                row_ptr_s=row_ptr_s,
-                col_s=col_s,
-                val_s=val_s,
-                g_states=g_states[k0 + 1],
-                adj=adj,
-                gdvs=g_,
-                g_drive=g_drive[k0],
-            )
+                y0, k0, k1, scratch, ss=s_, row_ptr_s=row_ptr_s, col_s=col_s, val_s=val_s,
+                g_states=g_states[k0 + 1], adj=adj, gdvs=g_, g_drive=g_drive[k0],
+            )  # fmt: skip
             call.call(lib.colenv_rk4exp_backward, back)
-            g_wt.addmm_(p_, g_.t())
+            for t in range(n_tiles):  # the weight gradient of this segment, tile by tile
+                g_wt.addmm_(p_[t], g_[t].t())
         g_y0 = g_states[0] + adj if ctx.needs_input_grad[0] else None
         return (
             g_y0,

@@ -33,10 +33,10 @@ typedef struct {
     const float *kappa;     /* [P] */
     float h, da, db, inv_d, inv_tau_m, inv_tau_a, e_r, w0, wm, w1, max_rate;
     float *out; /* [n_int + 1, B, 3P]; row 0 is written too (= y0) */
-    /* Stores (forward; NULL: none) and the adjoint (backward). A store is [P][N] with
-     * N = n_tiles * n_int * n_sub * 4 * BT: population j, tile t, stage st (in step order),
-     * lane b at j N + (t n_stages + st) BT + b, so that the weight gradient is one product
-     * ps gdvs^T over all stages and trials (padded lanes carry a zero gradient). */
+    /* Stores (forward; NULL: none) and the adjoint (backward). A store is [n_tiles][P][N] with
+     * N = n_int * n_sub * 4 * BT: tile t, population j, stage st (in step order), lane b at
+     * (t P + j) N + st BT + b, so that each tile's weight gradient is one product ps gdvs^T
+     * over its stages and lanes (padded lanes carry a zero gradient). */
     float *ps;                /* rates phi of every stage */
     float *ss;                /* their slopes dphi / d(v - a) */
     const int32_t *row_ptr_s; /* [P + 1]: CSR of W by source population */
@@ -44,7 +44,7 @@ typedef struct {
     const float *val_s;       /* [nnz]: its weight (w_t[source, target]) */
     const float *g_states;    /* [n_int, B, 3P]: loss gradient of the states at interval ends */
     float *adj;               /* [B, 3P]: adjoint after the last interval in, before the first out */
-    float *gdvs;              /* [P][N]: gradient of each stage's dv (layout of ps) */
+    float *gdvs;              /* gradient of each stage's dv (layout of ps) */
     float *g_drive;           /* [n_int, B, P] */
 } Problem;
 

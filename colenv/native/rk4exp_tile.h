@@ -80,7 +80,7 @@ static void CAT(tile_, SUFFIX)(const Problem *p, int t_idx, int b0, int nb, floa
     for (int i = 0; i < N_ARR; i++) arr[i] = buf + (size_t)i * P * BT;
     float *v = arr[V], *a = arr[A], *r = arr[R], *drv = arr[DRV];
     const size_t n_stages = (size_t)p->n_int * p->n_sub * 4;
-    const size_t N = (size_t)((B + BT - 1) / BT) * n_stages * BT;
+    const size_t N = n_stages * BT; /* a store row: one population of this tile */
 
     for (int b = 0; b < BT; b++) {
         const float *y = p->y0 + (size_t)(b0 + (b < nb ? b : 0)) * S;
@@ -101,8 +101,8 @@ static void CAT(tile_, SUFFIX)(const Problem *p, int t_idx, int b0, int nb, floa
         }
         for (int i = 0; i < p->n_sub; i++) {
             if (p->ps) {
-                const size_t st = (size_t)t_idx * n_stages + ((size_t)k * p->n_sub + i) * 4;
-                float *psb = p->ps + st * BT, *ssb = p->ss + st * BT;
+                const size_t at = (size_t)t_idx * P * N + ((size_t)k * p->n_sub + i) * 4 * BT;
+                float *psb = p->ps + at, *ssb = p->ss + at;
                 CAT(stage_, SUFFIX)(p, arr, 0, 1, psb, ssb, N);
                 CAT(stage_, SUFFIX)(p, arr, 1, 1, psb + BT, ssb + BT, N);
                 CAT(stage_, SUFFIX)(p, arr, 2, 1, psb + 2 * BT, ssb + 2 * BT, N);
@@ -152,7 +152,7 @@ static void CAT(btile_, SUFFIX)(const Problem *p, int t_idx, int b0, int nb, flo
     const Problem c = *p;
     const int P = c.P, B = c.B, S = 3 * P;
     const size_t n_stages = (size_t)c.n_int * c.n_sub * 4;
-    const size_t N = (size_t)((B + BT - 1) / BT) * n_stages * BT;
+    const size_t N = n_stages * BT; /* a store row: one population of this tile */
     VT *arr[N_BARR];
     for (int i = 0; i < N_BARR; i++) arr[i] = (VT *)(buf + (size_t)i * P * BT);
     VT *restrict lv = arr[LV], *restrict la = arr[LA], *restrict lr = arr[LR];
@@ -185,8 +185,8 @@ static void CAT(btile_, SUFFIX)(const Problem *p, int t_idx, int b0, int nb, flo
         }
         for (int j = 0; j < P; j++) gdrv[j] = lv[j] * 0.0f;
         for (int i = c.n_sub - 1; i >= 0; i--) {
-            const size_t st = (size_t)t_idx * n_stages + ((size_t)k * c.n_sub + i) * 4;
-            const float *sb = c.ss + st * BT;
+            const size_t at = (size_t)t_idx * P * N + ((size_t)k * c.n_sub + i) * 4 * BT;
+            const float *sb = c.ss + at;
             for (int j = 0; j < P; j++) {
                 gdv[3][j] = h6 * lv[j];
                 gda[3][j] = h6 * la[j];
@@ -212,7 +212,7 @@ static void CAT(btile_, SUFFIX)(const Problem *p, int t_idx, int b0, int nb, flo
                 la[j] = la[j] + ga[0][j] + ga[1][j] + ga[2][j] + ga[3][j];
                 lr[j] = c.e_r * lr[j];
                 gdrv[j] += gdv[0][j] + gdv[1][j] + gdv[2][j] + gdv[3][j];
-                float *gd = c.gdvs + j * N + st * BT;
+                float *gd = c.gdvs + at + j * N;
                 for (int q = 0; q < 4; q++) *(VT *)(gd + q * BT) = gdv[q][j];
             }
         }
