@@ -33,6 +33,11 @@ loop warns and runs eager. Activation memory is two [B, P] tensors per stage (ab
 of autograd's); ``checkpoint_every`` keeps only segment starts and recomputes each segment
 in backward, so it no longer grows with trial length (only the returned states do).
 
+On CPU in float32, rk4exp without noise runs by default on the native C kernel instead
+(:mod:`colenv.native`: the same scheme and discrete adjoint with a sparse weight product and
+the trials in vector lanes; ``kernel="torch"`` keeps this module's path, which serves GPUs,
+float64, noise and a kappa gradient).
+
 expeuler and exprk2 (and rk4exp with ``backward="autograd"``) run autograd through the
 steps: the transfer function through a custom autograd Function (:func:`rate_g`) that
 computes g and, in backward, g' from the same intermediates, one compiled graph per grid

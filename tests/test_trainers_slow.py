@@ -12,7 +12,7 @@ from trainers.supervised import build_model, build_task
 TASKS = [
     "colenv/XOR-v0",  # P&D-sized columns with cross-inhibition: solved at step 20
     "colenv/Parity-v0",  # a tree of XOR modules started from the XOR module's weights
-    "colenv/Decision-v0",  # the choice at the end of the stimulus, 0.1 ms steps: solved at step 40
+    "colenv/Decision-v0",  # the choice at the end of the stimulus, 0.1 ms steps: solved at step 75
     "colenv/Bifurcation-v0",  # 5 s training windows: solved in ~500-650 steps, about a minute
 ]
 
