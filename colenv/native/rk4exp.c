@@ -77,8 +77,12 @@ static inline float exp_f(float x) {
 
 /* phi = g((v - a) da - db) / d, g(u) = u / (1 - exp(-u)) as relu(u) + q, q = w / expm1(w),
  * w = |u| clamped to [TINY, EXP_CAP], q by its series below Q_SERIES_BELOW (colenv.fast._rate_q);
- * then the soft ceiling max_rate tanh(phi / max_rate) when max_rate > 0. */
-static inline __attribute__((always_inline)) float rate(float x, const Problem *p, const int saturate) {
+ * then the soft ceiling max_rate tanh(phi / max_rate) when saturate. With slope (not NULL) also
+ * dphi / d(v - a) from the same intermediates (colenv.fast._rate_slope): g'(u) = [u > 0] +
+ * sign(u) q (1 - w - q) / w, by its series 1/2 + u/6 - u^3/180 for w < 1e-2; times da / d, and
+ * (1 - tanh^2) under the ceiling. saturate and slope are constants where this is inlined. */
+static inline __attribute__((always_inline)) float rate_slope(float x, const Problem *p,
+                                                              const int saturate, float *slope) {
     const float da = p->da, db = p->db, inv_d = p->inv_d, max_rate = p->max_rate;
     float u = x * da - db;
     float w = u < 0.0f ? -u : u;
@@ -88,39 +92,17 @@ static inline __attribute__((always_inline)) float rate(float x, const Problem *
     float q = w < Q_SERIES_BELOW ? series : w / (exp_f(w) - 1.0f);
     float relu = u > 0.0f ? u : 0.0f;
     float phi = (relu + q) * inv_d;
-    if (saturate) {
-        float s = phi * (1.0f / max_rate);
-        /* tanh(s) = 1 - 2 / (exp(2 s) + 1) for s >= 0 (phi > 0); series where that cancels */
-        float e2 = exp_f(2.0f * (s < 30.0f ? s : 30.0f));
-        float th = s < 0.01f ? s * (1.0f - s * s * (1.0f / 3.0f - s * s * (2.0f / 15.0f)))
-                             : 1.0f - 2.0f / (e2 + 1.0f);
-        th = s != s ? s : th;
-        phi = max_rate * th;
+    float s = 0.0f;
+    if (slope) {
+        float sgn = u > 0.0f ? 1.0f : (u < 0.0f ? -1.0f : 0.0f);
+        float exact = (u > 0.0f ? 1.0f : 0.0f) + sgn * q * (1.0f - w - q) / w;
+        float gs = 0.5f + u * (1.0f / 6.0f) - u * u * u * (1.0f / 180.0f);
+        s = (w < 1e-2f ? gs : exact) * (da * inv_d);
+        s = u != u ? u : s;
     }
-    return phi;
-}
-
-/* rate() and its slope dphi / d(v - a) from the same intermediates (colenv.fast._rate_slope):
- * g'(u) = [u > 0] + sign(u) q (1 - w - q) / w, by its series 1/2 + u/6 - u^3/180 for
- * w < 1e-2; times da / d, and (1 - tanh^2) under the soft ceiling. */
-static inline __attribute__((always_inline)) float rate_slope(float x, const Problem *p,
-                                                              const int saturate, float *slope) {
-    const float da = p->da, db = p->db, inv_d = p->inv_d, max_rate = p->max_rate;
-    float u = x * da - db;
-    float w = u < 0.0f ? -u : u;
-    w = w < TINY ? TINY : w;
-    w = w > EXP_CAP ? EXP_CAP : w;
-    float series = 1.0f + w * (-0.5f + w * (1.0f / 12.0f + w * w * (-1.0f / 720.0f + w * w / 30240.0f)));
-    float q = w < Q_SERIES_BELOW ? series : w / (exp_f(w) - 1.0f);
-    float relu = u > 0.0f ? u : 0.0f;
-    float phi = (relu + q) * inv_d;
-    float sgn = u > 0.0f ? 1.0f : (u < 0.0f ? -1.0f : 0.0f);
-    float exact = (u > 0.0f ? 1.0f : 0.0f) + sgn * q * (1.0f - w - q) / w;
-    float gs = 0.5f + u * (1.0f / 6.0f) - u * u * u * (1.0f / 180.0f);
-    float s = (w < 1e-2f ? gs : exact) * (da * inv_d);
-    s = u != u ? u : s;
     if (saturate) {
         float z = phi * (1.0f / max_rate);
+        /* tanh(z) = 1 - 2 / (exp(2 z) + 1) for z >= 0 (phi > 0); series where that cancels */
         float e2 = exp_f(2.0f * (z < 30.0f ? z : 30.0f));
         float th = z < 0.01f ? z * (1.0f - z * z * (1.0f / 3.0f - z * z * (2.0f / 15.0f)))
                              : 1.0f - 2.0f / (e2 + 1.0f);
@@ -128,8 +110,13 @@ static inline __attribute__((always_inline)) float rate_slope(float x, const Pro
         phi = max_rate * th;
         s = s * (1.0f - th * th);
     }
-    *slope = s;
+    if (slope) *slope = s;
     return phi;
+}
+
+static inline __attribute__((always_inline)) float rate(float x, const Problem *p,
+                                                        const int saturate) {
+    return rate_slope(x, p, saturate, NULL);
 }
 
 /* Scratch arrays of one tile, each [P][BT]: state, two stage-input buffers (stage s reads one
