@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> None:
     scratch = torch.empty(seg + 1, batch, 3 * P)
     states = torch.empty(n_int + 1, batch, 3 * P)
     y = y0.contiguous()
-    row_ptr_s, col_s, val_s = native.sparse_by_source(dyn.w_t)
+    row_ptr_s, col_s, val_s = call.by_source()
     g_states = torch.randn(n_int + 1, batch, 3 * P, generator=torch.Generator().manual_seed(0))
     adj, g_drive, g_wt = torch.zeros(batch, 3 * P), torch.zeros(n_int, batch, P), torch.zeros(P, P)
     segments = [(k0, min(k0 + seg, n_int)) for k0 in range(0, n_int, seg)]

@@ -1,23 +1,26 @@
-"""A native (C) rk4exp forward for evaluation rollouts on CPU: ``rk4exp.c`` beside this file.
+"""The native (C) rk4exp kernel for CPU: ``rk4exp.c`` and ``rk4exp_tile.h`` beside this file.
 
-The torch fast path spends its batch-256 time on a dense [P, P] product and on element-wise
-kernels (docs/profiling.md). The C kernel does the same scheme with the weight product over
-W's nonzeros only and the batch innermost, so every update is a vector operation over a tile
-of trials that stays in cache. It has no backward: :func:`colenv.fast.fast_rollout` uses it
-for float32 CPU rollouts that need no gradient (evaluation, inference, the batch-256 row of
-the benchmark table) and keeps the compiled torch path for training.
+The torch fast path spends its time on per-op overheads, a dense [P, P] product and
+element-wise kernels (docs/profiling.md). The C kernel does the same scheme and the same
+discrete adjoint with the weight product over W's nonzeros only and the trials in vector lanes,
+so every update is a vector operation over a tile of trials that stays in cache.
+:func:`colenv.fast.fast_rollout` runs float32 CPU rk4exp rollouts without noise on it by
+default (``kernel="auto"``), with or without a gradient for y0, the drive and the weights
+(:func:`rk4exp_rollout`; a kappa gradient takes the torch path).
 
 Built on first use with the system C compiler (``$CC``, else ``cc``; ``-O3 -march=native``,
 no ``-ffast-math``), cached per source, compiler and CPU in ``$COLENV_CACHE_DIR`` (default
 ``~/.cache/colenv``); written to a temporary name and renamed, so concurrent builds do not
-clash. Where no compiler works, :func:`available` is False (the reason in
-:func:`unavailable_reason`) and callers use the torch path.
+clash. Where no compiler works, or with ``COLENV_NATIVE=0`` in the environment,
+:func:`available` is False (the reason in :func:`unavailable_reason`) and callers use the torch
+path.
 """
 
 from __future__ import annotations
 
 import ctypes
 import hashlib
+import math
 import os
 import platform
 import shlex
@@ -199,17 +202,22 @@ class _Call:
     def __init__(self, drive, w_t, kappa, c, n_sub, h, filter_weights, n_threads):
         self.drive = drive.detach().contiguous()
         self.kappa = kappa.detach().contiguous()
-        self.by_target = sparse_by_target(w_t)
-        self.by_source = None
+        self.w_t = w_t.detach()
+        self.by_target = sparse_by_target(self.w_t)
+        self._by_source = None
         self.n_sub, self.h, self.c = n_sub, h, c
         self.fw = filter_weights
         self.n_threads = n_threads or torch.get_num_threads()
         self.B, self.P = self.drive.shape[1], self.drive.shape[2]
 
+    def by_source(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """W's CSR by source (the adjoint's W^T product), built on first use."""
+        if self._by_source is None:
+            self._by_source = sparse_by_source(self.w_t)
+        return self._by_source
+
     def problem(self, y0, k0, k1, out, **ptrs) -> _Problem:
         """The C struct for intervals [k0, k1) from the states y0 [B, 3P]."""
-        import math
-
         c, (row_ptr, col, val) = self.c, self.by_target
         w0, wm, w1 = self.fw
         prob = _Problem(
@@ -314,8 +322,6 @@ class _Adjoint(torch.autograd.Function):
         lib = _lib_or_raise()
         (states,) = ctx.saved_tensors
         call, seg = ctx.call, ctx.segment
-        if call.by_source is None:
-            call.by_source = sparse_by_source(call.by_target_wt)
         B, P, n_int = call.B, call.P, states.shape[0] - 1
         g_states = g_states.contiguous()
         bt = tile_width(B)
@@ -326,7 +332,7 @@ class _Adjoint(torch.autograd.Function):
         adj = torch.zeros(B, 3 * P)
         g_wt = torch.zeros(P, P)
         g_drive = torch.zeros(ctx.drive_shape)
-        row_ptr_s, col_s, val_s = call.by_source
+        row_ptr_s, col_s, val_s = call.by_source()
         for k1 in range(n_int, 0, -seg):
             k0 = max(0, k1 - seg)
             n = (k1 - k0) * call.n_sub * 4 * bt  # a store row: one population of one tile
@@ -379,7 +385,6 @@ def rk4exp_rollout(
     _lib_or_raise()
     _check(y0, drive, n_points)
     call = _Call(drive[: n_points - 1], w_t, kappa, c, n_sub, h, filter_weights, n_threads)
-    call.by_target_wt = w_t.detach()
     return _Adjoint.apply(y0, drive, w_t, kappa, call, n_points, segment)
 
 

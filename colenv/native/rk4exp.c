@@ -1,16 +1,21 @@
-/* rk4exp forward (no gradient) for the column network on CPU, batch innermost.
+/* rk4exp for the column network on CPU, trials in vector lanes, and its discrete adjoint.
  *
- * The same scheme as colenv.fast._make_rk4exp_chunk (store=False): classical RK4 on (v, a),
- * the synaptic filter r integrated exactly against the quadratic through the stage rates,
- * piecewise-constant drive per grid interval. Two things make it faster than the torch graph
- * at large batch (docs/profiling.md):
+ * The same scheme as colenv.fast._make_rk4exp_chunk: classical RK4 on (v, a), the synaptic
+ * filter r integrated exactly against the quadratic through the stage rates, piecewise-constant
+ * drive per grid interval; and the same adjoint as colenv.fast._make_rk4exp_chunk_backward.
+ * Two things make it faster than the torch graphs (docs/profiling.md):
  *
  *  - the weight product is sparse: W is block-diagonal within columns (8 x 8) plus a few
  *    inter-column entries (855 of 10,816 nonzero on the parity network), so the product runs
- *    over the nonzeros only (CSR by target) instead of the dense [P, P] matrix;
+ *    over the nonzeros only (CSR by target; by source for the adjoint's W^T product) instead of
+ *    the dense [P, P] matrix;
  *  - trials are processed in tiles of BT with the batch innermost ([P][BT] per array): every
  *    update is a vector operation over the tile, the tile's state stays in cache for the whole
  *    trial and nothing is recomputed between stages.
+ *
+ * colenv_rk4exp_forward integrates (optionally storing every stage's rates and slopes);
+ * colenv_rk4exp_backward runs the adjoint over the same intervals from those stores; the weight
+ * gradient is a product of the stores done by the caller (colenv.native._Adjoint).
  *
  * Built on first use by colenv.native (cc -O3 -march=native; no -ffast-math: NaN and inf must
  * propagate exactly as in torch so that runaways are caught by the same checks) and called
