@@ -636,9 +636,11 @@ def fast_rollout(
         unroll: grid intervals per chunk of the adjoint path (0: 5 with ``compile``, else 1).
             A trial whose interval count is not a multiple runs its last chunk on repeated
             drive and drops those states.
-        kernel: "auto": rk4exp without noise and without a gradient runs on the native C
-            kernel (:mod:`colenv.native`) when the tensors are float32 on CPU and the kernel
-            builds; "torch": never; "native": always, else ValueError/RuntimeError.
+        kernel: "auto": rk4exp without noise runs on the native C kernel
+            (:mod:`colenv.native`, forward and discrete adjoint; ``checkpoint_every`` sets its
+            backward segments) when the tensors are float32 on CPU, kappa needs no gradient,
+            ``backward`` is not "autograd" and the kernel builds; "torch": never; "native":
+            always, else ValueError.
 
     Returns:
         states [T, B, 3P] on the grid.
@@ -661,10 +663,11 @@ def fast_rollout(
     P = dyn.P
     w_t, kappa, drive = dyn.w_t, dyn.kappa, dyn.drive
     n_int = n_points - 1
+    dyn.nfe += n_int * n_sub * _METHOD_NFE[method]
     if kernel != "torch" and _use_native(kernel, method, noise, backward, y0, w_t, drive, kappa):
         from colenv import native
 
-        states = native.rk4exp_rollout(
+        return native.rk4exp_rollout(
             y0,
             drive,
             w_t,
@@ -676,9 +679,6 @@ def fast_rollout(
             _filter_weights(dyn.c["tau_s"], h),
             segment=checkpoint_every or native.SEGMENT,
         )
-        dyn.nfe += n_int * n_sub * _METHOD_NFE[method]
-        return states
-    dyn.nfe += n_int * n_sub * _METHOD_NFE[method]
     adjoint = method in ADJOINT_METHODS and backward != "autograd"
     if adjoint and kappa.requires_grad:
         if backward == "discrete_adjoint":

@@ -41,7 +41,7 @@ import torchsde
 from colenv.errors import DivergenceError
 from colenv.fast import (
     ADJOINT_METHODS,  # fast methods with a hand-written discrete adjoint
-    KERNELS,  # where no-grad rk4exp rollouts run
+    KERNELS,  # where rk4exp runs: the native C kernel or the torch path
 )
 from colenv.fast import BACKWARDS as FAST_BACKWARDS
 
@@ -91,12 +91,11 @@ class SolverConfig:
         unroll: the discrete-adjoint path (rk4exp): grid intervals per chunk, each chunk
             one compiled graph (0 = automatic: 5 with ``compile``, 1 eager). Larger chunks
             cost fewer calls per trial and more compile time (docs/profiling.md).
-        kernel: rk4exp rollouts that need no gradient (evaluation, inference): "auto" runs
-            them on the native C kernel (:mod:`colenv.native`: sparse weight product, batch
-            vectorised) where it applies (CPU, float32, no noise) and builds, else on the
-            torch path; "torch" always the torch path; "native" requires the C kernel
-            (error where it does not apply or does not build). Rollouts that need a gradient
-            always take the torch path.
+        kernel: where rk4exp runs. "auto": on the native C kernel (:mod:`colenv.native`:
+            sparse weight product, trials in vector lanes, its own discrete adjoint) where it
+            applies (CPU, float32, no noise, no kappa gradient, backward not "autograd") and
+            builds, else on the torch path; "torch": always the torch path (``compile`` and
+            ``unroll`` apply to it); "native": the C kernel or an error saying why not.
     """
 
     method: str = "rk4"
