@@ -73,7 +73,7 @@ static inline float exp_f(float x) {
     y = y * x + 1.6666665459e-1f;
     y = y * x + 5.0000001201e-1f;
     y = y * z + x + 1.0f;
-    int32_t n = (int32_t)fx;
+    int32_t n = (int32_t)(fx == fx ? fx : 0.0f); /* NaN: y is NaN already; no UB conversion */
     uint32_t bits = (uint32_t)(n + 127) << 23;
     float scale;
     memcpy(&scale, &bits, sizeof scale);
