@@ -253,6 +253,21 @@ class _Call:
         if fn(ctypes.byref(prob)):
             raise MemoryError("native rk4exp kernel: out of memory for its scratch arrays")
 
+    def states(self, y0: torch.Tensor) -> torch.Tensor:
+        """The states [n_int + 1, B, 3P] of the whole trial from y0 [B, 3P] (no stores)."""
+        n_int = self.drive.shape[0]
+        out = torch.empty(n_int + 1, *y0.shape, dtype=torch.float32)
+        y0c = y0.detach().contiguous()
+        self.call(_lib_or_raise().colenv_rk4exp_forward, self.problem(y0c, 0, n_int, out))
+        return out
+
+
+def _prepare(y0, drive, w_t, kappa, c, n_points, n_sub, h, filter_weights, n_threads) -> _Call:
+    """The checked call object for one rollout of n_points grid points."""
+    _lib_or_raise()
+    _check(y0, drive, n_points)
+    return _Call(drive[: n_points - 1], w_t, kappa, c, n_sub, h, filter_weights, n_threads)
+
 
 def _check(y0: torch.Tensor, drive: torch.Tensor, n_points: int) -> None:
     B, S = y0.shape
@@ -283,13 +298,8 @@ def rk4exp_forward(
     C kernel; ``n_threads`` defaults to ``torch.get_num_threads()``. Raises RuntimeError when
     the kernel is unavailable (check :func:`available` first).
     """
-    lib = _lib_or_raise()
-    _check(y0, drive, n_points)
-    call = _Call(drive[: n_points - 1], w_t, kappa, c, n_sub, h, filter_weights, n_threads)
-    y0c = y0.detach().contiguous()
-    out = torch.empty(n_points, *y0.shape, dtype=torch.float32)
-    call.call(lib.colenv_rk4exp_forward, call.problem(y0c, 0, n_points - 1, out))
-    return out
+    args = (y0, drive, w_t, kappa, c, n_points, n_sub, h, filter_weights, n_threads)
+    return _prepare(*args).states(y0)
 
 
 SEGMENT = 25  # grid intervals recomputed per backward segment (stores of one segment only)
@@ -307,11 +317,8 @@ class _Adjoint(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, y0, drive, w_t, kappa, call: _Call, n_points: int, segment: int):
-        lib = _lib_or_raise()
-        y0c = y0.detach().contiguous()
-        states = torch.empty(n_points, *y0.shape, dtype=torch.float32)
-        call.call(lib.colenv_rk4exp_forward, call.problem(y0c, 0, n_points - 1, states))
+    def forward(ctx, y0, drive, w_t, kappa, call: _Call, segment: int):
+        states = call.states(y0)
         ctx.call, ctx.segment, ctx.drive_shape = call, segment, drive.shape
         ctx.save_for_backward(states)
         return states
@@ -355,7 +362,6 @@ class _Adjoint(torch.autograd.Function):
             None,
             None,
             None,
-            None,
         )
 
 
@@ -382,10 +388,8 @@ def rk4exp_rollout(
         return rk4exp_forward(
             y0, drive, w_t, kappa, c, n_points, n_sub, h, filter_weights, n_threads
         )
-    _lib_or_raise()
-    _check(y0, drive, n_points)
-    call = _Call(drive[: n_points - 1], w_t, kappa, c, n_sub, h, filter_weights, n_threads)
-    return _Adjoint.apply(y0, drive, w_t, kappa, call, n_points, segment)
+    call = _prepare(y0, drive, w_t, kappa, c, n_points, n_sub, h, filter_weights, n_threads)
+    return _Adjoint.apply(y0, drive, w_t, kappa, call, segment)
 
 
 def _lib_or_raise() -> ctypes.CDLL:
