@@ -194,6 +194,61 @@ def test_native_adjoint_equals_torch_adjoint(batch, segment):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
 
 
+@pytest.mark.parametrize("batch", [1, 17])
+def test_csr_only_kernel_equals_torch(monkeypatch, batch):
+    """Without the dense column blocks (BLOCK = 0: the path for P not a multiple of 8) the
+    kernel's CSR of every nonzero gives the same states and gradients."""
+    monkeypatch.setattr(native, "BLOCK", 0)
+    torch.manual_seed(2)
+    net = ColumnNetwork(spec=parity_spec())
+    stim, t = trials(net, batch, 41, seed=3)
+    y0 = net.initial_state(batch)
+    gy = torch.randn(41, batch, net.state_size, generator=torch.Generator().manual_seed(4))
+    s_nat, g_nat = _grads(net, stim, t, y0, gy, SolverConfig("rk4exp", kernel="native"))
+    s_tor, g_tor = _grads(net, stim, t, y0, gy, SolverConfig("rk4exp", kernel="torch"))
+    torch.testing.assert_close(s_nat, s_tor, rtol=2e-5, atol=2e-5 * float(s_tor.abs().max()))
+    for got, want in zip(g_nat, g_tor, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+
+
+def test_column_blocks_split_w_into_blocks_and_rest():
+    torch.manual_seed(0)
+    w_t = ColumnNetwork(spec=parity_spec()).prepare(torch.zeros(2, 1, 4)).w_t.detach()
+    blocks, by_source, rest = native.column_blocks(w_t)
+    n = w_t.shape[0] // 8
+    assert blocks.shape == by_source.shape == (n, 8, 8)
+    dense = torch.block_diag(*by_source) + rest  # by_source[k] = w_t's k-th diagonal block
+    assert torch.equal(dense, w_t)
+    assert torch.equal(blocks, by_source.transpose(1, 2))
+    assert torch.count_nonzero(torch.block_diag(*[torch.ones(8, 8)] * n) * rest) == 0
+    assert 0 < torch.count_nonzero(rest) < torch.count_nonzero(w_t)  # lateral/feedforward
+    assert native.column_blocks(torch.ones(12, 12)) is None
+
+
+@pytest.mark.parametrize("batch", [1, 5, 19])
+def test_forward_with_stores_is_bit_identical(batch):
+    """The adjoint recomputes segments with stores from the forward's states: both forwards
+    must round identically (same contraction into fused multiply-adds) for the stores to
+    belong to the returned trajectory."""
+    torch.manual_seed(0)
+    net = ColumnNetwork(spec=parity_spec())
+    stim, t = trials(net, batch, 61)
+    with torch.no_grad():
+        dyn = net.prepare(stim)
+        y0 = net.initial_state(batch)
+    n_int, P, h = 60, net.n_pop, 0.5e-3
+    call = native._Call(dyn.drive[:n_int], dyn.w_t, dyn.kappa, dyn.c, 2, h,
+                        _filter_weights(dyn.c["tau_s"], h), 1)  # fmt: skip
+    plain = call.states(y0)
+    n_tiles, bt = -(-batch // native.tile_width(batch)), native.tile_width(batch)
+    ps, ss = (torch.empty(n_tiles, P, n_int * 2 * 4 * bt) for _ in range(2))
+    stored = torch.empty_like(plain)
+    lib = native._lib_or_raise()
+    call.call(lib.colenv_rk4exp_forward, call.problem(y0, 0, n_int, stored, ps=ps, ss=ss))
+    assert torch.equal(plain, stored)
+    assert torch.isfinite(ps).all() and float(ps.max()) > 1.0  # the stores were written
+
+
 def test_native_adjoint_with_saturation_equals_torch_adjoint():
     params = load_params(overrides={"transfer.max_rate_hz": 40.0})
     torch.manual_seed(1)

@@ -2,14 +2,15 @@
 
 The torch fast path spends its time on per-op overheads, a dense [P, P] product and
 element-wise kernels (docs/profiling.md). The C kernel does the same scheme and the same
-discrete adjoint with the weight product over W's nonzeros only and the trials in vector lanes,
-so every update is a vector operation over a tile of trials that stays in cache.
+discrete adjoint with the weight product over W's structure only (each column's dense 8 x 8
+block, then the few other nonzeros) and the trials in vector lanes, so every update is a vector
+operation over a tile of trials that stays in cache.
 :func:`colenv.fast.fast_rollout` runs float32 CPU rk4exp rollouts without noise on it by
 default (``kernel="auto"``), with or without a gradient for y0, the drive and the weights
 (:func:`rk4exp_rollout`; a kappa gradient takes the torch path).
 
 Built on first use with the system C compiler (``$CC``, else ``cc``; ``-O3 -march=native``,
-no ``-ffast-math``), cached per source, compiler and CPU in ``$COLENV_CACHE_DIR`` (default
+fused multiply-adds, no ``-ffast-math``), cached per source, compiler and CPU in ``$COLENV_CACHE_DIR`` (default
 ``~/.cache/colenv``); written to a temporary name and renamed, so concurrent builds do not
 clash. Where no compiler works, or with ``COLENV_NATIVE=0`` in the environment,
 :func:`available` is False (the reason in :func:`unavailable_reason`) and callers use the torch
@@ -37,6 +38,7 @@ FLAGS = (
     "-O3",
     "-march=native",
     "-std=c11",
+    "-ffp-contract=fast",
     "-fno-math-errno",
     "-fno-trapping-math",
     "-fPIC",
@@ -88,6 +90,9 @@ class _Problem(ctypes.Structure):
         ("adj", ctypes.c_void_p),
         ("gdvs", ctypes.c_void_p),
         ("g_drive", ctypes.c_void_p),
+        ("n_blk", ctypes.c_int32),
+        ("blk", ctypes.c_void_p),
+        ("blk_s", ctypes.c_void_p),
     ]
 
 
@@ -191,6 +196,26 @@ def _csr(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return row_ptr, col.to(torch.int32).contiguous(), w[row, col].contiguous()
 
 
+BLOCK = 8  # populations per column: the kernel's dense diagonal blocks of W (rk4exp.c)
+
+
+def column_blocks(w_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """W's diagonal BLOCK x BLOCK blocks (within-column connectivity, dense in the Potjans &
+    Diesmann circuit) for the kernel's dense per-column product, or None where P is not a
+    multiple of BLOCK (the kernel then runs the CSR of all nonzeros):
+    (blocks [n, BLOCK target, BLOCK source], blocks by source [n, BLOCK source, BLOCK target],
+    w_t with the blocks zeroed, whose nonzeros go to the CSRs)."""
+    P = w_t.shape[0]
+    if BLOCK <= 0 or P % BLOCK:
+        return None
+    n = P // BLOCK
+    idx = torch.arange(n, device=w_t.device)
+    by_source = w_t.reshape(n, BLOCK, n, BLOCK)[idx, :, idx, :].contiguous()
+    inside = torch.block_diag(*[torch.ones(BLOCK, BLOCK, dtype=torch.bool)] * n)
+    rest = w_t.masked_fill(inside.to(w_t.device), 0.0)
+    return by_source.transpose(1, 2).contiguous(), by_source, rest
+
+
 def tile_width(batch: int) -> int:
     """Trials per tile (rk4exp.c's tile_width): 1, 8, else 16."""
     return 1 if batch <= 1 else 8 if batch <= 8 else 16
@@ -203,7 +228,9 @@ class _Call:
         self.drive = drive.detach().contiguous()
         self.kappa = kappa.detach().contiguous()
         self.w_t = w_t.detach()
-        self.by_target = sparse_by_target(self.w_t)
+        self.blocks = column_blocks(self.w_t)
+        self.w_off = self.w_t if self.blocks is None else self.blocks[2]
+        self.by_target = sparse_by_target(self.w_off)
         self._by_source = None
         self.n_sub, self.h, self.c = n_sub, h, c
         self.fw = filter_weights
@@ -211,9 +238,10 @@ class _Call:
         self.B, self.P = self.drive.shape[1], self.drive.shape[2]
 
     def by_source(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """W's CSR by source (the adjoint's W^T product), built on first use."""
+        """W's CSR by source (the adjoint's W^T product; entries outside the column blocks
+        where there are blocks), built on first use."""
         if self._by_source is None:
-            self._by_source = sparse_by_source(self.w_t)
+            self._by_source = sparse_by_source(self.w_off)
         return self._by_source
 
     def problem(self, y0, k0, k1, out, **ptrs) -> _Problem:
@@ -245,6 +273,10 @@ class _Call:
             max_rate=c.get("max_rate", 0.0),
             out=out.data_ptr(),
         )
+        if self.blocks is not None:
+            prob.n_blk = self.P // BLOCK
+            prob.blk = self.blocks[0].data_ptr()
+            prob.blk_s = self.blocks[1].data_ptr()
         for name, x in ptrs.items():
             setattr(prob, name, x.data_ptr())
         return prob

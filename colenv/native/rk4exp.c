@@ -3,22 +3,26 @@
  * The same scheme as colenv.fast._make_rk4exp_chunk: classical RK4 on (v, a), the synaptic
  * filter r integrated exactly against the quadratic through the stage rates, piecewise-constant
  * drive per grid interval; and the same adjoint as colenv.fast._make_rk4exp_chunk_backward.
- * Two things make it faster than the torch graphs (docs/profiling.md):
+ * What makes it faster than the torch graphs (docs/profiling.md):
  *
- *  - the weight product is sparse: W is block-diagonal within columns (8 x 8) plus a few
- *    inter-column entries (855 of 10,816 nonzero on the parity network), so the product runs
- *    over the nonzeros only (CSR by target; by source for the adjoint's W^T product) instead of
- *    the dense [P, P] matrix;
+ *  - the weight product follows W's structure: dense 8 x 8 blocks within columns plus a few
+ *    inter-column entries (855 of 10,816 nonzero on the parity network). Each column's block
+ *    is a fixed 8 x 8 product (eight independent sums, no data-dependent loop, its eight inputs
+ *    loaded once), the other entries a CSR by target (by source for the adjoint's W^T
+ *    product), instead of the dense [P, P] matrix; where P is not a multiple of 8 the CSR
+ *    holds every nonzero;
  *  - trials are processed in tiles of BT with the batch innermost ([P][BT] per array): every
  *    update is a vector operation over the tile, the tile's state stays in cache for the whole
- *    trial and nothing is recomputed between stages.
+ *    trial and nothing is recomputed between stages. Trials enter and leave the tile (drive in,
+ *    states out) through in-register BT x BT transposes.
  *
  * colenv_rk4exp_forward integrates (optionally storing every stage's rates and slopes);
  * colenv_rk4exp_backward runs the adjoint over the same intervals from those stores; the weight
  * gradient is a product of the stores done by the caller (colenv.native._Adjoint).
  *
- * Built on first use by colenv.native (cc -O3 -march=native; no -ffast-math: NaN and inf must
- * propagate exactly as in torch so that runaways are caught by the same checks) and called
+ * Built on first use by colenv.native (cc -O3 -march=native -ffp-contract=fast, i.e. fused
+ * multiply-adds; no -ffast-math: NaN and inf must propagate exactly as in torch so that
+ * runaways are caught by the same checks) and called
  * through ctypes. Float32 only. Arithmetic differs from the torch path only in rounding order
  * and in exp (a Cephes-style polynomial, about 1 ulp).
  */
@@ -51,6 +55,11 @@ typedef struct {
     float *adj;               /* [B, 3P]: adjoint after the last interval in, before the first out */
     float *gdvs;              /* gradient of each stage's dv (layout of ps) */
     float *g_drive;           /* [n_int, B, P] */
+    /* With n_blk > 0 (P = 8 n_blk), W's diagonal 8 x 8 blocks (one per column) are dense here
+     * and the CSRs above hold only the entries outside them. */
+    int32_t n_blk;
+    const float *blk;   /* [n_blk][8 target][8 source] */
+    const float *blk_s; /* [n_blk][8 source][8 target] */
 } Problem;
 
 #define TINY 1e-30f
@@ -93,7 +102,7 @@ static inline __attribute__((always_inline)) float rate_slope(float x, const Pro
     float w = u < 0.0f ? -u : u;
     w = w < TINY ? TINY : w; /* NaN stays NaN (comparisons are false) */
     w = w > EXP_CAP ? EXP_CAP : w;
-    float series = 1.0f + w * (-0.5f + w * (1.0f / 12.0f + w * w * (-1.0f / 720.0f + w * w / 30240.0f)));
+    float series = 1.0f + w * (-0.5f + w * (1.0f / 12.0f + w * w * (-1.0f / 720.0f + w * w * (1.0f / 30240.0f))));
     float q = w < Q_SERIES_BELOW ? series : w / (exp_f(w) - 1.0f);
     float relu = u > 0.0f ? u : 0.0f;
     float phi = (relu + q) * inv_d;

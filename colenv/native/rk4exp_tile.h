@@ -4,6 +4,80 @@
 #define CAT_(a, b) a##b
 #define CAT(a, b) CAT_(a, b)
 
+#if BT > 1
+/* One round of an in-register transpose: swaps the off-diagonal k x k blocks of every 2k x 2k
+ * block of BT vectors (one two-input shuffle per output vector; k a constant after inlining). */
+static inline __attribute__((always_inline)) void CAT(transpose_round_, SUFFIX)(VT *r,
+                                                                               const int k) {
+    typedef int32_t IT __attribute__((vector_size(sizeof(VT))));
+    IT lo, hi;
+#pragma GCC unroll 16
+    for (int j = 0; j < BT; j++) {
+        lo[j] = (j & k) ? BT + j - k : j;
+        hi[j] = (j & k) ? BT + j : j + k;
+    }
+#pragma GCC unroll 16
+    for (int i = 0; i < BT; i++) {
+        if (i & k) continue;
+        const VT x = r[i], y = r[i + k];
+        r[i] = __builtin_shuffle(x, y, lo);
+        r[i + k] = __builtin_shuffle(x, y, hi);
+    }
+}
+
+/* r[i][j] -> r[j][i] for BT vectors of BT lanes. */
+static inline __attribute__((always_inline)) void CAT(transpose_, SUFFIX)(VT *r) {
+#if BT == 16
+    CAT(transpose_round_, SUFFIX)(r, 8);
+#endif
+    CAT(transpose_round_, SUFFIX)(r, 4);
+    CAT(transpose_round_, SUFFIX)(r, 2);
+    CAT(transpose_round_, SUFFIX)(r, 1);
+}
+#endif
+
+/* Lanes to rows: dst[b * stride + i] = lanes[i * BT + b] for i < n, b < nb. */
+static inline void CAT(to_rows_, SUFFIX)(const float *restrict lanes, int n, float *restrict dst,
+                                         size_t stride, int nb) {
+    int i0 = 0;
+#if BT > 1
+    for (; i0 + BT <= n; i0 += BT) {
+        VT r[BT];
+        for (int i = 0; i < BT; i++) r[i] = ((const VT *)lanes)[i0 + i];
+        CAT(transpose_, SUFFIX)(r);
+        for (int b = 0; b < nb; b++) memcpy(dst + b * stride + i0, &r[b], sizeof(VT));
+    }
+#endif
+    for (int b = 0; b < nb; b++)
+        for (int i = i0; i < n; i++) dst[b * stride + i] = lanes[i * BT + b];
+}
+
+/* Rows to lanes: lanes[i * BT + b] = src[b * stride + i] (add: +=) for i < n; lanes b >= nb
+ * take row 0 (pad_zero: 0). */
+static inline void CAT(from_rows_, SUFFIX)(const float *restrict src, size_t stride, int nb,
+                                           int n, float *restrict lanes, int add, int pad_zero) {
+    int i0 = 0;
+#if BT > 1
+    for (; i0 + BT <= n; i0 += BT) {
+        VT r[BT];
+        for (int b = 0; b < BT; b++) {
+            if (b < nb || !pad_zero)
+                memcpy(&r[b], src + (b < nb ? b : 0) * stride + i0, sizeof(VT));
+            else
+                r[b] = r[0] * 0.0f;
+        }
+        CAT(transpose_, SUFFIX)(r);
+        VT *l = (VT *)lanes + i0;
+        for (int i = 0; i < BT; i++) l[i] = add ? l[i] + r[i] : r[i];
+    }
+#endif
+    for (int b = 0; b < BT; b++)
+        for (int i = i0; i < n; i++) {
+            const float x = b < nb ? src[b * stride + i] : pad_zero ? 0.0f : src[i];
+            lanes[i * BT + b] = add ? lanes[i * BT + b] + x : x;
+        }
+}
+
 /* Stage s (0..3, a constant after inlining) of one RK4 step: rates of the stage input (cv, ca),
  * the slopes dv = W phi - (v / tau_m - drive) and da = kappa / tau_a phi - a / tau_a, their
  * running RK4 sums, and the next stage's input (nv, na), or for s = 3 the step's result (v, a
@@ -43,33 +117,58 @@ static inline __attribute__((always_inline)) void CAT(stage_, SUFFIX)(
     } else {
         for (int j = 0; j < P * BT; j++) phif[j] = rate(cvf[j] - caf[j], &c, 0);
     }
-    for (int t = 0; t < P; t++) {
-        VT acc = phi[0] * 0.0f;
-        for (int e = c.row_ptr[t]; e < c.row_ptr[t + 1]; e++) acc += c.val[e] * phi[c.col[e]];
-        const VT dv = acc - (cv[t] * inv_m - drv[t]);
-        const VT dA = (c.kappa[t] * inv_a) * phi[t] - ca[t] * inv_a;
-        if (s == 0) {
-            kv1[t] = dv;
-            ka1[t] = dA;
-            pr1[t] = phi[t];
-        } else if (s == 1) {
-            kv23[t] = dv;
-            ka23[t] = dA;
-            pr23[t] = phi[t];
-        } else if (s == 2) {
-            kv23[t] += dv;
-            ka23[t] += dA;
-            pr23[t] += phi[t];
+    /* Target t's update from its input acc = (W phi)[t]: the slopes, their RK4 sums, the next
+     * stage input or (s = 3) the step. */
+#define UPDATE(t, acc)                                                                          \
+    do {                                                                                        \
+        const VT dv = (acc) - (cv[t] * inv_m - drv[t]);                                         \
+        const VT dA = (c.kappa[t] * inv_a) * phi[t] - ca[t] * inv_a;                            \
+        if (s == 0) {                                                                           \
+            kv1[t] = dv;                                                                        \
+            ka1[t] = dA;                                                                        \
+            pr1[t] = phi[t];                                                                    \
+        } else if (s == 1) {                                                                    \
+            kv23[t] = dv;                                                                       \
+            ka23[t] = dA;                                                                       \
+            pr23[t] = phi[t];                                                                   \
+        } else if (s == 2) {                                                                    \
+            kv23[t] += dv;                                                                      \
+            ka23[t] += dA;                                                                      \
+            pr23[t] += phi[t];                                                                  \
+        }                                                                                       \
+        if (s < 3) {                                                                            \
+            nv[t] = v[t] + c_next * dv;                                                         \
+            na[t] = a[t] + c_next * dA;                                                         \
+        } else {                                                                                \
+            v[t] = v[t] + h6 * (kv1[t] + 2.0f * kv23[t] + dv);                                  \
+            a[t] = a[t] + h6 * (ka1[t] + 2.0f * ka23[t] + dA);                                  \
+            r[t] = c.e_r * r[t] + c.w0 * pr1[t] + c.wm * pr23[t] + c.w1 * phi[t];               \
+        }                                                                                       \
+    } while (0)
+    if (c.n_blk > 0) { /* per column: its dense 8 x 8 block (eight independent sums), the rest */
+        for (int bk = 0; bk < c.n_blk; bk++) {
+            const VT *ph = phi + 8 * bk;
+            const float *wb = c.blk + 64 * bk;
+            VT x[8];
+            for (int i = 0; i < 8; i++) x[i] = ph[i];
+#pragma GCC unroll 8
+            for (int tt = 0; tt < 8; tt++) {
+                const int t = 8 * bk + tt;
+                VT acc = wb[8 * tt] * x[0];
+                for (int i = 1; i < 8; i++) acc += wb[8 * tt + i] * x[i];
+                for (int e = c.row_ptr[t]; e < c.row_ptr[t + 1]; e++)
+                    acc += c.val[e] * phi[c.col[e]];
+                UPDATE(t, acc);
+            }
         }
-        if (s < 3) {
-            nv[t] = v[t] + c_next * dv;
-            na[t] = a[t] + c_next * dA;
-        } else {
-            v[t] = v[t] + h6 * (kv1[t] + 2.0f * kv23[t] + dv);
-            a[t] = a[t] + h6 * (ka1[t] + 2.0f * ka23[t] + dA);
-            r[t] = c.e_r * r[t] + c.w0 * pr1[t] + c.wm * pr23[t] + c.w1 * phi[t];
+    } else {
+        for (int t = 0; t < P; t++) {
+            VT acc = phi[0] * 0.0f;
+            for (int e = c.row_ptr[t]; e < c.row_ptr[t + 1]; e++) acc += c.val[e] * phi[c.col[e]];
+            UPDATE(t, acc);
         }
     }
+#undef UPDATE
 }
 
 /* Trials [b0, b0 + nb) of tile t_idx (nb <= BT; lanes >= nb repeat trial b0 and are not
@@ -95,10 +194,7 @@ static void CAT(tile_, SUFFIX)(const Problem *p, int t_idx, int b0, int nb, floa
 
     for (int k = 0; k < p->n_int; k++) {
         const float *d = p->drive + (size_t)k * B * P;
-        for (int b = 0; b < BT; b++) {
-            const float *db_ = d + (size_t)(b0 + (b < nb ? b : 0)) * P;
-            for (int pp = 0; pp < P; pp++) drv[pp * BT + b] = db_[pp];
-        }
+        CAT(from_rows_, SUFFIX)(d + (size_t)b0 * P, P, nb, P, drv, 0, 0);
         for (int i = 0; i < p->n_sub; i++) {
             if (p->ps) {
                 const size_t at = (size_t)t_idx * P * N + ((size_t)k * p->n_sub + i) * 4 * BT;
@@ -114,15 +210,8 @@ static void CAT(tile_, SUFFIX)(const Problem *p, int t_idx, int b0, int nb, floa
                 CAT(stage_, SUFFIX)(p, arr, 3, 0, NULL, NULL, 0);
             }
         }
-        float *row = p->out + (size_t)(k + 1) * B * S;
-        for (int b = 0; b < nb; b++) {
-            float *y = row + (size_t)(b0 + b) * S;
-            for (int pp = 0; pp < P; pp++) {
-                y[pp] = v[pp * BT + b];
-                y[P + pp] = a[pp * BT + b];
-                y[2 * P + pp] = r[pp * BT + b];
-            }
-        }
+        /* v, a, r are consecutive [P][BT] arrays: one [3P][BT] block to the trials' rows */
+        CAT(to_rows_, SUFFIX)(v, S, p->out + (size_t)(k + 1) * B * S + (size_t)b0 * S, S, nb);
     }
 }
 
@@ -134,15 +223,38 @@ static inline __attribute__((always_inline)) void CAT(bstage_, SUFFIX)(
     const float wr, const float *restrict sb, size_t N, VT *restrict gv, VT *restrict ga) {
     const int P = c->P;
     const float inv_m = c->inv_tau_m, inv_a = c->inv_tau_a;
-    for (int j = 0; j < P; j++) {
-        VT acc = gdv[0] * 0.0f;
-        for (int e = c->row_ptr_s[j]; e < c->row_ptr_s[j + 1]; e++)
-            acc += c->val_s[e] * gdv[c->col_s[e]];
-        const VT gp = acc - (-(wr * lr[j]) - (c->kappa[j] * inv_a) * gda[j]);
-        const VT gu = *(const VT *)(sb + j * N) * gp;
-        gv[j] = gu - gdv[j] * inv_m;
-        ga[j] = -gu - gda[j] * inv_a;
+    /* The rest of source j's gradient from its input acc = (W^T gdv)[j]. */
+#define BUPDATE(j, acc)                                                                         \
+    do {                                                                                        \
+        const VT gp = (acc) - (-(wr * lr[j]) - (c->kappa[j] * inv_a) * gda[j]);                \
+        const VT gu = *(const VT *)(sb + (j) * N) * gp;                                         \
+        gv[j] = gu - gdv[j] * inv_m;                                                            \
+        ga[j] = -gu - gda[j] * inv_a;                                                           \
+    } while (0)
+    if (c->n_blk > 0) { /* per column: its dense 8 x 8 block of W^T, then the rest */
+        for (int bk = 0; bk < c->n_blk; bk++) {
+            const float *wb = c->blk_s + 64 * bk;
+            VT x[8];
+            for (int i = 0; i < 8; i++) x[i] = gdv[8 * bk + i];
+#pragma GCC unroll 8
+            for (int jj = 0; jj < 8; jj++) {
+                const int j = 8 * bk + jj;
+                VT acc = wb[8 * jj] * x[0];
+                for (int i = 1; i < 8; i++) acc += wb[8 * jj + i] * x[i];
+                for (int e = c->row_ptr_s[j]; e < c->row_ptr_s[j + 1]; e++)
+                    acc += c->val_s[e] * gdv[c->col_s[e]];
+                BUPDATE(j, acc);
+            }
+        }
+    } else {
+        for (int j = 0; j < P; j++) {
+            VT acc = gdv[0] * 0.0f;
+            for (int e = c->row_ptr_s[j]; e < c->row_ptr_s[j + 1]; e++)
+                acc += c->val_s[e] * gdv[c->col_s[e]];
+            BUPDATE(j, acc);
+        }
     }
+#undef BUPDATE
 }
 
 /* The discrete adjoint of run_tile over this call's intervals, for trials [b0, b0 + nb) of tile
@@ -175,14 +287,7 @@ static void CAT(btile_, SUFFIX)(const Problem *p, int t_idx, int b0, int nb, flo
     }
     for (int k = c.n_int - 1; k >= 0; k--) {
         const float *g = c.g_states + (size_t)k * B * S;
-        for (int b = 0; b < nb; b++) {
-            const float *gb = g + (size_t)(b0 + b) * S;
-            for (int j = 0; j < P; j++) {
-                lvf[j * BT + b] += gb[j];
-                laf[j * BT + b] += gb[P + j];
-                lrf[j * BT + b] += gb[2 * P + j];
-            }
-        }
+        CAT(from_rows_, SUFFIX)(g + (size_t)b0 * S, S, nb, S, lvf, 1, 1); /* lv, la, lr */
         for (int j = 0; j < P; j++) gdrv[j] = lv[j] * 0.0f;
         for (int i = c.n_sub - 1; i >= 0; i--) {
             const size_t at = (size_t)t_idx * P * N + ((size_t)k * c.n_sub + i) * 4 * BT;
@@ -217,8 +322,7 @@ static void CAT(btile_, SUFFIX)(const Problem *p, int t_idx, int b0, int nb, flo
             }
         }
         float *gdr = c.g_drive + (size_t)k * B * P;
-        for (int b = 0; b < nb; b++)
-            for (int j = 0; j < P; j++) gdr[(size_t)(b0 + b) * P + j] = gdrvf[j * BT + b];
+        CAT(to_rows_, SUFFIX)(gdrvf, P, gdr + (size_t)b0 * P, P, nb);
     }
     for (int b = 0; b < nb; b++) {
         float *y = c.adj + (size_t)(b0 + b) * S;
