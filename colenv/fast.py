@@ -678,6 +678,7 @@ def fast_rollout(
             h,
             _filter_weights(dyn.c["tau_s"], h),
             segment=checkpoint_every or native.SEGMENT,
+            grad_pattern=getattr(dyn, "w_pattern_t", None),
         )
     adjoint = method in ADJOINT_METHODS and backward != "autograd"
     if adjoint and kappa.requires_grad:

@@ -3,8 +3,9 @@
 Times (one thread, fastest of 5 calls after a warmup) the pieces of one 1 s parity trial
 (13 columns, rk4exp at 0.5 ms) on colenv.native, as its forward and its adjoint run them:
 the forward without stores, the forward of one backward segment with stores (each stage's
-rates and slopes), the adjoint over that segment, and the weight-gradient product of the
-stores, each summed over the trial's segments. docs/profiling.md quotes one run.
+rates and slopes), the adjoint over that segment, and the weight gradient from the stores
+(per-column 8 x 8 blocks plus the off-block entries of the connection masks, as in training),
+each summed over the trial's segments. docs/profiling.md quotes one run.
 """
 
 from __future__ import annotations
@@ -57,7 +58,7 @@ def main(argv: list[str] | None = None) -> None:
     y = y0.contiguous()
     row_ptr_s, col_s, val_s = call.by_source()
     g_states = torch.randn(n_int + 1, batch, 3 * P, generator=torch.Generator().manual_seed(0))
-    adj, g_drive, g_wt = torch.zeros(batch, 3 * P), torch.zeros(n_int, batch, P), torch.zeros(P, P)
+    adj, g_drive = torch.zeros(batch, 3 * P), torch.zeros(n_int, batch, P)
     segments = [(k0, min(k0 + seg, n_int)) for k0 in range(0, n_int, seg)]
 
     def forward():
@@ -75,10 +76,14 @@ def main(argv: list[str] | None = None) -> None:
             )  # fmt: skip
             call.call(lib.colenv_rk4exp_backward, prob)
 
+    plan = call.weight_grad_plan(dyn.w_pattern_t)  # the connection masks, as in training
+
     def weight_gradient():
+        weight = native._WeightGrad(P, plan)
         for _ in segments:
             for t in range(n_tiles):
-                g_wt.addmm_(ps[t], gdvs[t].t())
+                weight.add(ps[t], gdvs[t])
+        weight.result()
 
     print(f"parity, batch {batch}, 1 s trial, rk4exp 0.5 ms, segments of {seg} intervals\n")
     print("| piece | time (ms) |\n|---|---:|")
@@ -87,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
         ("forward (no stores): the forward pass", forward),
         ("forward with stores, every segment (backward recomputes)", forward_stores),
         ("adjoint recursion, every segment", adjoint),
-        ("weight gradient: stores product, every segment", weight_gradient),
+        ("weight gradient: stores products on the masks, every segment", weight_gradient),
     ]:
         sec = fastest(fn)
         total += sec

@@ -211,6 +211,40 @@ def test_csr_only_kernel_equals_torch(monkeypatch, batch):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
 
 
+def test_weight_gradient_on_pattern_equals_dense_there_and_is_zero_elsewhere():
+    """grad_pattern (the connection masks) restricts w_t's gradient to the entries that reach a
+    parameter: equal to the dense gradient on the pattern, including trainable weights that are
+    exactly zero now, and zero outside it; a malformed pattern is refused."""
+    torch.manual_seed(3)
+    net = ColumnNetwork(spec=parity_spec())
+    stim, t = trials(net, 5, 31, seed=1)
+    with torch.no_grad():
+        dyn = net.prepare(stim)
+        y0 = net.initial_state(5)
+    pattern = dyn.w_pattern_t
+    w_t = dyn.w_t.detach().clone()
+    w_t[pattern.nonzero()[0].tolist()] = 0.0  # one pattern entry at exactly zero
+    gy = torch.randn(31, 5, net.state_size, generator=torch.Generator().manual_seed(2))
+    fw = _filter_weights(dyn.c["tau_s"], 0.5e-3)
+
+    def grad(pat):
+        w = w_t.clone().requires_grad_()
+        args = (y0, dyn.drive.detach(), w, dyn.kappa.detach(), dyn.c, 31, 2, 0.5e-3, fw)
+        (native.rk4exp_rollout(*args, grad_pattern=pat) * gy).sum().backward()
+        return w.grad
+
+    dense, on_pattern = grad(None), grad(pattern)
+    assert 0 < int(pattern.sum()) < pattern.numel()
+    torch.testing.assert_close(on_pattern[pattern], dense[pattern], rtol=1e-4,
+                               atol=1e-6 * float(dense.abs().max()))  # fmt: skip
+    i, j = pattern.nonzero()[0].tolist()
+    assert on_pattern[i, j] != 0  # the zero weight still gets its gradient
+    assert torch.count_nonzero(on_pattern[~pattern]) == 0
+    assert torch.count_nonzero(dense[~pattern]) > 0  # outside: what the plan skips
+    with pytest.raises(ValueError, match="grad_pattern must be a \\[104, 104\\] bool"):
+        grad(pattern.float())
+
+
 def test_column_blocks_split_w_into_blocks_and_rest():
     torch.manual_seed(0)
     w_t = ColumnNetwork(spec=parity_spec()).prepare(torch.zeros(2, 1, 4)).w_t.detach()

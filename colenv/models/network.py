@@ -547,6 +547,12 @@ class ColumnNetwork(nn.Module):
         """Total effective recurrent-network weight W [P target, P source] (nA)."""
         return self.recurrent.effective() + self.lateral.effective() + self.feedforward.effective()
 
+    def weight_pattern(self) -> torch.Tensor:
+        """Where W can be nonzero, [P target, P source] bool: the union of the recurrent, lateral
+        and feedforward masks (W's gradient outside it reaches no parameter)."""
+        masks = (self.recurrent.mask, self.lateral.mask, self.feedforward.mask)
+        return (masks[0] != 0) | (masks[1] != 0) | (masks[2] != 0)
+
     @torch.no_grad()
     def project_(self) -> None:
         """Masks and Dale signs for every kind; call after each optimizer step."""
@@ -702,6 +708,7 @@ class Dynamics(nn.Module):
         super().__init__()
         self.net = net
         self.w_t = w.t()
+        self.w_pattern_t = net.weight_pattern().t()  # where w_t's gradient is used
         self.drive = drive  # [T, B, P], already scaled by R tau_s / tau_m
         self.c = c
         self.P = net.n_pop
