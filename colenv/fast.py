@@ -46,6 +46,7 @@ interval, ``checkpoint_every`` through ``torch.utils.checkpoint``.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from collections.abc import Callable
@@ -121,6 +122,7 @@ def _etd_coefficients(tau: float, h: float) -> tuple[float, float, float]:
     return e, c1, c2
 
 
+@functools.lru_cache(maxsize=64)
 def _filter_weights(tau: float, h: float) -> tuple[float, float, float]:
     """Weights of int_0^h exp(-(h - s)/tau)/tau q(s) ds for the quadratic q through
     (0, q0), (h/2, qm), (h, q1): returns (w0, wm / 2, w1) (wm halved: applied to p2 + p3).

@@ -20,6 +20,7 @@ path.
 from __future__ import annotations
 
 import ctypes
+import functools
 import hashlib
 import math
 import os
@@ -211,9 +212,14 @@ def column_blocks(w_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.
     n = P // BLOCK
     idx = torch.arange(n, device=w_t.device)
     by_source = w_t.reshape(n, BLOCK, n, BLOCK)[idx, :, idx, :].contiguous()
-    inside = torch.block_diag(*[torch.ones(BLOCK, BLOCK, dtype=torch.bool)] * n)
-    rest = w_t.masked_fill(inside.to(w_t.device), 0.0)
+    rest = w_t.masked_fill(_inside_blocks(P, BLOCK).to(w_t.device), 0.0)
     return by_source.transpose(1, 2).contiguous(), by_source, rest
+
+
+@functools.lru_cache(maxsize=8)
+def _inside_blocks(P: int, block: int) -> torch.Tensor:
+    """[P, P] bool: True on the diagonal block x block blocks (shared: do not modify)."""
+    return torch.block_diag(*[torch.ones(block, block, dtype=torch.bool)] * (P // block))
 
 
 def tile_width(batch: int) -> int:
@@ -259,9 +265,7 @@ class _Call:
         if tuple(pattern.shape) != (P, P) or pattern.dtype != torch.bool:
             raise ValueError(f"grad_pattern must be a [{P}, {P}] bool tensor, got "
                              f"{tuple(pattern.shape)} {pattern.dtype}")  # fmt: skip
-        n = P // BLOCK
-        inside = torch.block_diag(*[torch.ones(BLOCK, BLOCK, dtype=torch.bool)] * n)
-        off = pattern.cpu() & ~inside
+        off = pattern.cpu() & ~_inside_blocks(P, BLOCK)
         sources = off.any(1).nonzero().flatten()
         targets = off.any(0).nonzero().flatten()
         return sources, targets, off[sources][:, targets], pattern.cpu()
