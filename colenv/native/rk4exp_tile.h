@@ -151,7 +151,6 @@ static inline __attribute__((always_inline)) void CAT(stage_, SUFFIX)(
             const float *wb = c.blk + 64 * bk;
             VT x[8];
             for (int i = 0; i < 8; i++) x[i] = ph[i];
-#pragma GCC unroll 8
             for (int tt = 0; tt < 8; tt++) {
                 const int t = 8 * bk + tt;
                 VT acc = wb[8 * tt] * x[0];
@@ -236,7 +235,6 @@ static inline __attribute__((always_inline)) void CAT(bstage_, SUFFIX)(
             const float *wb = c->blk_s + 64 * bk;
             VT x[8];
             for (int i = 0; i < 8; i++) x[i] = gdv[8 * bk + i];
-#pragma GCC unroll 8
             for (int jj = 0; jj < 8; jj++) {
                 const int j = 8 * bk + jj;
                 VT acc = wb[8 * jj] * x[0];
