@@ -34,9 +34,9 @@ of autograd's); ``checkpoint_every`` keeps only segment starts and recomputes ea
 in backward, so it no longer grows with trial length (only the returned states do).
 
 On CPU in float32, rk4exp without noise runs by default on the native C kernel instead
-(:mod:`colenv.native`: the same scheme and discrete adjoint with a sparse weight product and
-the trials in vector lanes; ``kernel="torch"`` keeps this module's path, which serves GPUs,
-float64, noise and a kappa gradient).
+(:mod:`colenv.native`: the same scheme and discrete adjoint with a column-structured weight
+product and the trials in vector lanes; ``kernel="torch"`` keeps this module's path, which
+serves GPUs, float64, noise and a kappa gradient).
 
 expeuler and exprk2 (and rk4exp with ``backward="autograd"``) run autograd through the
 steps: the transfer function through a custom autograd Function (:func:`rate_g`) that

@@ -92,9 +92,9 @@ class SolverConfig:
             one compiled graph (0 = automatic: 5 with ``compile``, 1 eager). Larger chunks
             cost fewer calls per trial and more compile time (docs/profiling.md).
         kernel: where rk4exp runs. "auto": on the native C kernel (:mod:`colenv.native`:
-            sparse weight product, trials in vector lanes, its own discrete adjoint) where it
-            applies (CPU, float32, no noise, no kappa gradient, backward not "autograd") and
-            builds, else on the torch path; "torch": always the torch path (``compile`` and
+            column-structured weight product, trials in vector lanes, its own discrete adjoint)
+            where it applies (CPU, float32, no noise, no kappa gradient, backward not
+            "autograd") and builds, else on the torch path; "torch": always the torch path (``compile`` and
             ``unroll`` apply to it); "native": the C kernel or an error saying why not.
     """
 
