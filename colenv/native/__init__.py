@@ -10,9 +10,9 @@ default (``kernel="auto"``), with or without a gradient for y0, the drive and th
 (:func:`rk4exp_rollout`; a kappa gradient takes the torch path).
 
 Built on first use with the system C compiler (``$CC``, else ``cc``; ``-O3 -march=native``,
-fused multiply-adds, no ``-ffast-math``), cached per source, compiler and CPU in ``$COLENV_CACHE_DIR`` (default
-``~/.cache/colenv``); written to a temporary name and renamed, so concurrent builds do not
-clash. Where no compiler works, or with ``COLENV_NATIVE=0`` in the environment,
+fused multiply-adds, no ``-ffast-math``), cached per source, compiler and CPU in
+``$COLENV_CACHE_DIR`` (default ``~/.cache/colenv``); written to a temporary name and renamed,
+so concurrent builds do not clash. Where no compiler works, or with ``COLENV_NATIVE=0`` in the environment,
 :func:`available` is False (the reason in :func:`unavailable_reason`) and callers use the torch
 path.
 """

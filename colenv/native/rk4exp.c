@@ -102,7 +102,8 @@ static inline __attribute__((always_inline)) float rate_slope(float x, const Pro
     float w = u < 0.0f ? -u : u;
     w = w < TINY ? TINY : w; /* NaN stays NaN (comparisons are false) */
     w = w > EXP_CAP ? EXP_CAP : w;
-    float series = 1.0f + w * (-0.5f + w * (1.0f / 12.0f + w * w * (-1.0f / 720.0f + w * w * (1.0f / 30240.0f))));
+    float series =
+        1.0f + w * (-0.5f + w * (1.0f / 12.0f + w * w * (-1.0f / 720.0f + w * w * (1.0f / 30240.0f))));
     float q = w < Q_SERIES_BELOW ? series : w / (exp_f(w) - 1.0f);
     float relu = u > 0.0f ? u : 0.0f;
     float phi = (relu + q) * inv_d;
