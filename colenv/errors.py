@@ -1,4 +1,9 @@
-"""Errors shared across colenv's layers."""
+"""Errors shared across colenv's layers (and its trainers)."""
+
+
+class ConfigError(ValueError):
+    """A config file, override or argument has a bad key or value; the message names it and
+    what is allowed."""
 
 
 class DivergenceError(RuntimeError):

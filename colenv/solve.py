@@ -39,11 +39,11 @@ import torchdiffeq
 import torchsde
 
 from colenv.errors import DivergenceError
-from colenv.fast import (
+from colenv.models.column.integrators import (
     ADJOINT_METHODS,  # fast methods with a hand-written discrete adjoint
     KERNELS,  # where rk4exp runs: the native C kernel or the torch path
 )
-from colenv.fast import BACKWARDS as FAST_BACKWARDS
+from colenv.models.column.integrators import BACKWARDS as FAST_BACKWARDS
 
 ODE_FIXED = (
     "euler",
@@ -91,7 +91,7 @@ class SolverConfig:
         unroll: the discrete-adjoint path (rk4exp): grid intervals per chunk, each chunk
             one compiled graph (0 = automatic: 5 with ``compile``, 1 eager). Larger chunks
             cost fewer calls per trial and more compile time (docs/profiling.md).
-        kernel: where rk4exp runs. "auto": on the native C kernel (:mod:`colenv.native`:
+        kernel: where rk4exp runs. "auto": on the native C kernel (:mod:`colenv.models.column.native`:
             column-structured weight product, trials in vector lanes, its own discrete adjoint)
             where it applies (CPU, float32, no noise, no kappa gradient, backward not
             "autograd") and builds, else on the torch path; "torch": always the torch path (``compile`` and
@@ -286,7 +286,7 @@ def rollout(
     steps: int | None = None
     try:
         if solver.method in FAST:
-            from colenv.fast import fast_rollout
+            from colenv.models.column.integrators import fast_rollout
 
             n_sub = _steps_per_interval(dt_ms, solver.step_ms)
             noise_gen = None

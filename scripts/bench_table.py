@@ -22,7 +22,7 @@ sys.path.insert(0, os.path.dirname(__file__))
 
 import torch  # noqa: E402
 
-from colenv.fast import DEFAULT_UNROLL  # noqa: E402
+from colenv.models.column.integrators import DEFAULT_UNROLL  # noqa: E402
 from tests.benchmarks import test_bench_solvers as B  # noqa: E402
 
 
@@ -63,7 +63,7 @@ def peak_rss_mb(trial_ms: int, checkpoint_every: int, kernel: str) -> float:
         "import resource, torch, sys; sys.path.insert(0, '.');"
         "torch.set_num_threads(1);"
         "from tests.benchmarks import test_bench_solvers as B;"
-        "from colenv.fast import fast_rollout;"
+        "from colenv.models.column.integrators import fast_rollout;"
         f"net, stim, t, y0 = B.workload('parity', 16, {trial_ms});"
         "dyn = net.prepare(stim);"
         f"s = fast_rollout(dyn, y0, t.shape[0], 2, 0.5e-3, 'rk4exp', checkpoint_every={checkpoint_every}, kernel='{kernel}');"
@@ -118,8 +118,8 @@ ROOT = os.path.join(os.path.dirname(__file__), "..")
 
 def default_kernel() -> str:
     """The kernel the default solver runs float32 rollouts on here: native on CPU where the C
-    kernel builds (colenv.native), else torch."""
-    from colenv import native
+    kernel builds (colenv.models.column.native), else torch."""
+    from colenv.models.column import native
 
     on_cpu = torch.get_default_device().type == "cpu"
     return "native" if on_cpu and native.available() else "torch"
@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> None:
         f"Each kernel in its own process; fastest of {BATCH_ROUNDS} rounds x "
         + " / ".join(f"{n}" for n in BATCH_CALLS.values())
         + " calls (batch 1 / 16 / 256), interleaved; the median in brackets. Native: the C "
-        "kernel (colenv.native), what the default solver runs on CPU; torch: the compiled torch "
+        "kernel (colenv.models.column.native), what the default solver runs on CPU; torch: the compiled torch "
         'path (`kernel="torch"`).\n'
     )
     print(

@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import torch  # noqa: E402
 
 from colenv.models import ColumnNetwork  # noqa: E402
-from colenv.models.network import _rate  # noqa: E402
+from colenv.models.column.network import _rate  # noqa: E402
 
 WEIGHTS = (
     ("L2/3e -> L2/3e", 0, 0),

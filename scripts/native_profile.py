@@ -1,7 +1,7 @@
 """Where the native kernel's time goes: ``python scripts/native_profile.py [--batch 16]``.
 
 Times (one thread, fastest of 5 calls after a warmup) the pieces of one 1 s parity trial
-(13 columns, rk4exp at 0.5 ms) on colenv.native, as its forward and its adjoint run them:
+(13 columns, rk4exp at 0.5 ms) on colenv.models.column.native, as its forward and its adjoint run them:
 the forward without stores, the forward of one backward segment with stores (each stage's
 rates and slopes), the adjoint over that segment, and the weight gradient from the stores
 (per-column 8 x 8 blocks plus the off-block entries of the connection masks, as in training),
@@ -19,8 +19,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import torch  # noqa: E402
 
-from colenv import native  # noqa: E402
-from colenv.fast import _filter_weights  # noqa: E402
+from colenv.models.column import native  # noqa: E402
+from colenv.models.column.integrators import _filter_weights  # noqa: E402
 from tests.benchmarks import test_bench_solvers as B  # noqa: E402
 
 

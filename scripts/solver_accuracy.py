@@ -9,7 +9,7 @@ network and the task's evaluation trials (``sample_batch(conditions="all")``, wh
 trainer evaluates), integrates them with a float64 dopri5 reference at rtol = atol = 1e-9 and
 with rk4exp at the config's own step (``solver.step_ms``, what training uses) and at each
 ``--steps``, float32 on both kernels (the torch path, which training's forward uses, and the
-native C kernel, which evaluation uses: colenv.native), and prints the largest readout error and the largest rate error over all
+native C kernel, which evaluation uses: colenv.models.column.native), and prints the largest readout error and the largest rate error over all
 populations (Hz; a trained network can read out any of them), with the time where each
 peaks. The accuracy bound of issue 5 is 0.5 Hz; the last lines say, per network at its
 config step and per ``--steps`` value over all networks, whether the largest of these errors
@@ -32,7 +32,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 import torch  # noqa: E402
 
-from colenv import SolverConfig, native, rollout  # noqa: E402
+from colenv import SolverConfig, rollout  # noqa: E402
+from colenv.models.column import native  # noqa: E402
 from trainers.callbacks import read_checkpoint  # noqa: E402
 from trainers.config import TrainConfig, load_config  # noqa: E402
 from trainers.supervised import build_model, build_task  # noqa: E402

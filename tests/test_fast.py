@@ -1,4 +1,4 @@
-"""The fast path (colenv.fast): accuracy against a tight dopri5 reference, convergence order,
+"""The fast path (colenv.models.column.integrators): accuracy against a tight dopri5 reference, convergence order,
 gradients against finite differences, checkpointing and compile equal to eager."""
 
 import math
@@ -8,10 +8,11 @@ import warnings
 import pytest
 import torch
 
-from colenv import SolverConfig, fast, rollout
-from colenv.fast import fast_rollout, rate_g
+from colenv import SolverConfig, rollout
 from colenv.models import AreaSpec, ColumnNetwork, ConnectionSpec, NetworkSpec
-from colenv.models.transfer import transfer_g
+from colenv.models.column import integrators as fast
+from colenv.models.column.integrators import fast_rollout, rate_g
+from colenv.models.column.transfer import transfer_g
 
 METHODS = ("expeuler", "exprk2", "rk4exp")
 
@@ -194,7 +195,7 @@ def test_interval_function_is_cached_per_configuration():
 @pytest.mark.parametrize("method", ["exprk2", "rk4exp"])
 def test_compiled_equals_eager(method):
     """torch.compile of an interval: same states and gradients as eager (float32 rounding; the
-    torch kernel: in float32 on CPU rk4exp would otherwise run on colenv.native)."""
+    torch kernel: in float32 on CPU rk4exp would otherwise run on colenv.models.column.native)."""
     net = ColumnNetwork(spec=decision_spec(lateral=ConnectionSpec(enabled=True, trainable=True)))
     T = 41
     stim, t = step_stimulus(T, torch.float32), torch.arange(T, dtype=torch.float32)

@@ -1,4 +1,4 @@
-"""The native rk4exp kernel (colenv.native): the same scheme and discrete adjoint as the torch
+"""The native rk4exp kernel (colenv.models.column.native): the same scheme and discrete adjoint as the torch
 fast path, checked against the torch path (states and gradients, to float32 rounding; the torch
 adjoint is checked against autograd and gradcheck in tests/test_fast.py), against a tight
 float64 dopri5 reference (the 0.5 Hz bound of issue 5), and for runaways, dispatch, errors
@@ -7,9 +7,10 @@ and fallback."""
 import pytest
 import torch
 
-from colenv import DivergenceError, SolverConfig, native, rollout
-from colenv.fast import _filter_weights, fast_rollout
+from colenv import DivergenceError, SolverConfig, rollout
 from colenv.models import AreaSpec, ColumnNetwork, ConnectionSpec, NetworkSpec, load_params
+from colenv.models.column import native
+from colenv.models.column.integrators import _filter_weights, fast_rollout
 
 pytestmark = pytest.mark.skipif(
     not native.available(), reason=f"native kernel unavailable: {native.unavailable_reason()}"

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from colenv.models import ColumnNetwork, ConfigError, NetworkSpec, load_params
-from colenv.models.network import AreaSpec
-from colenv.models.params import DEFAULT_MODEL_TOML, params_from_dict
+from colenv.models.column.network import AreaSpec
+from colenv.models.column.params import DEFAULT_MODEL_TOML, params_from_dict
 
 
 def raw():

@@ -3,7 +3,7 @@
 The predecessor's Euler-Maruyama at 1 ms swung the filtered rate between about -660 and
 +730 Hz (SCIENCE.md §3); measured here, torchsde euler on this network diverges to ~1e7 Hz
 at 0.5 ms once the stimulus is on (oscillatory E-I modes sit outside Euler's stability
-region). The fast path's SDE mode (rk4exp step + additive noise kick on v, colenv.fast)
+region). The fast path's SDE mode (rk4exp step + additive noise kick on v, colenv.models.column.integrators)
 keeps RK4's stability region: rates stay finite, non-negative and in f's range, and their
 statistics agree with a 4x finer step. Measured (seeded): 99.99th percentile 165 Hz at
 0.5 ms vs 168 Hz at 0.125 ms; the single largest sample, a noise-driven L5e excursion, is
@@ -12,8 +12,8 @@ statistics agree with a 4x finer step. Measured (seeded): 99.99th percentile 165
 
 import torch
 
-from colenv.fast import fast_rollout
 from colenv.models import AreaSpec, ColumnNetwork, ConnectionSpec, NetworkSpec
+from colenv.models.column.integrators import fast_rollout
 
 STEP_MS = 0.5  # SolverConfig's default step
 

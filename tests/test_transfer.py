@@ -76,7 +76,7 @@ def test_gradcheck():
 
 
 def test_soft_ceiling():
-    from colenv.models.transfer import saturate
+    from colenv.models.column.transfer import saturate
 
     r = torch.tensor([0.0, 10.0, 100.0, 1e4, 1e9])
     assert torch.equal(saturate(r, 0.0), r)

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from colenv.models.params import ConfigError
+from colenv.models.column.params import ConfigError
 
 __all__ = [
     "CONFIG_DIR",

@@ -1,15 +1,19 @@
-"""Column-network models: parameters, transfer function, ColumnNetwork, Hopf MLP field."""
+"""Models: the laminar column network, the Hopf MLP vector field, and the model registry."""
 
-from colenv.models.mlp import HopfField
-from colenv.models.network import AreaSpec, ColumnNetwork, ConnectionSpec, Dynamics, NetworkSpec
-from colenv.models.params import (
+from colenv.errors import ConfigError
+from colenv.models.column import (
     POPULATIONS,
+    AreaSpec,
+    ColumnNetwork,
     ColumnParams,
-    ConfigError,
+    ConnectionSpec,
+    Dynamics,
+    NetworkSpec,
     load_params,
     population_index,
+    transfer,
 )
-from colenv.models.transfer import transfer
+from colenv.models.mlp import HopfField
 
 __all__ = [
     "POPULATIONS",

@@ -19,9 +19,9 @@ import pytest
 import torch
 
 from colenv import SolverConfig, rollout
-from colenv.fast import _filter_weights, fast_rollout  # noqa: F401  (bench_table imports these)
 from colenv.models import AreaSpec, ColumnNetwork, ConnectionSpec, NetworkSpec
-from colenv.models.transfer import transfer_g
+from colenv.models.column.integrators import _filter_weights, fast_rollout  # noqa: F401  (bench_table imports these)
+from colenv.models.column.transfer import transfer_g
 
 TRIAL_MS = 1000
 NETWORKS = {
@@ -160,7 +160,7 @@ VARIANTS = {
     "dopri5 batched": _solve(SolverConfig("dopri5", **DOPRI5_DEFAULT)),
     "rk4 torchdiffeq 0.5ms": _solve(SolverConfig("rk4", step_ms=0.5)),
     "dopri5 adjoint": _solve(SolverConfig("dopri5", adjoint=True, **DOPRI5_DEFAULT)),
-    # the torch kernel of the fast path (on CPU in float32 the default is colenv.native)
+    # the torch kernel of the fast path (on CPU in float32 the default is colenv.models.column.native)
     "fast rk4exp 0.5ms": _solve(SolverConfig("rk4exp", step_ms=0.5, kernel="torch")),
     "fast rk4exp 0.5ms compiled": _solve(
         SolverConfig("rk4exp", step_ms=0.5, compile=True, kernel="torch")

@@ -5,7 +5,7 @@ element-wise kernels (docs/profiling.md). The C kernel does the same scheme and 
 discrete adjoint with the weight product over W's structure only (each column's dense 8 x 8
 block, then the few other nonzeros) and the trials in vector lanes, so every update is a vector
 operation over a tile of trials that stays in cache.
-:func:`colenv.fast.fast_rollout` runs float32 CPU rk4exp rollouts without noise on it by
+:func:`colenv.models.column.integrators.fast_rollout` runs float32 CPU rk4exp rollouts without noise on it by
 default (``kernel="auto"``), with or without a gradient for y0, the drive and the weights
 (:func:`rk4exp_rollout`; a kappa gradient takes the torch path).
 
@@ -171,7 +171,7 @@ def unavailable_reason() -> str | None:
 
 def supports(y0: torch.Tensor, w_t: torch.Tensor, drive: torch.Tensor, kappa: torch.Tensor) -> bool:
     """Whether these tensors can take the native path: float32 on CPU, and no gradient for
-    kappa (the adjoint covers y0, drive and w_t, like colenv.fast's discrete adjoint)."""
+    kappa (the adjoint covers y0, drive and w_t, like colenv.models.column.integrators's discrete adjoint)."""
     tensors = (y0, w_t, drive, kappa)
     return all(x.device.type == "cpu" and x.dtype == torch.float32 for x in tensors) and not (
         torch.is_grad_enabled() and kappa.requires_grad
@@ -352,7 +352,7 @@ def rk4exp_forward(
     """States [n_points, B, 3P] of rk4exp from y0 [B, 3P] under drive [>= n_points - 1, B, P],
     no gradient.
 
-    The scheme of :func:`colenv.fast.fast_rollout` (method "rk4exp", no noise), computed by the
+    The scheme of :func:`colenv.models.column.integrators.fast_rollout` (method "rk4exp", no noise), computed by the
     C kernel; ``n_threads`` defaults to ``torch.get_num_threads()``. Raises RuntimeError when
     the kernel is unavailable (check :func:`available` first).
     """
@@ -365,7 +365,7 @@ SEGMENT = 25  # grid intervals recomputed per backward segment (stores of one se
 
 class _Adjoint(torch.autograd.Function):
     """rk4exp on the native kernel with its discrete adjoint (the same gradient as
-    colenv.fast._Rk4expAdjoint, to float rounding).
+    colenv.models.column.integrators._Rk4expAdjoint, to float rounding).
 
     Forward keeps only the states it returns. Backward walks the trial in segments of
     ``segment`` intervals from the end: it recomputes a segment from its saved start state with

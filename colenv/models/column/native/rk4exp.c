@@ -1,8 +1,8 @@
 /* rk4exp for the column network on CPU, trials in vector lanes, and its discrete adjoint.
  *
- * The same scheme as colenv.fast._make_rk4exp_chunk: classical RK4 on (v, a), the synaptic
+ * The same scheme as colenv.models.column.integrators._make_rk4exp_chunk: classical RK4 on (v, a), the synaptic
  * filter r integrated exactly against the quadratic through the stage rates, piecewise-constant
- * drive per grid interval; and the same adjoint as colenv.fast._make_rk4exp_chunk_backward.
+ * drive per grid interval; and the same adjoint as colenv.models.column.integrators._make_rk4exp_chunk_backward.
  * What makes it faster than the torch graphs (docs/profiling.md):
  *
  *  - the weight product follows W's structure: dense 8 x 8 blocks within columns plus a few
@@ -18,9 +18,9 @@
  *
  * colenv_rk4exp_forward integrates (optionally storing every stage's rates and slopes);
  * colenv_rk4exp_backward runs the adjoint over the same intervals from those stores; the weight
- * gradient is a product of the stores done by the caller (colenv.native._Adjoint).
+ * gradient is a product of the stores done by the caller (colenv.models.column.native._Adjoint).
  *
- * Built on first use by colenv.native (cc -O3 -march=native -ffp-contract=fast, i.e. fused
+ * Built on first use by colenv.models.column.native (cc -O3 -march=native -ffp-contract=fast, i.e. fused
  * multiply-adds; no -ffast-math: NaN and inf must propagate exactly as in torch so that
  * runaways are caught by the same checks) and called
  * through ctypes. Float32 only. Arithmetic differs from the torch path only in rounding order
@@ -90,9 +90,9 @@ static inline float exp_f(float x) {
 }
 
 /* phi = g((v - a) da - db) / d, g(u) = u / (1 - exp(-u)) as relu(u) + q, q = w / expm1(w),
- * w = |u| clamped to [TINY, EXP_CAP], q by its series below Q_SERIES_BELOW (colenv.fast._rate_q);
+ * w = |u| clamped to [TINY, EXP_CAP], q by its series below Q_SERIES_BELOW (colenv.models.column.integrators._rate_q);
  * then the soft ceiling max_rate tanh(phi / max_rate) when saturate. With slope (not NULL) also
- * dphi / d(v - a) from the same intermediates (colenv.fast._rate_slope): g'(u) = [u > 0] +
+ * dphi / d(v - a) from the same intermediates (colenv.models.column.integrators._rate_slope): g'(u) = [u > 0] +
  * sign(u) q (1 - w - q) / w, by its series 1/2 + u/6 - u^3/180 for w < 1e-2; times da / d, and
  * (1 - tanh^2) under the ceiling. saturate and slope are constants where this is inlined. */
 static inline __attribute__((always_inline)) float rate_slope(float x, const Problem *p,

@@ -16,13 +16,15 @@ from typing import Any
 
 import torch
 
+from colenv.errors import ConfigError
+
 POPULATIONS = ("L23e", "L23i", "L4e", "L4i", "L5e", "L5i", "L6e", "L6i")
 """Population order inside every column (e = excitatory, i = inhibitory)."""
 N_POP = len(POPULATIONS)
 EXCITATORY = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0])
 POPULATION_ALIASES = {"L2/3e": "L23e", "L2/3i": "L23i"}
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "config"
+CONFIG_DIR = Path(__file__).resolve().parents[3] / "config"
 DEFAULT_MODEL_TOML = CONFIG_DIR / "model.toml"
 
 # section -> key -> kind ("pos" positive float, "nonneg", "vec8", "vec8pos", "mat8prob", ...)
@@ -46,10 +48,6 @@ _SCHEMA: dict[str, dict[str, str]] = {
     "connectivity": {"p": "mat8prob"},
     "population_sizes": {"*": "vec8pos"},
 }
-
-
-class ConfigError(ValueError):
-    """A config file or override has a bad key or value; the message names it."""
 
 
 def population_index(name: str) -> int:

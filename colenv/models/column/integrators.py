@@ -34,7 +34,7 @@ of autograd's); ``checkpoint_every`` keeps only segment starts and recomputes ea
 in backward, so it no longer grows with trial length (only the returned states do).
 
 On CPU in float32, rk4exp without noise runs by default on the native C kernel instead
-(:mod:`colenv.native`: the same scheme and discrete adjoint with a column-structured weight
+(:mod:`colenv.models.column.native`: the same scheme and discrete adjoint with a column-structured weight
 product and the trials in vector lanes; ``kernel="torch"`` keeps this module's path, which
 serves GPUs, float64, noise and a kappa gradient).
 
@@ -163,7 +163,7 @@ def _make_interval(method: str, n_sub: int, h: float, c: dict) -> IntervalFn:
 
     def rates(v, a):
         phi = rate_g((v - a) * da - db) * inv_d
-        if max_rate > 0:  # soft ceiling, colenv.models.transfer.saturate
+        if max_rate > 0:  # soft ceiling, colenv.models.column.transfer.saturate
             phi = max_rate * torch.tanh(phi * (1.0 / max_rate))
         return phi
 
@@ -329,7 +329,7 @@ def _make_rk4exp_chunk(n_sub: int, h: float, c: dict, unroll: int, *, store: boo
         q = _rate_q(w)
         phi = (torch.relu(u) + q) * inv_d
         th = None
-        if max_rate > 0:  # soft ceiling, colenv.models.transfer.saturate
+        if max_rate > 0:  # soft ceiling, colenv.models.column.transfer.saturate
             th = torch.tanh(phi * (1.0 / max_rate))
             phi = max_rate * th
         if not store:
@@ -639,7 +639,7 @@ def fast_rollout(
             A trial whose interval count is not a multiple runs its last chunk on repeated
             drive and drops those states.
         kernel: "auto": rk4exp without noise runs on the native C kernel
-            (:mod:`colenv.native`, forward and discrete adjoint; ``checkpoint_every`` sets its
+            (:mod:`colenv.models.column.native`, forward and discrete adjoint; ``checkpoint_every`` sets its
             backward segments) when the tensors are float32 on CPU, kappa needs no gradient,
             ``backward`` is not "autograd" and the kernel builds; "torch": never; "native":
             always, else ValueError.
@@ -667,7 +667,7 @@ def fast_rollout(
     n_int = n_points - 1
     dyn.nfe += n_int * n_sub * _METHOD_NFE[method]
     if kernel != "torch" and _use_native(kernel, method, noise, backward, y0, w_t, drive, kappa):
-        from colenv import native
+        from colenv.models.column import native
 
         return native.rk4exp_rollout(
             y0,
@@ -728,7 +728,7 @@ def fast_rollout(
 def _use_native(kernel, method, noise, backward, y0, w_t, drive, kappa) -> bool:
     """Whether this rollout runs on the native kernel; with kernel="native", an error saying
     why where it cannot."""
-    from colenv import native
+    from colenv.models.column import native
 
     grad = torch.is_grad_enabled() and any(x.requires_grad for x in (y0, w_t, drive, kappa))
     why = None

@@ -216,7 +216,7 @@ static void CAT(tile_, SUFFIX)(const Problem *p, int t_idx, int b0, int nb, floa
 
 /* Backward stage q of a step: gp = W^T gdv + wr lr + kappa / tau_a gda (W^T through the CSR
  * by source), gu = s gp, then the state gradients gv = gu - gdv / tau_m, ga = -gu - gda / tau_a
- * (colenv.fast._make_rk4exp_chunk_backward's stage()). sb: this stage's slopes in the store. */
+ * (colenv.models.column.integrators._make_rk4exp_chunk_backward's stage()). sb: this stage's slopes in the store. */
 static inline __attribute__((always_inline)) void CAT(bstage_, SUFFIX)(
     const Problem *c, const VT *restrict gdv, const VT *restrict gda, const VT *restrict lr,
     const float wr, const float *restrict sb, size_t N, VT *restrict gv, VT *restrict ga) {
@@ -257,7 +257,7 @@ static inline __attribute__((always_inline)) void CAT(bstage_, SUFFIX)(
 
 /* The discrete adjoint of run_tile over this call's intervals, for trials [b0, b0 + nb) of tile
  * t_idx: reads ss (from a forward with stores over the same intervals), g_states and adj, writes
- * gdvs (layout of ps), g_drive and adj (colenv.fast._make_rk4exp_chunk_backward). */
+ * gdvs (layout of ps), g_drive and adj (colenv.models.column.integrators._make_rk4exp_chunk_backward). */
 static void CAT(btile_, SUFFIX)(const Problem *p, int t_idx, int b0, int nb, float *buf) {
     const Problem c = *p;
     const int P = c.P, B = c.B, S = 3 * P;
