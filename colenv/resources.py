@@ -7,7 +7,7 @@ and ``tasks/<task>.toml``); the wheel carries the same files as the package data
 
 from __future__ import annotations
 
-import importlib.resources
+import importlib.util
 from pathlib import Path
 
 __all__ = ["config_dir", "model_config_path", "task_config_path"]
@@ -16,13 +16,19 @@ __all__ = ["config_dir", "model_config_path", "task_config_path"]
 def config_dir() -> Path:
     """The folder holding ``model.toml`` and ``tasks/``: the installed package data
     ``colenv._config`` when present, else ``config/`` of the source tree."""
-    try:
-        packaged = Path(str(importlib.resources.files("colenv._config")))
-        if (packaged / "model.toml").is_file():
-            return packaged
-    except ModuleNotFoundError:
-        pass
-    return Path(__file__).resolve().parents[1] / "config"
+    # colenv._config has no __init__.py (it is the config/ folder itself): a namespace
+    # package in a wheel, a mapped folder in an editable install; its spec names the folder.
+    spec = importlib.util.find_spec("colenv._config")
+    for folder in (spec.submodule_search_locations or []) if spec else []:
+        if (Path(folder) / "model.toml").is_file():
+            return Path(folder)
+    source = Path(__file__).resolve().parents[1] / "config"
+    if not (source / "model.toml").is_file():
+        raise FileNotFoundError(
+            "colenv's default configs are missing: neither the package data colenv._config "
+            f"nor {source} holds model.toml (a broken install?)"
+        )
+    return source
 
 
 def model_config_path() -> Path:

@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from colenv.errors import ConfigError
+from colenv.resources import model_config_path
 
 POPULATIONS = ("L23e", "L23i", "L4e", "L4i", "L5e", "L5i", "L6e", "L6i")
 """Population order inside every column (e = excitatory, i = inhibitory)."""
@@ -24,8 +25,7 @@ N_POP = len(POPULATIONS)
 EXCITATORY = torch.tensor([1.0, 0.0, 1.0, 0.0, 1.0, 0.0, 1.0, 0.0])
 POPULATION_ALIASES = {"L2/3e": "L23e", "L2/3i": "L23i"}
 
-CONFIG_DIR = Path(__file__).resolve().parents[3] / "config"
-DEFAULT_MODEL_TOML = CONFIG_DIR / "model.toml"
+DEFAULT_MODEL_TOML = model_config_path()  # config/ in a clone, colenv._config in a wheel
 
 # section -> key -> kind ("pos" positive float, "nonneg", "vec8", "vec8pos", "mat8prob", ...)
 _SCHEMA: dict[str, dict[str, str]] = {
