@@ -74,6 +74,7 @@ import math
 from dataclasses import dataclass, fields
 
 import numpy as np
+import scipy.optimize
 import torch
 
 __all__ = [
@@ -351,8 +352,8 @@ def _weibull(c: np.ndarray, alpha: float, beta: float) -> np.ndarray:
 def fit_weibull(coherence_pct, p_correct) -> tuple[float, float]:
     """Least-squares fit of p = 1 - 0.5 exp(-(c/alpha)^beta) to a psychometric curve.
 
-    Levenberg-Marquardt on (log alpha, log beta), started from the best point of a
-    coarse grid, so both stay positive and the start is not arbitrary.
+    ``scipy.optimize.curve_fit`` (Levenberg-Marquardt) on (log alpha, log beta), started from
+    the best point of a coarse grid, so both stay positive and the start is not arbitrary.
 
     Args:
         coherence_pct: [N] coherences (%), >= 0, at least two of them > 0.
@@ -370,40 +371,17 @@ def fit_weibull(coherence_pct, p_correct) -> tuple[float, float]:
     if not np.all(np.isfinite(p)):
         raise ValueError("p_correct must be finite")
 
-    def residual(theta: np.ndarray) -> np.ndarray:
-        return _weibull(c, math.exp(theta[0]), math.exp(theta[1])) - p
+    def model(c_pct: np.ndarray, log_alpha: float, log_beta: float) -> np.ndarray:
+        return _weibull(c_pct, math.exp(log_alpha), math.exp(log_beta))
 
-    def jacobian(theta: np.ndarray) -> np.ndarray:
-        alpha, beta = math.exp(theta[0]), math.exp(theta[1])
-        pos = c > 0
-        log_ratio = np.zeros_like(c)
-        log_ratio[pos] = np.log(c[pos] / alpha)
-        u = np.where(pos, np.exp(beta * log_ratio), 0.0)  # (c/alpha)^beta, 0 at c = 0
-        dp_du = 0.5 * np.exp(-u)
-        return np.stack((dp_du * (-beta * u), dp_du * (beta * u * log_ratio)), axis=1)
-
-    c_max = float(c.max())
-    grid = [
-        np.array([math.log(al), math.log(be)])
-        for al in np.geomspace(c_max / 1000.0, 10.0 * c_max, 60)
-        for be in np.geomspace(0.2, 10.0, 40)
-    ]
-    theta = min(grid, key=lambda th: float(np.sum(residual(th) ** 2)))
-    lam = 1e-3
-    cost = float(np.sum(residual(theta) ** 2))
-    for _ in range(500):
-        r, jac = residual(theta), jacobian(theta)
-        jtj, jtr = jac.T @ jac, jac.T @ r
-        step = np.linalg.solve(jtj + lam * np.diag(np.diag(jtj) + 1e-12), -jtr)
-        trial = theta + step
-        trial_cost = float(np.sum(residual(trial) ** 2))
-        if trial_cost < cost:
-            converged = cost - trial_cost < 1e-15 * max(cost, 1e-30) or np.max(np.abs(step)) < 1e-12
-            theta, cost, lam = trial, trial_cost, lam / 10.0
-            if converged:
-                break
-        else:
-            lam *= 10.0
-            if lam > 1e12:
-                break
+    # Start from the best point of a coarse grid (the fit is not convex in alpha and beta).
+    log_a = np.log(np.geomspace(float(c.max()) / 1000.0, 10.0 * float(c.max()), 60))
+    log_b = np.log(np.geomspace(0.2, 10.0, 40))
+    grid_a, grid_b = np.meshgrid(log_a, log_b, indexing="ij")
+    u = (c[None, None, :] / np.exp(grid_a)[..., None]) ** np.exp(grid_b)[..., None]
+    cost = np.sum((1.0 - 0.5 * np.exp(-u) - p) ** 2, axis=-1)
+    i, j = np.unravel_index(np.argmin(cost), cost.shape)
+    theta, _ = scipy.optimize.curve_fit(
+        model, c, p, p0=(log_a[i], log_b[j]), method="lm", xtol=1e-14, ftol=1e-14, maxfev=10000
+    )
     return math.exp(theta[0]), math.exp(theta[1])
