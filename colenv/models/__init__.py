@@ -1,4 +1,5 @@
-"""Models: the laminar column network, the Hopf MLP vector field, and the model registry."""
+"""Models: the laminar column network, the Hopf MLP vector field, a Dale rate RNN, and the
+registry that builds any of them (or a user's own) by kind."""
 
 from colenv.errors import ConfigError
 from colenv.models.column import (
@@ -13,19 +14,28 @@ from colenv.models.column import (
     population_index,
     transfer,
 )
-from colenv.models.mlp import HopfField
+from colenv.models.ctrnn import CTRNN, CTRNNConfig
+from colenv.models.mlp import HopfField, HopfFieldConfig
+from colenv.models.registry import build_model, get_model_class, list_models, register_model
 
 __all__ = [
     "POPULATIONS",
+    "CTRNN",
     "AreaSpec",
+    "CTRNNConfig",
     "ColumnNetwork",
     "ColumnParams",
     "ConfigError",
     "ConnectionSpec",
     "Dynamics",
     "HopfField",
+    "HopfFieldConfig",
     "NetworkSpec",
+    "build_model",
+    "get_model_class",
+    "list_models",
     "load_params",
     "population_index",
+    "register_model",
     "transfer",
 ]

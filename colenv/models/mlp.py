@@ -1,6 +1,6 @@
 """A neural-ODE vector field for the Hopf bifurcation task.
 
-The Hopf normal form (SCIENCE.md §2; Strogatz, Nonlinear Dynamics and Chaos, §8.2)
+The Hopf normal form (Strogatz, Nonlinear Dynamics and Chaos, §8.2)
 
     dx/dt = (mu - x^2 - y^2) x - omega y
     dy/dt = (mu - x^2 - y^2) y + omega x
@@ -8,7 +8,8 @@ The Hopf normal form (SCIENCE.md §2; Strogatz, Nonlinear Dynamics and Chaos, §
 is learned as d(x, y)/dt = MLP(x, y, mu) from trajectories. The input mu(t) is the task's
 stimulus [T, B, 1]; the state is (x, y) [B, 2] and is read out directly. The model follows the
 same rollout protocol as :class:`colenv.models.ColumnNetwork` (``prepare``, ``initial_state``,
-``readout``), so the same solvers and trainers drive it.
+``readout``), so the same solvers and trainers drive it. Its options under ``[model]``
+(``kind = "hopf_mlp"``) are :class:`HopfFieldConfig`.
 """
 
 from __future__ import annotations
@@ -16,7 +17,20 @@ from __future__ import annotations
 import bisect
 
 import torch
+from pydantic import Field
 from torch import nn
+
+from colenv.config import StrictModel
+from colenv.errors import ConfigError
+
+__all__ = ["HopfField", "HopfFieldConfig"]
+
+
+class HopfFieldConfig(StrictModel):
+    """``[model]`` of the vector-field MLP."""
+
+    hidden: int = Field(64, ge=1, description="width of each hidden layer")
+    layers: int = Field(2, ge=1, description="number of hidden (tanh) layers")
 
 
 class HopfField(nn.Module):
@@ -28,6 +42,36 @@ class HopfField(nn.Module):
         n_inputs: number of input channels (1: mu).
         generator: initialisation randomness (explicit seed).
     """
+
+    Config = HopfFieldConfig
+
+    @classmethod
+    def from_config(
+        cls,
+        config: HopfFieldConfig,
+        *,
+        n_inputs: int,
+        n_outputs: int,
+        seed: int,
+        device: torch.device | str | None = None,
+        dtype: torch.dtype | None = None,
+    ) -> HopfField:
+        """The field for a task with ``n_inputs`` inputs; its state (x, y) is its 2 outputs."""
+        if n_outputs != 2:
+            raise ConfigError(
+                f'model.kind = "hopf_mlp" outputs its state (x, y), 2 values, but the task '
+                f"has {n_outputs} output(s)"
+            )
+        model = cls(
+            config.hidden,
+            config.layers,
+            n_inputs=n_inputs,
+            generator=torch.Generator().manual_seed(seed),
+            device=device,
+            dtype=dtype or torch.float32,
+        )
+        model.config = config
+        return model
 
     def __init__(
         self,
@@ -104,7 +148,7 @@ class _HopfDynamics(nn.Module):
         self.grid: list[float] = [0.0]
 
     def set_grid(self, t_s: torch.Tensor) -> None:
-        self.grid = [float(x) for x in t_s]
+        self.grid = t_s.tolist()
 
     def forward(self, t, y):
         self.nfe += 1

@@ -38,6 +38,7 @@ import torch
 from torch import nn
 
 from colenv.errors import DivergenceError
+from colenv.models.column.config import ColumnsConfig, columns_from_config
 from colenv.models.column.params import (
     EXCITATORY,
     N_POP,
@@ -121,6 +122,11 @@ class ColumnNetwork(nn.Module):
     Shapes: state y [B, S] with S = 3P, P = 8 x n_columns; input u [T, B, n_inputs];
     readout [T, B, n_outputs] with one output per column of the last area.
     """
+
+    Config = ColumnsConfig
+    """options under ``[model]`` (kind "columns"): ``params`` overrides and the ``network``"""
+    from_config = classmethod(columns_from_config)
+    """build from a :class:`ColumnsConfig` for a task (colenv.models.registry)"""
 
     def __init__(
         self,
