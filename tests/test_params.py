@@ -6,47 +6,90 @@ import tomllib
 import pytest
 import torch
 
-from colenv.models import ColumnNetwork, ConfigError, NetworkSpec, load_params
-from colenv.models.column.network import AreaSpec
-from colenv.models.column.params import DEFAULT_MODEL_TOML, params_from_dict
+from colenv.config import describe, parse
+from colenv.models import (
+    AreaSpec,
+    ColumnNetwork,
+    ColumnParams,
+    ConfigError,
+    NetworkSpec,
+    load_params,
+)
+from colenv.resources import model_config_path
 
 
 def raw():
-    with DEFAULT_MODEL_TOML.open("rb") as fh:
+    with model_config_path().open("rb") as fh:
         return tomllib.load(fh)
 
 
 def test_default_file_loads():
     p = load_params()
-    assert p.tau_s_ms == 0.5 and p.nu_bg_hz == 8.0
+    assert p.neuron.tau_s_ms == 0.5 and p.background.nu_bg_hz == 8.0
     assert set(p.population_sizes) >= {"v1", "mt", "pd2014"}
+    assert p.neuron.kappa == (1.5, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+    assert len(p.connectivity.p) == 8 and all(len(row) == 8 for row in p.connectivity.p)
+
+
+def test_every_parameter_has_a_description():
+    rows = list(describe(load_params()))
+    assert {key for key, *_ in rows} >= {"neuron.tau_m_ms", "connectivity.p", "synapses.j_na"}
+    assert all(description for *_, description in rows), [r[0] for r in rows if not r[3]]
+
+
+ALLOWED_NEURON = "allowed: tau_s_ms, tau_m_ms, tau_a_ms, capacitance, kappa"
 
 
 @pytest.mark.parametrize(
     "mutate, match",
     [
-        (lambda r: r["neuron"].pop("tau_m_ms"), "missing key neuron.tau_m_ms"),
-        (lambda r: r.pop("connectivity"), r"missing section \[connectivity\]"),
-        (lambda r: r["neuron"].update(tau_x_ms=1.0), "unknown key neuron.tau_x_ms"),
-        (lambda r: r.update(extra={}), r"unknown section \[extra\]"),
-        (lambda r: r["neuron"].update(kappa=[1.5, 0, 0]), "neuron.kappa must be a list of 8"),
-        (lambda r: r["background"].update(k_bg=[1] * 9), "background.k_bg must be a list of 8"),
-        (lambda r: r["connectivity"]["p"].pop(), "connectivity.p must be an 8x8 matrix"),
-        (lambda r: r["connectivity"]["p"][3].append(0.1), r"row 3"),
-        (lambda r: r["connectivity"]["p"][2].__setitem__(5, 1.2), r"p\[2\]\[5\].*\[0, 1\]"),
-        (lambda r: r["connectivity"]["p"][0].__setitem__(0, -0.1), r"p\[0\]\[0\]"),
-        (lambda r: r["neuron"].update(tau_s_ms=0.0), "neuron.tau_s_ms must be > 0"),
-        (lambda r: r["neuron"].update(tau_a_ms=-1.0), "neuron.tau_a_ms must be > 0"),
-        (lambda r: r["population_sizes"]["mt"].__setitem__(1, 0), r"mt\[1\] \(L23i\) must be > 0"),
-        (lambda r: r["synapses"].update(inhibitory_scale="big"), "inhibitory_scale"),
-        (lambda r: r["neuron"].update(tau_m_ms="10"), "neuron.tau_m_ms must be a finite number"),
+        (lambda r: r["neuron"].pop("tau_m_ms"), "missing key 'neuron.tau_m_ms'"),
+        (lambda r: r.pop("connectivity"), "missing key 'connectivity'"),
+        (
+            lambda r: r["neuron"].update(tau_x_ms=1.0),
+            f"unknown key 'neuron.tau_x_ms'; {ALLOWED_NEURON}",
+        ),
+        (lambda r: r.update(extra={}), "unknown key 'extra'; allowed: neuron, transfer, synapses"),
+        (lambda r: r["neuron"].update(kappa=[1.5, 0, 0]), r"neuron.kappa = .*list of 8 numbers"),
+        (lambda r: r["background"].update(k_bg=[1] * 9), r"background.k_bg = .*list of 8 numbers"),
+        (lambda r: r["connectivity"]["p"].pop(), r"connectivity.p = .*8x8 matrix"),
+        (lambda r: r["connectivity"]["p"][3].append(0.1), r"connectivity.p = .*8x8 matrix"),
+        (
+            lambda r: r["connectivity"]["p"][2].__setitem__(5, 1.2),
+            r"entry \[2\]\[5\] \(L5i -> L4e\) must be a probability in \[0, 1\]",
+        ),
+        (lambda r: r["connectivity"]["p"][0].__setitem__(0, -0.1), r"entry \[0\]\[0\]"),
+        (lambda r: r["neuron"].update(tau_s_ms=0.0), "neuron.tau_s_ms = 0.0: .*greater than 0"),
+        (lambda r: r["neuron"].update(tau_a_ms=-1.0), "neuron.tau_a_ms = -1.0: .*greater than 0"),
+        (
+            lambda r: r["population_sizes"]["mt"].__setitem__(1, 0),
+            r"population_sizes.mt = .*entry 1 \(L23i\) must be > 0",
+        ),
+        (lambda r: r.update(population_sizes={}), "population_sizes = {}"),
+        (
+            lambda r: r["synapses"].update(inhibitory_scale="big"),
+            "synapses.inhibitory_scale = 'big': must be 'layer_ratio' or a number > 0",
+        ),
+        (
+            lambda r: r["synapses"].update(l4e_to_l23e_doubles="both"),
+            "synapses.l4e_to_l23e_doubles = 'both': .*'probability' or 'weight'",
+        ),
+        (lambda r: r["neuron"].update(tau_m_ms="10"), "neuron.tau_m_ms = '10': .*valid number"),
+        (lambda r: r["transfer"].update(a=float("nan")), "transfer.a = nan: .*finite number"),
+        (lambda r: r["neuron"].update(kappa=[True] * 8), r"neuron.kappa\[0\] = True"),
+        (
+            lambda r: r["synapses"].update(
+                l4e_to_l23e_doubles="probability", l4e_to_l23e_factor=30.0
+            ),
+            "l4e_to_l23e_factor makes the L4e -> L2/3e probability",
+        ),
     ],
 )
 def test_bad_config_is_an_error_naming_the_key(mutate, match):
     r = raw()
     mutate(r)
     with pytest.raises(ConfigError, match=match):
-        params_from_dict(r)
+        parse(ColumnParams, r)
 
 
 def test_bad_config_file(tmp_path):
@@ -59,11 +102,23 @@ def test_bad_config_file(tmp_path):
 
 
 def test_overrides_are_validated():
-    assert load_params(overrides={"neuron.tau_m_ms": 20.0}).tau_m_ms == 20.0
-    with pytest.raises(ConfigError, match="unknown key 'neuron.tau'"):
+    assert load_params(overrides={"neuron.tau_m_ms": 20.0}).neuron.tau_m_ms == 20.0
+    nested = load_params(overrides={"neuron": {"tau_m_ms": 20.0}, "transfer.max_rate_hz": 5.0})
+    assert nested.neuron.tau_m_ms == 20.0 and nested.transfer.max_rate_hz == 5.0
+    with pytest.raises(ConfigError, match=f"unknown key 'neuron.tau'; {ALLOWED_NEURON}"):
         load_params(overrides={"neuron.tau": 1.0})
-    with pytest.raises(ConfigError, match="must be > 0"):
+    with pytest.raises(ConfigError, match="unknown key 'nerve'; allowed: neuron, transfer"):
+        load_params(overrides={"nerve.tau_m_ms": 1.0})
+    with pytest.raises(ConfigError, match="neuron.tau_m_ms = -5: .*greater than 0"):
         load_params(overrides={"neuron.tau_m_ms": -5})
+    with pytest.raises(ConfigError, match="must look like 'section.key'"):
+        load_params(overrides={"tau_m_ms": 20.0})
+
+
+def test_params_are_immutable():
+    p = load_params()
+    with pytest.raises(Exception, match="frozen"):
+        p.neuron.tau_m_ms = 1.0
 
 
 def test_in_degree_formula_matches_small_p_limit():
@@ -71,9 +126,9 @@ def test_in_degree_formula_matches_small_p_limit():
     p = load_params(overrides={"synapses.l4e_to_l23e_factor": 1.0})
     w = p.recurrent_weights("pd2014")
     n = p.sizes("pd2014")
-    k = w / p.j_na
+    k = w / p.synapses.j_na
     k[:, 1::2] /= -4.0  # undo g = 4 for inhibitory sources
-    pm = torch.tensor(p.p, dtype=torch.float64)
+    pm = torch.tensor(p.connectivity.p, dtype=torch.float64)
     approx = -torch.log1p(-pm) * n[None, :]  # ln(1-1/x) ~ -1/x for huge N_i N_j
     assert torch.allclose(k, approx, rtol=1e-6)
     # e.g. L4e -> L2/3e: p = 0.0437, N_src = 21915 -> about 979 synapses per L2/3e neuron

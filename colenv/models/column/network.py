@@ -177,7 +177,7 @@ class ColumnNetwork(nn.Module):
             area = spec.areas[int(col_area[c])]
             sl = slice(c * N_POP, (c + 1) * N_POP)
             rec_init[sl, sl] = params.recurrent_weights(area.sizes)
-        rec_allowed8 = (torch.tensor(params.p, dtype=torch.float64) > 0).double()
+        rec_allowed8 = (torch.tensor(params.connectivity.p, dtype=torch.float64) > 0).double()
         if spec.recurrent.pairs is not None:
             rec_allowed8 = _pair_matrix(spec.recurrent.pairs, "recurrent")
         rec_mask = same_col.double() * rec_allowed8[pop_type[:, None], pop_type[None, :]]
@@ -186,7 +186,7 @@ class ColumnNetwork(nn.Module):
             rec_init, rec_mask, sign, self._train_mask(spec.recurrent, rec_mask, pop_type), log
         )
 
-        j = params.j_na
+        j = params.synapses.j_na
         # Lateral: between different columns of the same area.
         lat = spec.lateral
         lat_pairs = lat.pairs if lat.pairs is not None else (("L23e", "L23i"),)
@@ -212,7 +212,7 @@ class ColumnNetwork(nn.Module):
         ff8 = _pair_matrix(ff_pairs, "feedforward")
         ff_mask = next_area.double() * ff8[pop_type[:, None], pop_type[None, :]]
         ff_mask = ff_mask * float(ff.enabled)
-        k_ff = torch.tensor(params.k_ff, dtype=torch.float64)
+        k_ff = torch.tensor(params.input.k_ff, dtype=torch.float64)
         # afferent in-degree: the thalamic K_ff where P&D give one (L4), else their mean
         default_k = torch.where(k_ff > 0, k_ff, k_ff[k_ff > 0].mean())
         n_src_cols = torch.tensor(
@@ -267,7 +267,7 @@ class ColumnNetwork(nn.Module):
 
         # Fixed per-population constants (not trained), float64 then cast with the module.
         self.register_buffer("bg_drive", params.background_drive()[pop_type].clone())
-        self.register_buffer("kappa", torch.tensor(params.kappa, dtype=torch.float64)[pop_type])
+        self.register_buffer("kappa", torch.tensor(params.neuron.kappa, dtype=torch.float64)[pop_type])
         last = len(spec.areas) - 1
         readout_idx = ((pop_area == last) & (pop_type == population_index(spec.readout))).nonzero()
         self.register_buffer("readout_index", readout_idx.flatten(), persistent=False)
@@ -367,18 +367,18 @@ class ColumnNetwork(nn.Module):
     # ----------------------------------------------------------------------------- dynamics
     def constants(self) -> dict[str, float]:
         """Time constants (s) and gains of the dynamics, as plain floats."""
-        p = self.params
-        tau_m = p.tau_m_ms * 1e-3
-        tau_s = p.tau_s_ms * 1e-3
+        n, f = self.params.neuron, self.params.transfer
+        tau_m = n.tau_m_ms * 1e-3
+        tau_s = n.tau_s_ms * 1e-3
         return {
             "tau_s": tau_s,
             "tau_m": tau_m,
-            "tau_a": p.tau_a_ms * 1e-3,
-            "gain": p.resistance * tau_s / tau_m,  # R tau_s / tau_m: current -> dv/dt
-            "da": p.d * p.a,
-            "db": p.d * p.b,
-            "d": p.d,
-            "max_rate": p.max_rate_hz,
+            "tau_a": n.tau_a_ms * 1e-3,
+            "gain": self.params.resistance * tau_s / tau_m,  # R tau_s / tau_m: current -> dv/dt
+            "da": f.d * f.a,
+            "db": f.d * f.b,
+            "d": f.d,
+            "max_rate": f.max_rate_hz,
         }
 
     def prepare(self, stimulus: torch.Tensor) -> Dynamics:

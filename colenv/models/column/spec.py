@@ -2,32 +2,60 @@
 
 A :class:`NetworkSpec` says which columns exist, which connections exist between which
 populations, which of them train and how the initial weights are drawn; it holds no tensors.
-:class:`colenv.models.ColumnNetwork` builds the weights from it.
+:class:`colenv.models.ColumnNetwork` builds the weights from it. In a training config it is the
+``[model.network]`` table; :func:`colenv.config.parse` (or :meth:`NetworkSpec.from_dict`)
+builds it from that table.
+
+A connection table is read on top of its kind's default (:data:`CONNECTION_DEFAULTS`): e.g.
+``lateral = {trainable = true}`` keeps lateral connections disabled, as the kind's default
+says, and ``input = {trainable = true}`` keeps the default input pairs.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields, replace
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Literal
 
 import torch
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from colenv.models.column.params import N_POP, ConfigError, population_index
+from colenv.config import StrictModel, parse
+from colenv.errors import ConfigError
+from colenv.models.column.params import N_POP, population_index
+
+__all__ = ["CONNECTION_DEFAULTS", "AreaSpec", "ConnectionSpec", "NetworkSpec"]
 
 Pair = tuple[str, str]
+"""(source population, target population); the source of an input pair is ``"input"``."""
+Edge = tuple[str, str, float]
+"""(source, target, initial weight in nA), populations named as ``"area[column].Pop"``."""
 
 
-@dataclass(frozen=True)
-class AreaSpec:
-    """One area: ``n_columns`` identical columns with the population sizes of ``sizes``."""
+class AreaSpec(StrictModel):
+    """One area: ``n_columns`` identical columns with the population sizes of ``sizes``.
 
-    name: str
-    n_columns: int
-    sizes: str = "mt"
+    Positional arguments are allowed: ``AreaSpec("mt", 2)``, ``AreaSpec("v1", 1, "v1")``.
+    """
+
+    name: str = Field(min_length=1, description="area name; populations are named area[column].Pop")
+    n_columns: int = Field(ge=1, description="number of identical columns in the area")
+    sizes: str = Field("mt", description="key of [population_sizes] in config/model.toml")
+
+    positional = ("name", "n_columns", "sizes")
 
 
-@dataclass(frozen=True)
-class ConnectionSpec:
+def _check_pairs(pairs: tuple[Pair, ...]) -> tuple[Pair, ...]:
+    for pair in pairs:
+        for name in pair:
+            if name != "input":
+                try:
+                    population_index(name)
+                except ConfigError as err:
+                    raise ValueError(f"{err} (or 'input' as an input source)") from None
+    return pairs
+
+
+class ConnectionSpec(StrictModel):
     """One kind of connection.
 
     Attributes:
@@ -46,23 +74,75 @@ class ConnectionSpec:
             edges end in the first area. None = the kind's pairs-based default wiring.
     """
 
-    enabled: bool = True
-    pairs: tuple[Pair, ...] | None = None
-    trainable: bool | tuple[Pair, ...] = False
-    init_k: float | None = None
-    edges: tuple[tuple[str, str, float], ...] | None = None
+    enabled: bool = Field(True, description="whether this kind of connection exists")
+    pairs: tuple[Pair, ...] | None = Field(
+        None, description="allowed [source, target] population pairs; None = the kind's default"
+    )
+    trainable: bool | tuple[Pair, ...] = Field(
+        False, description="true, false, or the [source, target] pairs that train"
+    )
+    init_k: float | None = Field(
+        None, ge=0, description="in-degree of the initial weight (W = init_k J); None = default"
+    )
+    edges: tuple[Edge, ...] | None = Field(
+        None,
+        description="explicit [source, target, weight_nA] edges instead of pairs/init_k",
+    )
 
-    def __post_init__(self) -> None:
+    @field_validator("pairs")
+    @classmethod
+    def _pairs(cls, value: tuple[Pair, ...] | None) -> tuple[Pair, ...] | None:
+        return None if value is None else _check_pairs(value)
+
+    @field_validator("trainable")
+    @classmethod
+    def _trainable(cls, value: bool | tuple[Pair, ...]) -> bool | tuple[Pair, ...]:
+        return value if isinstance(value, bool) else _check_pairs(value)
+
+    @field_validator("edges", mode="before")
+    @classmethod
+    def _edge_shape(cls, value: Any) -> Any:
+        for i, edge in enumerate(value if isinstance(value, list | tuple) else ()):
+            if not isinstance(edge, list | tuple) or len(edge) != 3:
+                raise ValueError(f"edge {i} must be [source, target, weight_nA], got {edge!r}")
+        return value
+
+    @field_validator("edges")
+    @classmethod
+    def _edges(cls, value: tuple[Edge, ...] | None) -> tuple[Edge, ...] | None:
+        for i, (src, tgt, weight) in enumerate(value or ()):
+            if not weight > 0:
+                raise ValueError(
+                    f"edge {i} ({src} -> {tgt}): the weight is a magnitude in nA (> 0, the sign "
+                    f"follows Dale's law from the source), got {weight:g}"
+                )
+        return value
+
+    @model_validator(mode="after")
+    def _edges_or_pairs(self) -> ConnectionSpec:
         if self.edges is not None and (self.pairs is not None or self.init_k is not None):
-            raise ConfigError(
+            raise ValueError(
                 "a connection takes either edges or pairs/init_k, not both (edges fix both the "
                 "wiring and the initial weights)"
             )
+        return self
 
 
-@dataclass(frozen=True)
-class NetworkSpec:
-    """Layout of a column network. Build from a dict with :meth:`from_dict`.
+CONNECTION_DEFAULTS: dict[str, dict[str, Any]] = {
+    "input": {"pairs": (("input", "L4e"), ("input", "L4i"))},
+    "recurrent": {},
+    "lateral": {"enabled": False},
+    "feedforward": {},
+}
+"""What each connection kind is when its table leaves a key out."""
+
+
+def _default(kind: str) -> Any:
+    return Field(default_factory=lambda: ConnectionSpec(**CONNECTION_DEFAULTS[kind]))
+
+
+class NetworkSpec(StrictModel):
+    """Layout of a column network. Build from a dict with :func:`colenv.config.parse`.
 
     Attributes:
         areas: feedforward chain of areas; the first receives the input, the last is read out.
@@ -84,124 +164,113 @@ class NetworkSpec:
         init_seed: seed of that jitter (same seed, same initial network).
     """
 
-    areas: tuple[AreaSpec, ...] = (AreaSpec("mt", 1),)
-    n_inputs: int = 1
-    input_mode: str = "dense"
-    input: ConnectionSpec = ConnectionSpec(pairs=(("input", "L4e"), ("input", "L4i")))
-    recurrent: ConnectionSpec = ConnectionSpec()
-    lateral: ConnectionSpec = ConnectionSpec(enabled=False)
-    feedforward: ConnectionSpec = ConnectionSpec()
-    readout: str = "L23e"
-    readout_variable: str = "r"
-    noise_std: float = 1.0
-    parametrization: str = "linear"
-    init_jitter: float = 0.0
-    init_seed: int = 0
+    areas: tuple[AreaSpec, ...] = Field(
+        default_factory=lambda: (AreaSpec("mt", 1),),
+        description="feedforward chain of areas [{name, n_columns, sizes}]; the last is read out",
+    )
+    n_inputs: int = Field(1, ge=0, description="number of input channels (Hz)")
+    input_mode: Literal["dense", "one_to_one"] = Field(
+        "dense", description="dense: every channel -> every first-area column; one_to_one: k -> k"
+    )
+    input: ConnectionSpec = _default("input")
+    recurrent: ConnectionSpec = _default("recurrent")
+    lateral: ConnectionSpec = _default("lateral")
+    feedforward: ConnectionSpec = _default("feedforward")
+    readout: str = Field("L23e", description="population read out from each last-area column")
+    readout_variable: Literal["r", "phi"] = Field(
+        "r", description="r: the filtered rate; phi: f(v - a)"
+    )
+    noise_std: float = Field(
+        1.0, ge=0, description="stationary std of v of an isolated population under the SDE"
+    )
+    parametrization: Literal["linear", "log"] = Field(
+        "linear", description="trainable weights: linear (Dale by projection) or log magnitudes"
+    )
+    init_jitter: float = Field(
+        0.0, ge=0, le=1, description="std of a log-normal factor on trainable initial weights"
+    )
+    init_seed: int = Field(0, description="seed of the initial-weight jitter")
 
-    def __post_init__(self) -> None:
-        if not self.areas:
-            raise ConfigError("network.areas must list at least one area")
-        for area in self.areas:
-            if not isinstance(area.n_columns, int) or area.n_columns < 1:
-                raise ConfigError(
-                    f"network.areas: area {area.name!r} needs n_columns >= 1, got {area.n_columns!r}"
+    @model_validator(mode="before")
+    @classmethod
+    def _on_kind_defaults(cls, raw: Any) -> Any:
+        """Read each connection table on top of its kind's default."""
+        if not isinstance(raw, Mapping):
+            return raw
+        out = dict(raw)
+        for kind, default in CONNECTION_DEFAULTS.items():
+            table = out.get(kind)
+            if not isinstance(table, Mapping):
+                continue
+            merged = {**default, **table}
+            if table.get("edges") is not None:
+                for key in ("pairs", "init_k"):  # edges replace the default wiring
+                    if key not in table:
+                        merged.pop(key, None)
+            out[kind] = merged
+        return out
+
+    @field_validator("areas")
+    @classmethod
+    def _areas(cls, value: tuple[AreaSpec, ...]) -> tuple[AreaSpec, ...]:
+        if not value:
+            raise ValueError("must list at least one area")
+        names = [a.name for a in value]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise ValueError(f"area names must differ; {', '.join(twice)} repeats")
+        return value
+
+    @field_validator("input_mode")
+    @classmethod
+    def _input_mode(cls, value: str, info: ValidationInfo) -> str:
+        areas, n_inputs = info.data.get("areas"), info.data.get("n_inputs")
+        if value == "one_to_one" and areas and n_inputs is not None:
+            if n_inputs != areas[0].n_columns:
+                raise ValueError(
+                    f"one_to_one needs n_inputs ({n_inputs}) == columns of the first area "
+                    f"({areas[0].n_columns})"
                 )
-        if not isinstance(self.n_inputs, int) or self.n_inputs < 0:
-            raise ConfigError(f"network.n_inputs must be an integer >= 0, got {self.n_inputs!r}")
-        if self.input_mode not in ("dense", "one_to_one"):
-            raise ConfigError(
-                f"network.input_mode must be 'dense' or 'one_to_one', got {self.input_mode!r}"
+        return value
+
+    @field_validator("input", "recurrent", "lateral", "feedforward")
+    @classmethod
+    def _connection(cls, conn: ConnectionSpec, info: ValidationInfo) -> ConnectionSpec:
+        kind = info.field_name
+        if kind == "recurrent" and conn.edges is not None:
+            raise ValueError(
+                "explicit edges are for lateral, feedforward and input connections, not "
+                "recurrent ones (recurrent wiring is P&D's)"
             )
-        if self.input_mode == "one_to_one" and self.n_inputs != self.areas[0].n_columns:
-            raise ConfigError(
-                f"network.input_mode='one_to_one' needs n_inputs ({self.n_inputs}) == columns of "
-                f"the first area ({self.areas[0].n_columns})"
-            )
-        population_index(self.readout)
-        if self.readout_variable not in ("r", "phi"):
-            raise ConfigError(
-                f"network.readout_variable must be 'r' or 'phi', got {self.readout_variable!r}"
-            )
-        if self.parametrization not in ("linear", "log"):
-            raise ConfigError(
-                f"network.parametrization must be 'linear' or 'log', got {self.parametrization!r}"
-            )
-        if self.noise_std < 0:
-            raise ConfigError(f"network.noise_std must be >= 0, got {self.noise_std!r}")
-        if not isinstance(self.init_jitter, int | float) or not 0 <= self.init_jitter <= 1:
-            raise ConfigError(f"network.init_jitter must be in [0, 1], got {self.init_jitter!r}")
-        if not isinstance(self.init_seed, int) or isinstance(self.init_seed, bool):
-            raise ConfigError(f"network.init_seed must be an integer, got {self.init_seed!r}")
+        trained = () if isinstance(conn.trainable, bool) else conn.trainable
+        for src, tgt in (*(conn.pairs or ()), *trained):
+            if tgt == "input" or (src == "input") != (kind == "input"):
+                rule = (
+                    "input pairs are ['input', population]"
+                    if kind == "input"
+                    else "'input' is the source of input pairs only"
+                )
+                raise ValueError(f"pair [{src!r}, {tgt!r}]: {rule}")
+        return conn
+
+    @field_validator("readout")
+    @classmethod
+    def _readout(cls, value: str) -> str:
+        try:
+            population_index(value)
+        except ConfigError as err:
+            raise ValueError(str(err)) from None
+        return value
 
     @property
     def n_columns(self) -> int:
+        """Columns in all areas."""
         return sum(a.n_columns for a in self.areas)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> NetworkSpec:
-        """Build from a TOML-like dict; unknown keys are errors naming the key."""
-        allowed = {f.name for f in fields(cls)}
-        for key in raw:
-            if key not in allowed:
-                raise ConfigError(
-                    f"unknown network key {key!r}; allowed: {', '.join(sorted(allowed))}"
-                )
-        kw: dict[str, Any] = dict(raw)
-        if "areas" in kw:
-            areas = []
-            for i, a in enumerate(kw["areas"]):
-                if isinstance(a, AreaSpec):
-                    areas.append(a)
-                    continue
-                if not isinstance(a, dict) or set(a) - {"name", "n_columns", "sizes"}:
-                    raise ConfigError(
-                        f"network.areas[{i}] must be a table with keys name, n_columns, "
-                        f"sizes; got {a!r}"
-                    )
-                areas.append(AreaSpec(**a))
-            kw["areas"] = tuple(areas)
-        for kind in ("input", "recurrent", "lateral", "feedforward"):
-            if kind in kw and isinstance(kw[kind], dict):
-                kw[kind] = _connection_from_dict(kind, kw[kind], getattr(cls(), kind))
-        return cls(**kw)
-
-
-def _connection_from_dict(kind: str, raw: dict, default: ConnectionSpec) -> ConnectionSpec:
-    allowed = {f.name for f in fields(ConnectionSpec)}
-    for key in raw:
-        if key not in allowed:
-            raise ConfigError(
-                f"unknown key network.{kind}.{key}; allowed: {', '.join(sorted(allowed))}"
-            )
-    kw = dict(raw)
-    for key in ("pairs",):
-        if key in kw and kw[key] is not None:
-            kw[key] = tuple(tuple(p) for p in kw[key])
-    if isinstance(kw.get("trainable"), list):
-        kw["trainable"] = tuple(tuple(p) for p in kw["trainable"])
-    if kw.get("edges") is not None:
-        if kind == "recurrent":
-            raise ConfigError(
-                "network.recurrent.edges: explicit edges are for lateral, "
-                "feedforward and input connections (recurrent wiring is P&D's)"
-            )
-        edges = []
-        for e in kw["edges"]:
-            if not isinstance(e, list | tuple) or len(e) != 3:
-                raise ConfigError(
-                    f"network.{kind}.edges: each edge must be [source, target, weight_nA], "
-                    f"got {e!r}"
-                )
-            edges.append((str(e[0]), str(e[1]), e[2]))
-        kw["edges"] = tuple(edges)
-        for key in ("pairs", "init_k"):
-            if kw.get(key) is not None:
-                raise ConfigError(
-                    f"network.{kind}: give either edges or {key}, not both (edges fix both "
-                    "the wiring and the initial weights)"
-                )
-            kw[key] = None  # not the kind's default pairs either
-    return replace(default, **kw)
+    def from_dict(cls, raw: Mapping[str, Any]) -> NetworkSpec:
+        """``parse(NetworkSpec, raw, where="network")``: the ``[model.network]`` table."""
+        return parse(cls, raw, where="network")
 
 
 def _pair_matrix(pairs: tuple[Pair, ...], kind: str) -> torch.Tensor:
