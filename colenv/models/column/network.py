@@ -267,7 +267,8 @@ class ColumnNetwork(nn.Module):
 
         # Fixed per-population constants (not trained), float64 then cast with the module.
         self.register_buffer("bg_drive", params.background_drive()[pop_type].clone())
-        self.register_buffer("kappa", torch.tensor(params.neuron.kappa, dtype=torch.float64)[pop_type])
+        kappa = torch.tensor(params.neuron.kappa, dtype=torch.float64)
+        self.register_buffer("kappa", kappa[pop_type])
         last = len(spec.areas) - 1
         readout_idx = ((pop_area == last) & (pop_type == population_index(spec.readout))).nonzero()
         self.register_buffer("readout_index", readout_idx.flatten(), persistent=False)
