@@ -158,6 +158,17 @@ class Network:
             trial = self.task.sample_batch(batch, seed=seed, dtype=dtype)
         return trial.to(self.device)
 
+    def readout(
+        self, trial: Trial, solver: SolverConfig, model: torch.nn.Module | None = None
+    ) -> torch.Tensor:
+        """Readout [T, B, O] of one forward rollout of ``trial`` (no gradient; noise seed 0)
+        with ``model`` (default: the network's own)."""
+        model = self.model if model is None else model
+        with torch.no_grad():
+            y0 = self.initial_state(trial)
+            out = rollout(model, trial.stimulus, trial.t_ms, solver, y0=y0, seed=0)
+            return model.readout(out.states)
+
     def with_dtype(self, dtype: torch.dtype) -> torch.nn.Module:
         """A copy of the model in ``dtype`` (same weights)."""
         return copy.deepcopy(self.model).to(dtype=dtype)
@@ -181,13 +192,8 @@ def build_network(
 
 def reference_readout(net: Network, trial: Trial) -> torch.Tensor:
     """Readout [T, B, O] of the float64 model on ``trial`` with dopri5 at rtol = atol = 1e-9."""
-    model = net.with_dtype(torch.float64)
-    trial = trial.to(dtype=torch.float64)
     reference = SolverConfig("dopri5", **REFERENCE)
-    with torch.no_grad():
-        y0 = net.initial_state(trial)
-        states = rollout(model, trial.stimulus, trial.t_ms, reference, y0=y0).states
-        return model.readout(states)
+    return net.readout(trial.to(dtype=torch.float64), reference, net.with_dtype(torch.float64))
 
 
 def readout_error_hz(
@@ -275,7 +281,7 @@ def bench(
     t0 = time.perf_counter()
     reference = reference_readout(net, grid.to(dtype=torch.float64))
     log(f"float64 dopri5 reference: {time.perf_counter() - t0:.1f} s")
-    y0_t, y0_g = net.initial_state(timing), net.initial_state(grid)
+    y0_t = net.initial_state(timing)
 
     def forward(solver: SolverConfig):
         with torch.no_grad():
@@ -296,9 +302,7 @@ def bench(
                 row.train_s, _ = _timed(lambda s=solver: train_step(s), repeat, net.device)
             row.forward_s, out = _timed(lambda s=solver: forward(s), repeat, net.device)
             row.nfe = int(out.stats.nfe)
-            with torch.no_grad():
-                res = rollout(model, grid.stimulus, grid.t_ms, solver, y0=y0_g, seed=0)
-                readout = model.readout(res.states)
+            readout = net.readout(grid, solver)
             row.max_rate_hz = float(readout.max())
             if not solver.sde:
                 row.error_hz, b = readout_error_hz(readout, reference, keep)
