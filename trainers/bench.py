@@ -13,8 +13,9 @@ all that apply) it reports:
 - forward + backward time of one rollout of a batch (``--batch`` trials sampled from the
   task; default: the task's evaluation grid) with a training-like loss (masked squared error
   of the readout against the target), and forward-only time (no gradient); the fastest of
-  ``--repeat`` calls after one warm-up call (which also pays compilation), and the ratio
-  against the first variant measured in the same run (the baseline);
+  ``--repeat`` calls after one warm-up call, and the ratio against the first variant
+  measured in the same run (the baseline); the warm-up call's time is listed as "first
+  call" (it pays ``torch.compile`` and the native kernel's build when their caches are cold);
 - function evaluations (nfe) of the forward;
 - the readout error against a float64 dopri5 reference (rtol = atol = 1e-9) on the task's
   evaluation grid (``sample_batch(conditions="all")``), the largest over trials and time, Hz.
@@ -210,9 +211,11 @@ def readout_error_hz(
 
 @dataclass
 class BenchRow:
-    """One line of the table. Times in seconds (NaN when not measured), error in Hz."""
+    """One line of the table. Times in seconds (NaN when not measured; ``first_s`` is the
+    warm-up call, compilation and kernel build included), error in Hz."""
 
     label: str
+    first_s: float = math.nan
     train_s: float = math.nan
     forward_s: float = math.nan
     nfe: int = 0
@@ -228,17 +231,22 @@ class BenchRow:
         return math.isfinite(self.error_hz) and self.error_hz > self.bound_hz
 
 
-def _timed(call: Callable[[], object], repeat: int, device: torch.device) -> tuple[float, object]:
+def _timed(
+    call: Callable[[], object], repeat: int, device: torch.device
+) -> tuple[float, object, float]:
+    """(fastest of ``repeat`` calls, last result, time of the warm-up call), seconds."""
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    t0 = time.perf_counter()
     result = call()  # warm-up: compilation, kernel build, caches
     sync()
+    first = time.perf_counter() - t0
     times = []
     for _ in range(repeat):
         t0 = time.perf_counter()
         result = call()
         sync()
         times.append(time.perf_counter() - t0)
-    return min(times), result
+    return min(times), result, first
 
 
 def _conditions_of(trial: Trial, b: int) -> str:
@@ -299,8 +307,11 @@ def bench(
         row = BenchRow(label, bound_hz=bound_hz)
         try:
             if backward:
-                row.train_s, _ = _timed(lambda s=solver: train_step(s), repeat, net.device)
-            row.forward_s, out = _timed(lambda s=solver: forward(s), repeat, net.device)
+                row.train_s, _, row.first_s = _timed(
+                    lambda s=solver: train_step(s), repeat, net.device
+                )
+            row.forward_s, out, first = _timed(lambda s=solver: forward(s), repeat, net.device)
+            row.first_s = first if not backward else row.first_s
             row.nfe = int(out.stats.nfe)
             readout = net.readout(grid, solver)
             row.max_rate_hz = float(readout.max())
@@ -324,12 +335,12 @@ def format_table(rows: Sequence[BenchRow]) -> str:
     base_fwd = next((r.forward_s for r in rows if math.isfinite(r.forward_s)), math.nan)
     lines = [
         "| solver | fwd+bwd (s) | vs baseline | forward (s) | vs baseline | nfe "
-        "| readout error (Hz) | worst trial | |",
-        "|---|---:|---:|---:|---:|---:|---:|---|---|",
+        "| readout error (Hz) | worst trial | first call (s) | |",
+        "|---|---:|---:|---:|---:|---:|---:|---|---:|---|",
     ]
     for r in rows:
         if r.note:
-            lines.append(f"| {r.label} | | | | | | | | n/a: {r.note} |")
+            lines.append(f"| {r.label} | | | | | | | | | n/a: {r.note} |")
             continue
         err = (
             fmt(r.error_hz) if math.isfinite(r.error_hz) else f"(noise; max {r.max_rate_hz:.3g} Hz)"
@@ -337,7 +348,7 @@ def format_table(rows: Sequence[BenchRow]) -> str:
         lines.append(
             f"| {r.label} | {fmt(r.train_s)} | {fmt(base_train / r.train_s)}x | "
             f"{fmt(r.forward_s)} | {fmt(base_fwd / r.forward_s)}x | {r.nfe} | {err} | "
-            f"{r.worst_trial} | {'!!' if r.flagged else ''} |"
+            f"{r.worst_trial} | {fmt(r.first_s)} | {'!!' if r.flagged else ''} |"
         )
     return "\n".join(lines)
 
