@@ -235,7 +235,7 @@ def _one(key: str, e: dict, w: _Where, raw: Mapping) -> str:
     error = (e.get("ctx") or {}).get("error")
     if isinstance(error, ConfigError):
         text = str(error)
-        return text if key in text else f"{key}: {text}"
+        return text if key == "<config>" or key in text else f"{key}: {text}"
     msg = e["msg"]
     for prefix in ("Value error, ", "Assertion failed, "):
         if msg.startswith(prefix):

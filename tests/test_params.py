@@ -5,6 +5,7 @@ import tomllib
 
 import pytest
 import torch
+from pydantic import ValidationError
 
 from colenv.config import describe, parse
 from colenv.models import (
@@ -117,7 +118,7 @@ def test_overrides_are_validated():
 
 def test_params_are_immutable():
     p = load_params()
-    with pytest.raises(Exception, match="frozen"):
+    with pytest.raises(ValidationError, match="frozen"):
         p.neuron.tau_m_ms = 1.0
 
 

@@ -1,186 +1,292 @@
 """Training configuration: a TOML file plus ``key=value`` overrides -> a validated TrainConfig.
 
     load_config("colenv/Parity-v0", ["train.lr=0.01", "solver.method=rk4"]) -> TrainConfig
+    load_config("path/to/my.toml", ["train.steps=50"])
+    print(format_config(config))          # every key: value, type, description
 
-A task id is looked up as ``config/tasks/<name>.toml`` (``colenv/Parity-v0`` ->
-``parity.toml``); anything else is a path to a TOML file. An override's key is dotted
-(``model.network.lateral.trainable``) and its value is read as a TOML value
-(``true``, ``0.01``, ``[1, 2]``, ``{name = "a", n_columns = 2}``); what does not parse as TOML
-stays a string (``solver.method=rk4``). Unknown keys and bad values are :class:`ConfigError`
-naming the key and what is allowed. The free-form tables (``task_kwargs``, ``model.params``,
-``model.network``, ``solver``) are checked by the code that owns them: ``gym.make``,
-:func:`colenv.models.load_params`, :meth:`colenv.models.NetworkSpec.from_dict`,
-:meth:`colenv.SolverConfig.from_dict`.
+A task id is looked up among the shipped configs (:func:`colenv.resources.task_config_path`);
+anything else is a path to a TOML file, which must name its ``task``. An override's key is
+dotted (``model.network.lateral.trainable``) and its value is read as a TOML value (``true``,
+``0.01``, ``[1, 2]``, ``{name = "a", n_columns = 2}``); what does not parse as TOML stays a
+string (``solver.method=rk4``).
+
+The whole tree is parsed once, by :func:`colenv.config.parse`: ``config.solver`` is a
+:class:`colenv.SolverConfig`, ``config.model.options`` the model kind's ``Config`` (for
+``kind = "columns"``: the column parameter overrides and the :class:`NetworkSpec`). Unknown
+keys and bad values are :class:`ConfigError` naming the dotted key and what is allowed.
+
+Solver option tables (``[solver.fast]``, ``[solver.adaptive]``, ``[solver.torchsde]``) apply
+to some methods only. When ``solver.method`` (or ``solver.sde``) changes, the tables of the
+file (or checkpoint) that do not apply to the new method are dropped, so
+``solver.method=dopri5`` works on a config written for ``rk4exp``; an option that does not
+apply but is set in the overrides themselves is an error (unless it is its default value).
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
+import importlib
+import math
+import re
 import tomllib
-import typing
-from dataclasses import dataclass, field
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from colenv.models.column.params import ConfigError
+from pydantic import Field, SerializeAsAny, field_validator, model_serializer, model_validator
+
+from colenv.config import FLATTEN, StrictModel, describe, parse
+from colenv.errors import ConfigError
+from colenv.registration import TASKS
+from colenv.resources import task_config_path
+from colenv.solve import SolverConfig
 
 __all__ = [
-    "CONFIG_DIR",
     "CheckpointConfig",
     "ConfigError",
     "LoggingConfig",
-    "MlpConfig",
     "ModelConfig",
     "SuccessConfig",
     "TrainConfig",
     "TrainLoopConfig",
+    "apply_overrides",
     "config_path",
+    "format_config",
     "load_config",
+    "parse_override",
 ]
 
-CONFIG_DIR = Path(__file__).resolve().parents[1] / "config"
+
+# ----------------------------------------------------------------------------- sections
+class ModelConfig(StrictModel):
+    """``[model]``: what is trained. Besides ``kind`` and ``initial_state`` the table holds the
+    kind's own options (its class's ``Config``; for ``columns``: ``params`` and ``network``)."""
+
+    kind: str = Field(
+        "columns",
+        description='model kind: "columns", "hopf_mlp", "ctrnn", a registered name or '
+        '"module.path:ClassName"',
+    )
+    initial_state: str = Field(
+        "rest",
+        description='"rest" (the model\'s initial_state) or "condition:<key>" '
+        "(y0 = trial.conditions[<key>])",
+    )
+    options: SerializeAsAny[StrictModel] = Field(
+        json_schema_extra={FLATTEN: True},
+        description="the kind's options (keys of [model] besides kind and initial_state)",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _options_of_kind(cls, raw: Any) -> Any:
+        """``{kind, initial_state, **options}`` (the TOML shape) or ``{..., options}``: the
+        options are parsed with ``get_model_class(kind).Config``."""
+        if not isinstance(raw, Mapping):
+            return raw
+        from colenv.models.registry import get_model_class
+
+        kind = raw.get("kind", cls.model_fields["kind"].default)
+        config_cls = get_model_class(kind).Config
+        head = {k: raw[k] for k in ("kind", "initial_state") if k in raw}
+        rest = {k: v for k, v in raw.items() if k not in ("kind", "initial_state")}
+        if "options" in rest:
+            if len(rest) > 1:
+                raise ConfigError(
+                    "model: give the kind's options either as keys of [model] or as "
+                    f"model.options, not both ({', '.join(k for k in rest if k != 'options')})"
+                )
+            rest = rest["options"]
+        elif unknown := [k for k in rest if k not in config_cls.model_fields]:
+            allowed = ", ".join(["kind", "initial_state", *config_cls.model_fields])
+            raise ConfigError(
+                f"unknown key 'model.{unknown[0]}' (model.kind = {kind!r}); allowed: {allowed}"
+            )
+        return {**head, "options": parse(config_cls, rest, where="model")}
+
+    @field_validator("initial_state")
+    @classmethod
+    def _initial_state(cls, value: str) -> str:
+        if value == "rest" or (value.startswith("condition:") and len(value) > len("condition:")):
+            return value
+        raise ValueError('allowed: "rest" or "condition:<key>"')
+
+    @model_serializer(mode="wrap")
+    def _toml_shape(self, handler: Any) -> dict[str, Any]:
+        data = handler(self)
+        return {**{k: v for k, v in data.items() if k != "options"}, **data["options"]}
 
 
-@dataclass
-class MlpConfig:
-    hidden: int = 64
-    """width of each hidden layer of the HopfField MLP"""
-    layers: int = 2
-    """number of hidden layers"""
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
 
-@dataclass
-class ModelConfig:
-    kind: str = "columns"
-    """"columns" (ColumnNetwork) or "hopf_mlp" (HopfField)"""
-    params: dict = field(default_factory=dict)
-    """overrides of config/model.toml, {"section.key": value} (columns only)"""
-    initial_state: str = "rest"
-    """"rest" (model.initial_state) or "condition:<key>" (y0 = trial.conditions[<key>])"""
-    network: dict = field(default_factory=dict)
-    """the layout, read by NetworkSpec.from_dict (columns only)"""
-    mlp: MlpConfig = field(default_factory=MlpConfig)
-    """the vector-field MLP (hopf_mlp only)"""
+class TrainLoopConfig(StrictModel):
+    """``[train]``: the optimization loop."""
+
+    steps: int = Field(300, ge=1, description="number of optimizer steps")
+    batch_size: int = Field(16, ge=1, description='trials per step when conditions = "random"')
+    conditions: Literal["all", "random"] = Field(
+        "all",
+        description='"all": every step trains on the evaluation grid; "random": fresh trials, '
+        "seeded by (seed, step)",
+    )
+    task_kwargs: dict[str, Any] = Field(
+        default_factory=dict,
+        description="overrides of task_kwargs for the training trials only (evaluation uses "
+        "task_kwargs alone)",
+    )
+    optimizer: Literal["adam", "adamw", "sgd"] = Field("adam", description="the optimizer")
+    lr: float = Field(0.01, gt=0, description="learning rate")
+    weight_decay: float = Field(0.0, ge=0, description="weight decay of the optimizer")
+    schedule: Literal["constant", "cosine", "step"] = Field(
+        "cosine",
+        description="learning-rate schedule: constant, cosine (to 0 at steps), step (x0.1 "
+        "every steps/3)",
+    )
+    grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 = off")
+    rate_limit_hz: float = Field(
+        0.0,
+        ge=0,
+        description="column models: rates above this (any population, any time) are "
+        "penalised; 0 = off",
+    )
+    rate_penalty: float = Field(
+        1.0, ge=0, description="weight of the mean squared excess rate over rate_limit_hz"
+    )
+    runaway_hz: float = Field(
+        0.0, ge=0, description="column models: a rollout with a rate above this diverged; 0 = off"
+    )
+    max_rejections: int = Field(
+        0,
+        ge=0,
+        description="on a diverged step, roll back and halve the learning rate up to this "
+        "many times in a row; 0 = stop at once",
+    )
+    seed: int = Field(
+        0, ge=0, description="seeds python, numpy, torch, the model init and every trial batch"
+    )
+    device: str = Field("auto", description="auto (cuda if available), cpu, cuda, cuda:N or mps")
+    dtype: Literal["float32", "float64"] = Field("float32", description="float32 or float64")
+    threads: int = Field(
+        1, ge=0, description="torch.set_num_threads for the run; 0 keeps torch's default"
+    )
+    eval_every: int = Field(
+        10, ge=1, description="evaluate on the task's grid every this many steps (and at the end)"
+    )
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not _DEVICE.fullmatch(value):
+            raise ValueError("allowed: auto, cpu, cuda, cuda:N (N = 0, 1, ...), mps")
+        return value
 
 
-@dataclass
-class TrainLoopConfig:
-    steps: int = 300
-    """number of optimizer steps"""
-    batch_size: int = 16
-    """trials per step when conditions = "random" """
-    conditions: str = "all"
-    """"all": every step trains on the evaluation grid; "random": fresh trials, seeded by (seed, step)"""
-    task_kwargs: dict = field(default_factory=dict)
-    """overrides of the top-level task_kwargs for the training trials only (e.g. a shorter
-    trial_ms); evaluation always uses the task built from task_kwargs alone"""
-    optimizer: str = "adam"
-    """adam | adamw | sgd"""
-    lr: float = 0.01
-    """learning rate"""
-    weight_decay: float = 0.0
-    """weight decay of the optimizer"""
-    schedule: str = "cosine"
-    """learning-rate schedule: constant | cosine (to 0 at `steps`) | step (x0.1 every steps/3)"""
-    grad_clip: float = 1.0
-    """max gradient norm, 0 = off"""
-    rate_limit_hz: float = 0.0
-    """column models: rates above this (any population, any time) are penalised; 0 = off.
-    The rate function has no saturation, so a weight step can tip a column into runaway"""
-    rate_penalty: float = 1.0
-    """weight of the mean squared excess rate over rate_limit_hz (Hz^2, like the task loss)"""
-    runaway_hz: float = 0.0
-    """column models: a rollout with any rate above this counts as diverged; 0 = off"""
-    max_rejections: int = 0
-    """on a diverged step, roll weights and optimizer back to before the previous update and
-    halve the learning rate, up to this many times in a row; 0 = stop at once"""
-    seed: int = 0
-    """seeds python, numpy, torch, the model init and every trial batch"""
-    device: str = "auto"
-    """auto (cuda if available) | cpu | cuda | cuda:N"""
-    dtype: str = "float32"
-    """float32 | float64"""
-    threads: int = 1
-    """torch.set_num_threads for the run; 0 keeps torch's default. These models are small and
-    dispatch-bound: one thread is as fast, and two threads slow down badly on a loaded machine"""
-    eval_every: int = 10
-    """evaluate on the task's grid every this many steps (and at the end)"""
+class SuccessConfig(StrictModel):
+    """``[success]``: when the task counts as solved."""
+
+    metric: str = Field(
+        "accuracy",
+        min_length=1,
+        description="key of task.evaluate(); solved when >= threshold (<= for metrics named "
+        "*rmse* or *error*)",
+    )
+    threshold: float | None = Field(
+        None, description="the criterion; unset = the task's success_threshold"
+    )
+    patience: int = Field(
+        1, ge=1, description="consecutive successful evaluations before it counts as solved"
+    )
+    stop_on_success: bool = Field(True, description="stop training once solved")
 
 
-@dataclass
-class SuccessConfig:
-    metric: str = "accuracy"
-    """key of task.evaluate(); solved when >= threshold (<= for metrics named *rmse* / *error*)"""
-    threshold: float | None = None
-    """the criterion; unset = task.success_threshold"""
-    patience: int = 1
-    """consecutive successful evaluations before stopping"""
-    stop_on_success: bool = True
-    """stop training once the criterion held `patience` times"""
+class LoggingConfig(StrictModel):
+    """``[logging]``: W&B, plots, where runs go."""
+
+    wandb: bool = Field(True, description="log to Weights & Biases (offline by default)")
+    wandb_mode: Literal["offline", "online", "disabled"] = Field(
+        "offline", description="W&B mode; the WANDB_MODE environment variable overrides"
+    )
+    project: str = Field("colenv", min_length=1, description="W&B project")
+    run_dir: str = Field(
+        "runs", min_length=1, description="parent folder of the runs: <run_dir>/<run_name>/"
+    )
+    plots: bool = Field(True, description="write the task's plots into <run>/plots at the end")
 
 
-@dataclass
-class LoggingConfig:
-    wandb: bool = True
-    """log to Weights & Biases (offline by default: no network, no API key)"""
-    wandb_mode: str = "offline"
-    """offline | online | disabled; the WANDB_MODE environment variable overrides"""
-    project: str = "colenv"
-    """W&B project"""
-    run_dir: str = "runs"
-    """parent folder; each run gets <run_dir>/<run_name>/ (checkpoints, plots, wandb/)"""
-    plots: bool = True
-    """write PNG plots into <run>/plots at the end (and log them to W&B)"""
+class CheckpointConfig(StrictModel):
+    """``[checkpoint]``: checkpoint cadence."""
+
+    every: int = Field(
+        50,
+        ge=0,
+        description="save last.pt every this many steps (also at the end and at success); "
+        "0 = only then",
+    )
 
 
-@dataclass
-class CheckpointConfig:
-    every: int = 50
-    """save last.pt every this many steps (also at the end and at success); 0 = only then"""
+class TrainConfig(StrictModel):
+    """One training run: task, model, solver, loop, success criterion, logging, checkpoints."""
 
+    task: str = Field(min_length=1, description="Gymnasium id of the task")
+    trainer: str = Field(
+        "supervised", description='registered trainer name, or "module.path:ClassName"'
+    )
+    imports: list[str] = Field(
+        default_factory=list,
+        description="modules imported before the config is read (where a user's trainer, "
+        "model or task registers itself)",
+    )
+    run_name: str = Field(
+        "", description="folder of the run under logging.run_dir; empty = <task>-<timestamp>"
+    )
+    resume: str = Field("", description='a run folder or checkpoint to continue ("" = fresh)')
+    task_kwargs: dict[str, Any] = Field(
+        default_factory=dict, description="keyword arguments of gym.make(task, **task_kwargs)"
+    )
+    model: ModelConfig = Field(default_factory=ModelConfig, description="what is trained")
+    solver: SolverConfig = Field(
+        default_factory=SolverConfig, description="how rollouts are integrated"
+    )
+    train: TrainLoopConfig = Field(
+        default_factory=TrainLoopConfig, description="the optimization loop"
+    )
+    success: SuccessConfig = Field(
+        default_factory=SuccessConfig, description="when the task counts as solved"
+    )
+    logging: LoggingConfig = Field(
+        default_factory=LoggingConfig, description="W&B, plots, where runs go"
+    )
+    checkpoint: CheckpointConfig = Field(
+        default_factory=CheckpointConfig, description="checkpoint cadence"
+    )
 
-@dataclass
-class TrainConfig:
-    task: str = "colenv/Parity-v0"
-    """Gymnasium id of the task"""
-    trainer: str = "supervised"
-    """registered trainer name, or "module.path:ClassName" """
-    run_name: str = ""
-    """folder name of the run under logging.run_dir; empty = <task>-<timestamp>"""
-    resume: str = ""
-    """a run dir or checkpoint to continue from ("" = fresh run)"""
-    task_kwargs: dict = field(default_factory=dict)
-    """keyword arguments of gym.make(task, **task_kwargs)"""
-    model: ModelConfig = field(default_factory=ModelConfig)
-    """what is trained"""
-    solver: dict = field(default_factory=dict)
-    """read by colenv.SolverConfig.from_dict"""
-    train: TrainLoopConfig = field(default_factory=TrainLoopConfig)
-    """the optimization loop"""
-    success: SuccessConfig = field(default_factory=SuccessConfig)
-    """when the task counts as solved"""
-    logging: LoggingConfig = field(default_factory=LoggingConfig)
-    """W&B, plots, where runs go"""
-    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    """checkpoint cadence"""
+    @model_validator(mode="before")
+    @classmethod
+    def _import_first(cls, raw: Any) -> Any:
+        """Import ``imports`` before the rest is read: they may register the model kind."""
+        if isinstance(raw, Mapping):
+            for name in raw.get("imports") or ():
+                if not isinstance(name, str):
+                    continue  # the field's own check names it
+                try:
+                    importlib.import_module(name)
+                except ImportError as err:
+                    raise ConfigError(f"imports: cannot import module {name!r}: {err}") from err
+        return raw
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain nested dict (what W&B and checkpoints store); from_dict(to_dict()) round-trips."""
-        return dataclasses.asdict(self)
+        """Plain nested dict in the TOML layout (what W&B and checkpoints store);
+        ``from_dict(to_dict())`` gives an equal config."""
+        return self.model_dump(mode="json")
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any], source: str = "<dict>") -> TrainConfig:
-        """Build and validate from a nested dict; errors name the key and what is allowed."""
-        config = _build(cls, raw, "", source)
-        _validate(config, source)
-        return config
-
-    def solver_config(self):
-        """The validated :class:`colenv.SolverConfig` of ``solver``."""
-        from colenv.solve import SolverConfig
-
-        return SolverConfig.from_dict(self.solver)
+    def from_dict(cls, raw: Mapping[str, Any], source: str = "") -> TrainConfig:
+        """Parse a nested dict; errors name the key (prefixed with ``source``, e.g. a file)."""
+        try:
+            return parse(cls, raw)
+        except ConfigError as err:
+            raise ConfigError(f"{source}: {err}" if source else str(err)) from None
 
     @property
     def higher_is_better(self) -> bool:
@@ -189,45 +295,42 @@ class TrainConfig:
         return not ("rmse" in name or "error" in name)
 
 
-CHOICES: dict[str, tuple[str, ...]] = {
-    "model.kind": ("columns", "hopf_mlp"),
-    "train.conditions": ("all", "random"),
-    "train.optimizer": ("adam", "adamw", "sgd"),
-    "train.schedule": ("constant", "cosine", "step"),
-    "train.dtype": ("float32", "float64"),
-    "logging.wandb_mode": ("offline", "online", "disabled"),
-}
-"""Allowed values of the string fields that are enumerations."""
-
-
+# ----------------------------------------------------------------------------- loading
 def config_path(task_or_path: str | Path) -> Path:
-    """The TOML file of a task id (config/tasks/<name>.toml) or a path."""
+    """The TOML file of a task id (its shipped config) or a path to a TOML file.
+
+    Raises:
+        ConfigError: a path that does not exist, or an id that is not a colenv task (the
+            message lists the known ids).
+    """
     text = str(task_or_path)
-    if text.endswith(".toml") or Path(text).is_file():
-        path = Path(text)
-        if not path.is_file():
-            raise ConfigError(f"config file {text!r} not found")
+    path = Path(text)
+    if text in TASKS:
+        shipped = task_config_path(text)
+        if not shipped.is_file():
+            raise ConfigError(f"task {text!r} has no shipped config ({shipped} is missing)")
+        return shipped
+    if path.is_file():
         return path
-    name = text.split("/")[-1].split("-v")[0].lower()
-    path = CONFIG_DIR / "tasks" / f"{name}.toml"
-    if not path.is_file():
-        known = sorted(p.stem for p in (CONFIG_DIR / "tasks").glob("*.toml"))
-        raise ConfigError(
-            f"no config for task {text!r} (looked for {path}); known: {', '.join(known)} "
-            "(or pass a path to a .toml file)"
-        )
-    return path
+    if text.endswith(".toml"):
+        raise ConfigError(f"config file {text!r} not found")
+    raise ConfigError(
+        f"unknown task {text!r} (and no such file); known: {', '.join(TASKS)}, or the path of "
+        "a .toml file"
+    )
 
 
 def load_config(task_or_path: str | Path, overrides: list[str] | None = None) -> TrainConfig:
-    """Read a task's TOML (or a TOML path), apply ``key=value`` overrides, validate.
+    """Read a task's shipped TOML (or any TOML path), apply ``key=value`` overrides, parse.
 
     Args:
-        task_or_path: a gym id ("colenv/XOR-v0") or a path to a TOML file.
+        task_or_path: a colenv task id ("colenv/XOR-v0") or a path to a TOML file; the file
+            must name its ``task``.
         overrides: e.g. ``["train.lr=0.01", "model.network.lateral.trainable=true"]``.
 
     Raises:
-        ConfigError: unknown key, bad value, or a file that is not valid TOML.
+        ConfigError: an unknown task or missing file, a file that is not valid TOML or names no
+            task, or an unknown key or bad value anywhere (the message names it).
     """
     path = config_path(task_or_path)
     try:
@@ -235,6 +338,11 @@ def load_config(task_or_path: str | Path, overrides: list[str] | None = None) ->
     except tomllib.TOMLDecodeError as err:
         raise ConfigError(f"{path}: not valid TOML: {err}") from err
     raw = apply_overrides(raw, overrides or [])
+    if "task" not in raw:
+        raise ConfigError(
+            f"{path}: no task; a training config names its task at the top, e.g. "
+            f'task = "colenv/XOR-v0" (colenv tasks: {", ".join(TASKS)})'
+        )
     return TrainConfig.from_dict(raw, source=str(path))
 
 
@@ -252,9 +360,7 @@ def parse_override(text: str) -> tuple[str, Any]:
         return key, value
 
 
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """A copy of ``raw`` with each ``key=value`` set at its dotted path (tables created)."""
-    raw = copy.deepcopy(raw)
+def _set(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
     for text in overrides:
         key, value = parse_override(text)
         parts = key.split(".")
@@ -270,119 +376,87 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return raw
 
 
-# ------------------------------------------------------------------------- validation
-def _build(cls: type, raw: Any, prefix: str, source: str) -> Any:
-    where = prefix.rstrip(".") or "the top level"
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{source}: {where} must be a table, got {raw!r}")
-    hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
-    for key in raw:
-        if key not in names:
-            raise ConfigError(
-                f"{source}: unknown key {prefix + key!r}; allowed in {where}: {', '.join(names)}"
-            )
-    kwargs = {}
-    for key, value in raw.items():
-        kwargs[key] = _coerce(hints[key], value, prefix + key, source)
-    return cls(**kwargs)
+def apply_overrides(raw: Mapping[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """A copy of ``raw`` with each ``key=value`` set at its dotted path (tables created).
 
-
-def _coerce(tp: Any, value: Any, key: str, source: str) -> Any:
-    if dataclasses.is_dataclass(tp):
-        return _build(tp, value, key + ".", source)
-    allowed = typing.get_args(tp) if typing.get_origin(tp) in (typing.Union, _UnionType) else (tp,)
-    if value is None and type(None) in allowed:
-        return None
-    for t in allowed:
-        if t is bool and isinstance(value, bool):
-            return value
-        if t is int and isinstance(value, int) and not isinstance(value, bool):
-            return value
-        if t is float and isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        if t is str and isinstance(value, str):
-            return value
-        if t is dict and isinstance(value, dict):
-            return copy.deepcopy(value)
-    names = " or ".join("table" if t is dict else getattr(t, "__name__", str(t)) for t in allowed)
-    raise ConfigError(f"{source}: {key} must be {names}, got {value!r}")
-
-
-_UnionType = type(int | None)
-
-
-def _validate(c: TrainConfig, source: str) -> None:
-    def bad(key: str, value: Any, what: str) -> ConfigError:
-        return ConfigError(f"{source}: {key} = {value!r} is not allowed; {what}")
-
-    for key, choices in CHOICES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(c, section), name)
-        if value not in choices:
-            raise bad(key, value, f"allowed: {', '.join(choices)}")
-    for key, value, low in (
-        ("train.steps", c.train.steps, 0),
-        ("train.batch_size", c.train.batch_size, 1),
-        ("train.eval_every", c.train.eval_every, 1),
-        ("train.seed", c.train.seed, 0),
-        ("success.patience", c.success.patience, 1),
-        ("checkpoint.every", c.checkpoint.every, 0),
-        ("train.max_rejections", c.train.max_rejections, 0),
-        ("train.threads", c.train.threads, 0),
-        ("model.mlp.hidden", c.model.mlp.hidden, 1),
-        ("model.mlp.layers", c.model.mlp.layers, 1),
-    ):
-        if value < low:
-            raise bad(key, value, f"must be >= {low}")
-    for key, value in (
-        ("train.lr", c.train.lr),
-        ("train.weight_decay", c.train.weight_decay),
-        ("train.grad_clip", c.train.grad_clip),
-        ("train.rate_limit_hz", c.train.rate_limit_hz),
-        ("train.rate_penalty", c.train.rate_penalty),
-        ("train.runaway_hz", c.train.runaway_hz),
-    ):
-        if not value >= 0 or value == float("inf"):
-            raise bad(key, value, "must be a finite number >= 0")
-    if c.train.lr == 0:
-        raise bad("train.lr", 0.0, "must be > 0")
-    dev = c.train.device
-    if not (dev in ("auto", "cpu", "cuda") or (dev.startswith("cuda:") and dev[5:].isdigit())):
-        raise bad("train.device", dev, "allowed: auto, cpu, cuda, cuda:N")
-    init = c.model.initial_state
-    if not (init == "rest" or (init.startswith("condition:") and len(init) > len("condition:"))):
-        raise bad("model.initial_state", init, 'allowed: "rest" or "condition:<key>"')
-    if c.model.kind == "hopf_mlp" and (c.model.network or c.model.params):
-        raise bad(
-            "model.network/model.params",
-            "set",
-            'they describe a ColumnNetwork; model.kind = "hopf_mlp" uses [model.mlp]',
-        )
-    # the free-form tables are checked by their owners, so errors surface at load time
-    try:
-        c.solver_config()
-    except (ValueError, TypeError) as err:
-        raise ConfigError(f"{source}: solver: {err}") from err
-    if c.model.kind == "columns":
-        from colenv.models import NetworkSpec, load_params
-
-        try:
-            NetworkSpec.from_dict(c.model.network)
-        except (ValueError, TypeError) as err:
-            raise ConfigError(f"{source}: model.network: {err}") from err
-        try:
-            load_params(overrides=flat_params(c.model.params))
-        except (ValueError, TypeError) as err:
-            raise ConfigError(f"{source}: model.params: {err}") from err
-
-
-def flat_params(params: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"neuron": {"tau_m_ms": 20}}`` or ``{"neuron.tau_m_ms": 20}`` -> ``{"neuron.tau_m_ms": 20}``."""
-    out: dict[str, Any] = {}
-    for key, value in params.items():
-        if isinstance(value, dict):
-            out.update(flat_params(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
+    Solver option tables of ``raw`` that do not apply to the resulting solver method are
+    dropped; one set by the overrides themselves to a value other than its default is a
+    :class:`ConfigError` naming the table and the method.
+    """
+    out = _set(copy.deepcopy(dict(raw)), overrides)
+    explicit = _set({}, overrides).get("solver")
+    _drop_inapplicable_solver_options(out, explicit if isinstance(explicit, dict) else {})
     return out
+
+
+def _option_tables() -> dict[str, type[StrictModel]]:
+    """``{"fast": FastOptions, ...}``: the option tables of :class:`colenv.SolverConfig`."""
+    tables = {}
+    for name, info in SolverConfig.model_fields.items():
+        tp = info.annotation
+        if isinstance(tp, type) and issubclass(tp, StrictModel):
+            tables[name] = tp
+    return tables
+
+
+def _drop_inapplicable_solver_options(raw: dict[str, Any], explicit: dict[str, Any]) -> None:
+    solver = raw.get("solver")
+    if not isinstance(solver, dict):
+        return
+    method = solver.get("method", SolverConfig.model_fields["method"].default)
+    sde = solver.get("sde", SolverConfig.model_fields["sde"].default)
+    if not isinstance(method, str) or not isinstance(sde, bool):
+        return  # parsing names the bad value
+    try:
+        applies = SolverConfig.families(method, sde)
+    except ConfigError:
+        return  # parsing names the unknown method
+    for name, table_cls in _option_tables().items():
+        if name in applies or name not in solver:
+            continue
+        given = explicit.get(name)
+        if given is not None:
+            where = f"solver.{name}"
+            if parse(table_cls, given, where=where) != table_cls():
+                keys = ", ".join(f"{where}.{k}" for k in given) if isinstance(given, dict) else ""
+                what = f"{method!r} with sde = true" if sde else repr(method)
+                uses = ", ".join(f"solver.{a}" for a in applies) or "no option table"
+                raise ConfigError(
+                    f"{where} ({keys}) does not apply to solver.method = {what}; it uses {uses}"
+                )
+        del solver[name]
+
+
+# ----------------------------------------------------------------------------- printing
+def format_config(config: TrainConfig) -> str:
+    """Every key of ``config`` with its value, type and description, grouped by section.
+
+    A free-form table (``task_kwargs``, ``model.params``) or a list of tables
+    (``model.network.areas``) is one key, its value printed inline.
+    """
+    rows = list(describe(config))
+    width = max(len(key) for key, *_ in rows)
+    blocks: dict[str, list[str]] = {}
+    for key, value, type_, description in rows:
+        section = f"[{key.split('.')[0]}]" if "." in key else "top level"
+        blocks.setdefault(section, []).append(
+            f"{key:<{width}} = {_toml(value)}\n{'':<{width}}   ({type_}) {description}"
+        )
+    return "\n\n".join(f"{name}\n" + "\n".join(lines) for name, lines in blocks.items()) + "\n"
+
+
+def _toml(value: Any) -> str:
+    """A value as it would be written in a TOML file (``None``: unset)."""
+    if value is None:
+        return "(unset)"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else str(value)
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_toml(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k} = {_toml(v)}" for k, v in value.items()) + "}"
+    return str(value)
