@@ -3,8 +3,15 @@
 import pytest
 import torch
 
+from colenv.config import parse
 from colenv.models import AreaSpec, ColumnNetwork, ConfigError, ConnectionSpec, NetworkSpec
 from colenv.solve import SolverConfig, rollout
+
+
+def parse_network(raw: dict) -> NetworkSpec:
+    """The [model.network] table of a training config as a NetworkSpec."""
+    return parse(NetworkSpec, raw, where="network")
+
 
 PARITY = NetworkSpec(
     areas=(AreaSpec("a1", 8), AreaSpec("a2", 4), AreaSpec("out", 1)),
@@ -79,19 +86,19 @@ def test_only_configured_entries_train():
 
 def test_spec_errors_name_the_key():
     with pytest.raises(ConfigError, match="unknown key 'network.colums'; allowed: areas, n_inputs"):
-        NetworkSpec.from_dict({"colums": 3})
+        parse_network({"colums": 3})
     with pytest.raises(ConfigError, match="n_columns = 0"):
         NetworkSpec(areas=(AreaSpec("a", 0),))
     with pytest.raises(ConfigError, match="unknown population 'L7e'"):
         NetworkSpec(readout="L7e")
     with pytest.raises(ConfigError, match="unknown key 'network.lateral.weight'; allowed: enabled"):
-        NetworkSpec.from_dict({"lateral": {"weight": 1.0}})
+        parse_network({"lateral": {"weight": 1.0}})
     with pytest.raises(ConfigError, match="unknown area 'v9'"):
         ColumnNetwork(spec=NetworkSpec(areas=(AreaSpec("a", 1, "v9"),)))
 
 
 def test_from_dict_round_trip():
-    spec = NetworkSpec.from_dict(
+    spec = parse_network(
         {
             "areas": [{"name": "a", "n_columns": 2}, {"name": "b", "n_columns": 1}],
             "n_inputs": 2,
@@ -153,7 +160,7 @@ def test_log_parametrization_keeps_dale_and_starts_at_the_same_weights():
 
 
 def test_input_trains_only_the_listed_targets():
-    spec = NetworkSpec.from_dict(
+    spec = parse_network(
         {
             "areas": [{"name": "a", "n_columns": 2}],
             "n_inputs": 2,
@@ -292,11 +299,9 @@ def test_edges_listed_twice_or_mixed_with_pairs_are_errors():
     with pytest.raises(ConfigError, match="listed twice"):
         ColumnNetwork(spec=dict(TWO_AREAS, feedforward={"edges": twice}))
     with pytest.raises(ConfigError, match="either edges or pairs"):
-        NetworkSpec.from_dict(
-            dict(TWO_AREAS, feedforward={"edges": twice[:1], "pairs": [["L5e", "L4e"]]})
-        )
+        parse_network(dict(TWO_AREAS, feedforward={"edges": twice[:1], "pairs": [["L5e", "L4e"]]}))
     with pytest.raises(ConfigError, match="network.recurrent: explicit edges are for lateral"):
-        NetworkSpec.from_dict(dict(TWO_AREAS, recurrent={"edges": twice[:1]}))
+        parse_network(dict(TWO_AREAS, recurrent={"edges": twice[:1]}))
 
 
 def test_edges_with_pairs_in_python_is_an_error():

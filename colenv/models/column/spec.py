@@ -3,8 +3,8 @@
 A :class:`NetworkSpec` says which columns exist, which connections exist between which
 populations, which of them train and how the initial weights are drawn; it holds no tensors.
 :class:`colenv.models.ColumnNetwork` builds the weights from it. In a training config it is the
-``[model.network]`` table; :func:`colenv.config.parse` (or :meth:`NetworkSpec.from_dict`)
-builds it from that table.
+``[model.network]`` table, and ``parse(NetworkSpec, table, where="network")``
+(:func:`colenv.config.parse`) builds it from that table.
 
 A connection table is read on top of its kind's default (:data:`CONNECTION_DEFAULTS`): e.g.
 ``lateral = {trainable = true}`` keeps lateral connections disabled, as the kind's default
@@ -19,7 +19,7 @@ from typing import Any, Literal
 import torch
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
-from colenv.config import StrictModel, parse
+from colenv.config import StrictModel
 from colenv.errors import ConfigError
 from colenv.models.column.params import N_POP, population_index
 
@@ -266,11 +266,6 @@ class NetworkSpec(StrictModel):
     def n_columns(self) -> int:
         """Columns in all areas."""
         return sum(a.n_columns for a in self.areas)
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any]) -> NetworkSpec:
-        """``parse(NetworkSpec, raw, where="network")``: the ``[model.network]`` table."""
-        return parse(cls, raw, where="network")
 
 
 def _pair_matrix(pairs: tuple[Pair, ...], kind: str) -> torch.Tensor:
