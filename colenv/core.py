@@ -24,8 +24,9 @@ from __future__ import annotations
 
 import inspect
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import gymnasium as gym
@@ -248,6 +249,54 @@ class TrialTask(gym.Env):
     def evaluate(self, output: Tensor, trial: Trial) -> dict[str, float]:
         """The task's success criterion on model outputs ``[T, B, O]``."""
         raise NotImplementedError
+
+    def plot(
+        self,
+        outputs: dict[str, Tensor],
+        trial: Trial,
+        path: Path,
+        title: str,
+        *,
+        unit_names: Sequence[str] | None = None,
+    ) -> list[Path]:
+        """Draw a model's answers to ``trial`` as PNG files in the folder ``path``.
+
+        Args:
+            outputs: ``"output"`` [T, B, O] (CPU) and, if the model has rates, ``"rates"``
+                [T, B, U] (Hz).
+            trial: the trials answered (CPU), e.g. the evaluation grid.
+            title: a heading for every figure (task, step).
+            unit_names: names of the U rate units (a column network's "area[col].Pop").
+
+        Returns:
+            The files written. This default draws ``outputs.png`` (each output against its
+            target, one panel per trial) and, with rates, ``populations.png`` of trial 0;
+            tasks override it to draw what their science needs.
+        """
+        from colenv.tasks.plotting import condition_text, plot_outputs, plot_unit_rates
+
+        path = Path(path)
+        paths = [
+            plot_outputs(
+                outputs["output"],
+                trial,
+                path / "outputs.png",
+                title,
+                label=lambda b: condition_text(trial, b),
+            )
+        ]
+        if "rates" in outputs:
+            paths.append(
+                plot_unit_rates(
+                    outputs["rates"],
+                    trial,
+                    0,
+                    path / "populations.png",
+                    f"{title}: rates, trial 0 ({condition_text(trial, 0)})",
+                    unit_names=unit_names,
+                )
+            )
+        return paths
 
     # ---------------------------------------------------------- supervised face
     def sample_batch(

@@ -1,4 +1,5 @@
-"""Checkpoints: atomic writes, divergence keeps the last good one, resume is exact."""
+"""Checkpoints: atomic writes, safe loading, clear errors, divergence keeps the last good one,
+resume is exact."""
 
 from __future__ import annotations
 
@@ -8,13 +9,12 @@ import os
 import pytest
 import torch
 
-import trainers.callbacks as callbacks_module
+import trainers.checkpoint as checkpoint_module
 import trainers.run
-from tests.trainer_utils import tiny
 from trainers import Callback, CheckpointCallback, load_config, train
 from trainers.__main__ import main
-from trainers.callbacks import read_checkpoint
-from trainers.run import default_callbacks, resume_config
+from trainers.checkpoint import CheckpointError, read_checkpoint
+from trainers.run import default_callbacks, evaluate_checkpoint, resume_config
 
 TASK = "colenv/XOR-v0"
 
@@ -42,65 +42,134 @@ class Poison(Callback):
 
 
 @pytest.mark.parametrize("conditions", ["all", "random"])
-def test_resume_is_exact(tmp_path, conditions):
+def test_resume_is_exact(tmp_path, tiny, conditions):
     extra = ["train.lr=0.5", f"train.conditions={conditions}", "train.batch_size=3"]
-    full = train(load_config(TASK, tiny(TASK, tmp_path, *extra, "run_name=full", steps=4)))
+    full = train(load_config(TASK, tiny(TASK, *extra, "run_name=full", steps=4)))
 
-    config = load_config(TASK, tiny(TASK, tmp_path, *extra, "run_name=split", steps=4))
+    config = load_config(TASK, tiny(TASK, *extra, "run_name=split", steps=4))
     first = train(config, callbacks=[CheckpointCallback(every=0), StopAt(2)])
     assert first.steps == 2
-    start = read_checkpoint(first.checkpoint)["model"]["feedforward.weight"]
+    start = read_checkpoint(first.checkpoint)["state_dict"]["feedforward.weight"]
     second = train(resume_config(str(tmp_path / "split"), []))
     assert second.steps == 4
 
     a = read_checkpoint(full.checkpoint)
     b = read_checkpoint(second.checkpoint)
-    for key, value in a["model"].items():
-        assert torch.equal(value, b["model"][key]), key
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
     assert a["optimizer"]["state"][0]["exp_avg"].equal(b["optimizer"]["state"][0]["exp_avg"])
     assert [h["loss"] for h in full.history] == [h["loss"] for h in second.history]
     # the weights moved after the interruption, so equality is not trivial
-    assert not torch.equal(start, a["model"]["feedforward.weight"])
+    assert not torch.equal(start, a["state_dict"]["feedforward.weight"])
 
 
-def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
-    result = train(load_config(TASK, tiny(TASK, tmp_path, "run_name=atomic")))
+def test_checkpoint_records_what_rebuilds_the_model(tiny):
+    result = train(load_config(TASK, tiny(TASK)))
+    ckpt = torch.load(result.checkpoint, weights_only=True)
+    assert ckpt["format"] == "colenv-checkpoint" and ckpt["version"] == 1
+    model = ckpt["model"]
+    assert model["kind"] == "columns" and model["n_inputs"] == 2 and model["n_outputs"] == 1
+    assert model["options"]["network"]["areas"][0]["name"] == "a1"
+    assert model["shapes"]["feedforward.weight"] == list(
+        ckpt["state_dict"]["feedforward.weight"].shape
+    )
+
+
+def test_checkpoint_write_is_atomic(tmp_path, tiny, monkeypatch):
+    result = train(load_config(TASK, tiny(TASK, "run_name=atomic")))
     path = tmp_path / "atomic" / "checkpoints" / "last.pt"
     good = path.read_bytes()
-
-    real_save = torch.save
 
     def crash_mid_write(obj, fh, *args, **kwargs):
         fh.write(b"half a checkpoint")
         raise OSError("disk full")
 
-    monkeypatch.setattr(callbacks_module.torch, "save", crash_mid_write)
     state = _state_like(result, tmp_path)
+    monkeypatch.setattr(checkpoint_module.torch, "save", crash_mid_write)
     with pytest.raises(OSError, match="disk full"):
-        callbacks_module.save_checkpoint(state, path)
-    monkeypatch.setattr(callbacks_module.torch, "save", real_save)
+        checkpoint_module.save_checkpoint(state, path)
+    monkeypatch.undo()
     assert path.read_bytes() == good
     assert read_checkpoint(path)["step"] == 2
     assert set(os.listdir(path.parent)) == {"best.pt", "last.pt"}  # no temp file left
 
 
 def _state_like(result, tmp_path):
-    from trainers.callbacks import TrainState
+    from trainers import build_model, build_task
+    from trainers.types import TrainState
 
-    model = torch.nn.Linear(1, 1)
-    opt = torch.optim.SGD(model.parameters(), lr=0.1)
-    return TrainState(
-        config=load_config(TASK),
-        task=None,
-        model=model,
-        optimizer=opt,
-        scheduler=torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0),
-        run_dir=tmp_path,
-    )
+    config = load_config(TASK)
+    task = build_task(config)
+    model = build_model(config, task, torch.device("cpu"), torch.float32)
+    return TrainState(config=config, task=task, model=model, run_dir=tmp_path)
 
 
-def test_nan_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
-    config = load_config(TASK, tiny(TASK, tmp_path, "run_name=diverge", steps=6))
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"", "is empty (0 bytes)"),
+        (b"\x00garbage, not a zip archive", "cannot be read: it is damaged or not a torch"),
+        (None, "is not a colenv checkpoint"),
+    ],
+)
+def test_a_damaged_empty_or_foreign_file_is_one_clear_error(tmp_path, capsys, content, message):
+    path = tmp_path / "bad.pt"
+    if content is None:
+        torch.save({"model": {"w": torch.zeros(2)}}, path)  # a foreign (plain torch) file
+    else:
+        path.write_bytes(content)
+    with pytest.raises(CheckpointError, match=message) as err:
+        read_checkpoint(path)
+    assert str(path) in str(err.value)
+    assert main(["evaluate", str(path)]) == 2
+    printed = capsys.readouterr().err
+    assert printed.count("\n") == 1 and str(path) in printed and message in printed
+
+
+def test_a_truncated_checkpoint_is_a_clear_error(tmp_path, tiny):
+    result = train(load_config(TASK, tiny(TASK)))
+    data = open(result.checkpoint, "rb").read()
+    path = tmp_path / "truncated.pt"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(CheckpointError, match="cannot be read"):
+        read_checkpoint(path)
+
+
+def test_missing_checkpoint_names_what_was_looked_for(tmp_path):
+    with pytest.raises(CheckpointError, match="no checkpoint in run folder"):
+        read_checkpoint(tmp_path)
+    with pytest.raises(CheckpointError, match="no checkpoint at"):
+        read_checkpoint(tmp_path / "nope.pt")
+
+
+def test_a_checkpoint_that_does_not_fit_the_config_is_an_error_naming_it(tmp_path, tiny):
+    result = train(load_config(TASK, tiny(TASK, "run_name=fit")))
+    with pytest.raises(
+        CheckpointError, match="trained on task 'colenv/XOR-v0'.*'colenv/Parity-v0'"
+    ):
+        evaluate_checkpoint(result.checkpoint, ["task=colenv/Parity-v0", "task_kwargs={}"])
+    with pytest.raises(CheckpointError, match="feedforward.weight"):
+        evaluate_checkpoint(
+            result.checkpoint,
+            ["model.network.areas=[{name='a1', n_columns=2}, {name='a2', n_columns=1}]"],
+        )
+    ctrnn = train(load_config("config/tasks/xor_ctrnn.toml", tiny(TASK, "run_name=rnn")))
+    with pytest.raises(
+        CheckpointError, match="w_rec is \\[64, 64\\] in the checkpoint and \\[32, 32\\]"
+    ):
+        evaluate_checkpoint(ctrnn.checkpoint, ["model.n_hidden=32"])
+    ckpt = read_checkpoint(ctrnn.checkpoint)
+    from trainers.checkpoint import check_compatible
+
+    config = load_config(TASK, tiny(TASK))
+    with pytest.raises(
+        CheckpointError, match="model.kind = 'ctrnn' but the config builds 'columns'"
+    ):
+        check_compatible(ckpt, config, torch.nn.Linear(1, 1), ctrnn.checkpoint)
+
+
+def test_nan_stops_with_message_and_keeps_last_good_checkpoint(tmp_path, tiny):
+    config = load_config(TASK, tiny(TASK, "run_name=diverge", steps=6))
     result = train(config, callbacks=[CheckpointCallback(every=1), Poison(3)])
     assert result.diverged and result.steps == 3
     last = str(tmp_path / "diverge" / "checkpoints" / "last.pt")
@@ -109,46 +178,43 @@ def test_nan_stops_with_message_and_keeps_last_good_checkpoint(tmp_path):
     assert result.checkpoint == last
     ckpt = read_checkpoint(last)
     assert ckpt["step"] == 3
-    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert all(
+        torch.isfinite(v).all() for v in ckpt["state_dict"].values() if v.is_floating_point()
+    )
     # and the run resumes from it
     resumed = train(resume_config(last, ["train.steps=4"]))
     assert resumed.steps == 4 and not resumed.diverged
 
 
-def test_cli_exits_nonzero_on_divergence(tmp_path, monkeypatch, capsys):
+def test_cli_exits_nonzero_on_divergence(tiny, monkeypatch, capsys):
     monkeypatch.setattr(
         trainers.run, "default_callbacks", lambda c: [*default_callbacks(c), Poison(1)]
     )
-    code = main(["train", TASK, *tiny(TASK, tmp_path, steps=3)])
+    code = main(["train", TASK, *tiny(TASK, steps=3)])
     assert code == 1
     assert "diverged at step 2" in capsys.readouterr().err
 
 
-def test_diverged_step_is_rolled_back_with_half_the_learning_rate(tmp_path, capsys):
+def test_diverged_step_is_rolled_back_with_half_the_learning_rate(tiny, capsys):
     """NaN weights after step 2: step 3 is rejected, weights roll back to before step 2's
     update and step 2 is redone at half the lr; the poison strikes again each time, so after
     max_rejections the run stops with the divergence message and a finite last checkpoint."""
-    config = load_config(
-        TASK, tiny(TASK, tmp_path, "train.lr=0.1", "train.max_rejections=3", steps=4)
-    )
+    config = load_config(TASK, tiny(TASK, "train.lr=0.1", "train.max_rejections=3", steps=4))
     result = train(config, callbacks=[CheckpointCallback(every=1), Poison(2)])
     out = capsys.readouterr().out
     assert out.count("step 3 rejected") == 3 and "learning rate halved" in out
     lrs = [float(line.rsplit(" ", 1)[1]) for line in out.splitlines() if "rejected" in line]
-    assert lrs[1] == pytest.approx(lrs[0] / 2, rel=0.01) and lrs[2] == pytest.approx(
-        lrs[1] / 2, rel=0.01
-    )
+    assert lrs[1] == pytest.approx(lrs[0] / 2, rel=0.01)
+    assert lrs[2] == pytest.approx(lrs[1] / 2, rel=0.01)
     assert not result.solved and result.steps == 2
     # the weights restored are those before step 2's update (after step 1), not NaN ones
-    final = read_checkpoint(result.checkpoint)["model"]["feedforward.weight"]
+    final = read_checkpoint(result.checkpoint)["state_dict"]["feedforward.weight"]
     assert torch.isfinite(final).all()
 
 
-def test_divergence_before_any_last_checkpoint_names_best(tmp_path):
+def test_divergence_before_any_last_checkpoint_names_best(tmp_path, tiny):
     """No periodic last.pt yet, but an evaluation wrote best.pt: the message points there."""
-    config = load_config(
-        TASK, tiny(TASK, tmp_path, "run_name=early", "checkpoint.every=0", steps=6)
-    )
+    config = load_config(TASK, tiny(TASK, "run_name=early", "checkpoint.every=0", steps=6))
     result = train(config, callbacks=[CheckpointCallback(every=0), Poison(2)])
     best = tmp_path / "early" / "checkpoints" / "best.pt"
     assert result.diverged and best.is_file()
@@ -156,14 +222,12 @@ def test_divergence_before_any_last_checkpoint_names_best(tmp_path):
     assert f"The last good checkpoint is {best};" in result.message
 
 
-def test_a_runaway_from_too_large_a_step_says_so(tmp_path):
+def test_a_runaway_from_too_large_a_step_says_so(tiny):
     """Decision's columns at 1 ms: the rollout runs away numerically (the float64 reference
     stays below 17 Hz, scripts/solver_accuracy.py) while 0.5 ms stays finite; the message
     names the step, not only the learning rate."""
     task = "colenv/Decision-v0"
-    config = load_config(
-        task, tiny(task, tmp_path, "solver.step_ms=1.0", "train.runaway_hz=1000.0")
-    )
+    config = load_config(task, tiny(task, "solver.step_ms=1.0", "train.runaway_hz=1000.0"))
     result = train(config)
     assert result.diverged and "rates reached" in result.message
     assert (

@@ -1,17 +1,100 @@
-"""Third-party trainers plug in by name, by entry point, or as module.path:ClassName."""
+"""Third-party trainers and models plug in by name, by entry point, or as module:Class; the
+README's example trainer gets the run folder, checkpoints, progress, W&B and plots for free."""
 
 from __future__ import annotations
 
 import importlib.metadata
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
 
 import pytest
 
 import trainers.registry as registry
-from tests.trainer_utils import tiny
+from colenv.errors import ConfigError
 from trainers import Result, Trainer, get_trainer, list_trainers, register_trainer
 from trainers.__main__ import main
 
 TASK = "colenv/XOR-v0"
+ROOT = Path(__file__).resolve().parents[1]
+
+README_EXAMPLE = '''\
+# my_pkg/train.py
+import torch
+
+from colenv import rollout
+from trainers import Result, register_trainer
+
+
+class RandomSearch:
+    """Keeps a random multiplicative perturbation of the weights when it lowers the loss."""
+
+    def fit(self, model, task, config, callbacks) -> Result:
+        trial = task.sample_batch(conditions="all", seed=config.train.seed)
+        # the run folder, resume, progress, checkpoints, W&B and plots come from here
+        state = callbacks.begin(model, task, config)
+        generator = torch.Generator().manual_seed(config.train.seed)
+
+        def loss_and_output():
+            states = rollout(model, trial.stimulus, trial.t_ms, config.solver).states
+            output = model.readout(states)
+            return float(((output - trial.target) ** 2)[trial.mask].mean()), output
+
+        with torch.no_grad():
+            best, output = loss_and_output()
+            while state.step < config.train.steps:
+                before = [p.clone() for p in model.parameters()]
+                for p in model.parameters():
+                    if p.requires_grad:
+                        p.mul_(1 + 0.05 * torch.randn(p.shape, generator=generator))
+                model.project_()
+                loss, candidate = loss_and_output()
+                if loss < best:
+                    best, output = loss, candidate
+                else:  # no better: back to the weights before
+                    for p, old in zip(model.parameters(), before, strict=True):
+                        p.copy_(old)
+                state.step += 1
+                state.loss = best
+                metrics = {**task.evaluate(output, trial), "loss": best}
+                callbacks.evaluated(state, metrics, output=output, trial=trial)
+                if not callbacks.step_end(state):  # early stopping, or a callback said stop
+                    break
+        state.stop_reason = state.stop_reason or f"budget of {config.train.steps} steps spent"
+        return callbacks.end(state)
+
+
+register_trainer("random", RandomSearch)
+'''
+"""The example of the README section "Plug in your own trainer", as printed there."""
+
+
+def test_readme_example_trainer_gets_run_folder_checkpoints_plots_wandb_and_progress(
+    tmp_path, tiny, offline_wandb, monkeypatch, capsys
+):
+    package = tmp_path / "pkgs" / "my_pkg"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("")
+    (package / "train.py").write_text(README_EXAMPLE)
+    monkeypatch.syspath_prepend(str(tmp_path / "pkgs"))
+    overrides = tiny(TASK, "logging.wandb=true", "logging.plots=true", "run_name=rs", steps=3)
+    code = main(["train", TASK, *overrides, "trainer=random", "--import", "my_pkg.train"])
+    out = capsys.readouterr().out
+    assert code == 0, out
+    run = tmp_path / "rs"
+    assert (run / "checkpoints" / "last.pt").is_file()
+    assert {p.name for p in (run / "plots").iterdir()} == {"outputs.png", "populations.png"}
+    assert list((run / "wandb").glob("offline-run-*"))
+    assert "step 1/3" in out and "step 3/3" in out  # progress lines
+    assert "budget of 3 steps spent" in out
+    # the import is saved with the run: resume finds the trainer again
+    from trainers.checkpoint import read_checkpoint
+
+    assert read_checkpoint(run)["config"]["imports"] == ["my_pkg.train"]
+    assert main(["resume", str(run), "train.steps=4", "logging.wandb=false"]) == 0
+    assert "steps       4" in capsys.readouterr().out
 
 
 class MyTrainer:
@@ -25,14 +108,19 @@ class MyTrainer:
         return Result(steps=0, wall_s=0.0, solved=False, message="evaluated only")
 
 
-def test_module_path_trainer_runs_through_the_cli(tmp_path, capsys):
+def test_module_path_trainer_runs_through_the_cli(tiny, capsys):
     MyTrainer.calls.clear()
-    code = main(
-        ["train", TASK, *tiny(TASK, tmp_path), "trainer=tests.test_trainers_plugin:MyTrainer"]
-    )
+    code = main(["train", TASK, *tiny(TASK), "trainer=tests.test_trainers_plugin:MyTrainer"])
     assert code == 0
     assert MyTrainer.calls == [{"task": TASK, "n_trials": 4}]
     assert "evaluated only" in capsys.readouterr().out
+
+
+def test_unknown_trainer_lists_the_registered_ones_before_any_run_folder(tmp_path, tiny, capsys):
+    code = main(["train", TASK, *tiny(TASK, "logging.wandb=true"), "trainer=nope"])
+    err = capsys.readouterr().err
+    assert code == 2 and "unknown trainer 'nope'; registered: " in err and "supervised" in err
+    assert not any(tmp_path.iterdir())  # no run folder, no W&B run
 
 
 def test_register_and_lookup():
@@ -40,10 +128,12 @@ def test_register_and_lookup():
     assert get_trainer("mine") is MyTrainer
     assert "mine" in list_trainers() and "supervised" in list_trainers()
     assert isinstance(MyTrainer(), Trainer)
-    with pytest.raises(ValueError, match="unknown trainer 'nope'; registered: .*supervised"):
+    with pytest.raises(ConfigError, match="unknown trainer 'nope'; registered: .*supervised"):
         get_trainer("nope")
-    with pytest.raises(ValueError, match="has no 'Missing'"):
+    with pytest.raises(ConfigError, match="has no 'Missing'"):
         get_trainer("tests.test_trainers_plugin:Missing")
+    with pytest.raises(ConfigError, match="no fit"):
+        register_trainer("bad", object)
 
 
 def test_entry_point_is_loaded_lazily(monkeypatch):
@@ -59,3 +149,116 @@ def test_entry_point_is_loaded_lazily(monkeypatch):
     )
     assert "from-entry-point" in list_trainers()
     assert get_trainer("from-entry-point") is MyTrainer
+
+
+LEAKY = '''\
+"""A user's own model: leaky integrators of the input, read out linearly."""
+
+import bisect
+
+import torch
+from pydantic import Field
+
+from colenv.config import StrictModel
+from colenv.models import register_model
+
+
+class LeakyConfig(StrictModel):
+    n_units: int = Field(8, ge=1, description="integrators")
+    tau_ms: float = Field(50.0, gt=0, description="time constant, ms")
+
+
+class Leaky(torch.nn.Module):
+    Config = LeakyConfig
+
+    def __init__(self, config, n_inputs, n_outputs, generator):
+        super().__init__()
+        self.config = config
+        self.w_in = torch.nn.Parameter(torch.randn(config.n_units, n_inputs, generator=generator) * 0.1)
+        self.w_out = torch.nn.Parameter(torch.randn(n_outputs, config.n_units, generator=generator))
+
+    @classmethod
+    def from_config(cls, config, *, n_inputs, n_outputs, seed, device=None, dtype=None):
+        model = cls(config, n_inputs, n_outputs, torch.Generator().manual_seed(seed))
+        return model.to(device=device, dtype=dtype or torch.float32)
+
+    def prepare(self, stimulus):
+        return Dynamics(self, stimulus)
+
+    def initial_state(self, batch_size):
+        return self.w_in.new_zeros(batch_size, self.config.n_units)
+
+    def readout(self, states):
+        return torch.relu(states) @ self.w_out.t()
+
+    def describe_state_index(self, index):
+        return f"x[{index}]"
+
+    def project_(self):
+        pass
+
+
+class Dynamics(torch.nn.Module):
+    def __init__(self, net, stimulus):
+        super().__init__()
+        self.net, self.stimulus, self.nfe, self.grid = net, stimulus, 0, [0.0]
+
+    def set_grid(self, t_s):
+        self.grid = t_s.tolist()
+
+    def forward(self, t, y):
+        self.nfe += 1
+        k = min(max(bisect.bisect_right(self.grid, float(t)) - 1, 0), len(self.stimulus) - 1)
+        return (self.stimulus[k] @ self.net.w_in.t() - y) / (self.net.config.tau_ms * 1e-3)
+
+
+register_model("leaky", Leaky)
+'''
+
+
+def test_a_users_own_model_trains_resumes_and_evaluates_from_the_cli(tmp_path, tiny, capsys):
+    (tmp_path / "pkgs").mkdir()
+    (tmp_path / "pkgs" / "my_models.py").write_text(LEAKY)
+    config = tmp_path / "leaky.toml"
+    config.write_text(
+        textwrap.dedent(
+            """\
+            task = "colenv/XOR-v0"
+            imports = ["my_models"]
+
+            [task_kwargs]
+            dt_ms = 10.0
+
+            [model]
+            kind = "leaky"
+            n_units = 4
+
+            [solver]
+            method = "euler"
+            step_ms = 10.0
+            """
+        )
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "pkgs"), str(ROOT)])}
+    overrides = [o for o in tiny(TASK) if not o.startswith("task_kwargs")]
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "trainers", *args],
+            capture_output=True,
+            text=True,
+            env=env,
+            cwd=tmp_path,
+        )
+
+    done = cli("train", str(config), *overrides, "run_name=leaky")
+    assert done.returncode == 0, done.stderr
+    run = tmp_path / "leaky"
+    done = cli("resume", str(run), "train.steps=3")
+    assert done.returncode == 0, done.stderr
+    done = cli("evaluate", str(run))
+    assert done.returncode == 0, done.stderr
+    assert "accuracy" in done.stdout
+    done = cli("evaluate", str(run), "model.n_units=5")
+    assert done.returncode == 2
+    assert "w_in is [4, 2] in the checkpoint and [5, 2] in the model" in done.stderr

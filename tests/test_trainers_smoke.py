@@ -5,9 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.trainer_utils import tiny
-from trainers import load_config, train
-from trainers.__main__ import evaluate_checkpoint, main
+from trainers import build_model, build_task, evaluate_checkpoint, load_config, train
+from trainers.__main__ import main
 
 TASKS = ["colenv/XOR-v0", "colenv/Parity-v0", "colenv/Decision-v0", "colenv/Bifurcation-v0"]
 PLOTS = {
@@ -19,35 +18,32 @@ PLOTS = {
 
 
 @pytest.mark.parametrize("task", TASKS)
-def test_each_task_trains_and_writes_checkpoint_and_plots(task, tmp_path):
-    result = train(load_config(task, tiny(task, tmp_path, "logging.plots=true")))
+def test_each_task_trains_and_writes_checkpoint_and_plots(task, tmp_path, tiny):
+    result = train(load_config(task, tiny(task, "logging.plots=true")))
     assert result.steps == 2 and not result.diverged
     assert [h["step"] for h in result.history] == [1, 2]
     assert set(result.metrics) >= {"accuracy", "loss"}
-    ckpt = torch.load(result.checkpoint, weights_only=False)
-    assert ckpt["step"] == 2 and ckpt["config"]["task"] == task
+    ckpt = torch.load(result.checkpoint, weights_only=True)  # tensors and plain values only
+    assert ckpt["step"] == 2 and ckpt["task"] == task and ckpt["config"]["task"] == task
     plots = {p.name for p in (tmp_path / result.run_dir.split("/")[-1] / "plots").iterdir()}
     assert plots == PLOTS[task]
 
 
-def test_weights_change_and_constraints_hold(tmp_path):
+def test_weights_change_and_constraints_hold(tiny):
     task = "colenv/XOR-v0"
     config = load_config(
         task,
         tiny(
             task,
-            tmp_path,
             "train.lr=1.0",
             "train.schedule=constant",
             "model.network.parametrization='linear'",
             "model.network.input={trainable=true}",
         ),
     )
-    from trainers.supervised import build_model, build_task
-
     before = build_model(config, build_task(config), torch.device("cpu"), torch.float32)
     result = train(config)
-    after = torch.load(result.checkpoint, weights_only=False)["model"]
+    after = torch.load(result.checkpoint, weights_only=True)["state_dict"]
     assert not torch.equal(before.input.weight, after["input.weight"])
     # Dale: input and feedforward (excitatory sources) stay >= 0, masked entries stay 0
     for name in ("input", "feedforward"):
@@ -55,9 +51,9 @@ def test_weights_change_and_constraints_hold(tmp_path):
         assert (w >= 0).all() and (w[mask == 0] == 0).all()
 
 
-def test_cli_train_evaluate_list_reproduce(tmp_path, capsys):
+def test_cli_train_evaluate_resume_list_reproduce(tmp_path, tiny, capsys):
     task = "colenv/XOR-v0"
-    assert main(["train", task, *tiny(task, tmp_path, "logging.plots=true"), "run_name=cli"]) == 0
+    assert main(["train", task, *tiny(task, "logging.plots=true"), "run_name=cli"]) == 0
     out = capsys.readouterr().out
     run_dir = tmp_path / "cli"
     assert str(run_dir) in out and "last.pt" in out and "plots" in out
@@ -73,27 +69,68 @@ def test_cli_train_evaluate_list_reproduce(tmp_path, capsys):
     finally:
         torch.set_num_threads(threads)
 
+    assert main(["resume", str(run_dir), "train.steps=3"]) == 0
+    assert "steps       3" in capsys.readouterr().out
+
     assert main(["list"]) == 0
     listed = capsys.readouterr().out
-    assert "colenv/Parity-v0" in listed and "supervised" in listed and "rk4exp" in listed
+    for name in ("colenv/Parity-v0", "supervised", "rk4exp", "ctrnn", "hopf_mlp", "columns"):
+        assert name in listed
 
     out_md = tmp_path / "results.md"
-    assert main(["reproduce", "--tasks", task, "--out", str(out_md), *tiny(task, tmp_path)]) == 0
+    assert main(["reproduce", "--tasks", task, "--out", str(out_md), *tiny(task)]) == 0
     text = out_md.read_text()
     assert "| colenv/XOR-v0 | accuracy >= 1 |" in text and "| task | criterion |" in text
 
 
-def test_mismatched_network_is_a_clear_error(tmp_path, capsys):
+def test_evaluate_a_run_without_last_pt_uses_best_and_says_so(tmp_path, tiny, capsys):
     task = "colenv/XOR-v0"
-    code = main(["train", task, *tiny(task, tmp_path), "task_kwargs.n_bits=3"])
+    assert main(["train", task, *tiny(task, "run_name=b")]) == 0
+    (tmp_path / "b" / "checkpoints" / "last.pt").unlink()
+    capsys.readouterr()
+    assert main(["evaluate", str(tmp_path / "b")]) == 0
+    out = capsys.readouterr().out
+    assert "no checkpoints/last.pt there; using best.pt" in out and "accuracy" in out
+
+
+def test_config_subcommand_prints_every_key(capsys):
+    assert main(["config", "colenv/XOR-v0", "train.lr=0.02"]) == 0
+    out = capsys.readouterr().out
+    assert "train.lr" in out and "0.02" in out and "solver.method" in out
+
+
+def test_train_help_points_at_the_config_command(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    assert "python -m trainers config" in capsys.readouterr().out
+
+
+def test_cuda_without_cuda_is_an_error_before_any_work(tmp_path, tiny, capsys):
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is available here")
+    task = "colenv/XOR-v0"
+    code = main(["train", task, *tiny(task), "train.device=cuda"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "train.device = 'cuda' but CUDA is not available here; allowed: auto, cpu" in err
+    assert not any(tmp_path.iterdir())  # no run folder
+
+
+def test_unregistered_task_versions_are_errors(tiny, capsys):
+    code = main(["train", "colenv/XOR-v0", *tiny("colenv/XOR-v0"), "task=colenv/XOR-v7"])
+    err = capsys.readouterr().err
+    assert code == 2 and "colenv/XOR-v7" in err and "colenv/Parity-v0" in err
+
+
+def test_mismatched_network_is_a_clear_error(tiny, capsys):
+    task = "colenv/XOR-v0"
+    code = main(["train", task, *tiny(task), "task_kwargs.n_bits=3"])
     assert code == 2 and "n_bits" in capsys.readouterr().err
-    code = main(
-        ["train", "colenv/Parity-v0", *tiny("colenv/Parity-v0", tmp_path), "task_kwargs.n_bits=3"]
-    )
+    code = main(["train", "colenv/Parity-v0", *tiny("colenv/Parity-v0"), "task_kwargs.n_bits=3"])
     assert code == 2 and "model.network.n_inputs = 4" in capsys.readouterr().err
 
 
-def test_train_task_kwargs_change_the_training_trials_only(tmp_path, monkeypatch, capsys):
+def test_train_task_kwargs_change_the_training_trials_only(tiny, monkeypatch, capsys):
     """train.task_kwargs: training batches from a variant of the task (here shorter trials
     from a smaller box of start points), evaluation on the grid of the task of task_kwargs."""
     from colenv.tasks.bifurcation import Bifurcation
@@ -108,7 +145,7 @@ def test_train_task_kwargs_change_the_training_trials_only(tmp_path, monkeypatch
 
     monkeypatch.setattr(Bifurcation, "sample_batch", spy)
     task = "colenv/Bifurcation-v0"
-    overrides = tiny(task, tmp_path, "train.task_kwargs={trial_ms = 200.0, x0_range = 0.5}")
+    overrides = tiny(task, "train.task_kwargs={trial_ms = 200.0, x0_range = 0.5}")
     result = train(load_config(task, overrides))
     assert result.steps == 2 and result.history[-1]["n_trials"] == 18
     evals = [trial for conditions, trial in drawn if conditions == "all"]
@@ -119,5 +156,5 @@ def test_train_task_kwargs_change_the_training_trials_only(tmp_path, monkeypatch
         assert trial.t_ms[-1] <= 200.0 and trial.batch_size == 4
         assert trial.conditions["x0"].abs().max() <= 0.5  # the variant's start points
 
-    code = main(["train", task, *tiny(task, tmp_path), "train.task_kwargs.trial_ms=-5.0"])
+    code = main(["train", task, *tiny(task), "train.task_kwargs.trial_ms=-5.0"])
     assert code == 2 and "train.task_kwargs" in capsys.readouterr().err

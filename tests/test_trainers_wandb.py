@@ -6,19 +6,15 @@ import json
 
 import pytest
 
-from tests.trainer_utils import tiny
 from trainers import load_config, train
 from trainers.wandb_logger import WandbLogger, read_offline_run
 
 TASK = "colenv/XOR-v0"
 
 
-def test_offline_run_logs_loss_metrics_nfe_plots_and_checkpoint(tmp_path, monkeypatch):
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
-    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+def test_offline_run_logs_loss_metrics_nfe_plots_and_checkpoint(tmp_path, tiny, offline_wandb):
     config = load_config(
-        TASK, tiny(TASK, tmp_path, "logging.wandb=true", "logging.plots=true", "run_name=wb")
+        TASK, tiny(TASK, "logging.wandb=true", "logging.plots=true", "run_name=wb")
     )
     result = train(config)
     assert not result.diverged

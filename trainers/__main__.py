@@ -1,12 +1,18 @@
 """Command line: ``python -m trainers`` (or ``colenv-train``).
 
     python -m trainers train colenv/Parity-v0 [key=value ...]     train (resume=<run or .pt>)
-    python -m trainers evaluate <checkpoint or run dir>           metrics on the evaluation grid
-    python -m trainers list                                       tasks, trainers, solvers
+    python -m trainers train config/tasks/xor_ctrnn.toml          any TOML file
+    python -m trainers resume runs/<run> [key=value ...]          continue a run exactly
+    python -m trainers evaluate runs/<run> [key=value ...]        metrics on the evaluation grid
+    python -m trainers config colenv/XOR-v0 [key=value ...]       every key: value, type, help
+    python -m trainers list                                       tasks, trainers, models, solvers
     python -m trainers reproduce [--tasks ...] [--out docs/results.md] [key=value ...]
+    python -m trainers bench <task|toml> [...]                    solver / kernel timings
 
 ``key=value`` overrides use the dotted keys of the config (``train.lr=0.01``,
-``solver.method=rk4``, ``task_kwargs.n_bits=3``); see ``trainers/config.py``.
+``solver.method=rk4``, ``task_kwargs.n_bits=3``); ``python -m trainers config <task>`` lists
+them. ``--import my_pkg.train`` imports a module first (where your own trainer, model or task
+registers itself); the config key ``imports = [...]`` does the same and is saved with the run.
 """
 
 from __future__ import annotations
@@ -31,16 +37,24 @@ def _split_overrides(items: list[str]) -> tuple[str | None, list[str]]:
     return resume, rest
 
 
-def cmd_train(args) -> int:
+def _load(args):
+    """The config of ``args.task`` with ``args.overrides``, after ``--import`` modules."""
     from trainers.config import load_config
-    from trainers.run import resume_config, train
+    from trainers.registry import import_modules
 
-    resume, overrides = _split_overrides(args.overrides)
-    if resume:
-        config = resume_config(resume, overrides)
-    else:
-        config = load_config(args.task, overrides)
-    result = train(config)
+    import_modules(args.imports)
+    config = load_config(args.task, args.overrides)
+    return _with_imports(config, args.imports)
+
+
+def _with_imports(config, imports: list[str]):
+    extra = [m for m in imports if m not in config.imports]
+    if not extra:
+        return config
+    return config.model_copy(update={"imports": [*config.imports, *extra]})
+
+
+def _report(config, result) -> int:
     run_dir = Path(result.run_dir) if result.run_dir else None
     print(f"\n{config.task}: {result.message}")
     print(f"  steps       {result.steps}   wall {result.wall_s:.1f} s   solved {result.solved}")
@@ -61,33 +75,41 @@ def cmd_train(args) -> int:
     return 0
 
 
-def evaluate_checkpoint(path: str, overrides: list[str] | None = None) -> dict[str, float]:
-    """Load a checkpoint, rebuild its task and model, return the metrics on the grid."""
-    import torch
+def cmd_train(args) -> int:
+    from trainers.registry import import_modules
+    from trainers.run import resume_config, train
 
-    from trainers.callbacks import read_checkpoint
-    from trainers.config import TrainConfig, apply_overrides
-    from trainers.run import DTYPES
-    from trainers.supervised import build_model, build_task, evaluate, resolve_device
+    resume, args.overrides = _split_overrides(args.overrides)
+    if resume:
+        import_modules(args.imports)
+        config = _with_imports(resume_config(resume, args.overrides), args.imports)
+    else:
+        config = _load(args)
+    return _report(config, train(config))
 
-    ckpt = read_checkpoint(path)
-    config = TrainConfig.from_dict(
-        apply_overrides(ckpt["config"], overrides or []), source=f"checkpoint {path}"
-    )
-    if config.train.threads:  # as train() does: the same thread count as the run
-        torch.set_num_threads(config.train.threads)
-    task = build_task(config)
-    device = resolve_device(config.train.device)
-    dtype = getattr(torch, DTYPES[config.train.dtype])
-    model = build_model(config, task, device, dtype)
-    model.load_state_dict(ckpt["model"])
-    trial = task.sample_batch(conditions="all", seed=config.train.seed, device=device, dtype=dtype)
-    metrics, _ = evaluate(model, task, config, trial, config.solver_config())
-    return {"step": ckpt["step"], **metrics}
+
+def cmd_resume(args) -> int:
+    from trainers.registry import import_modules
+    from trainers.run import resume_config, train
+
+    import_modules(args.imports)
+    config = _with_imports(resume_config(args.run, args.overrides), args.imports)
+    return _report(config, train(config))
 
 
 def cmd_evaluate(args) -> int:
-    metrics = evaluate_checkpoint(args.checkpoint, args.overrides)
+    from trainers.checkpoint import resolve_checkpoint
+    from trainers.registry import import_modules
+    from trainers.run import evaluate_checkpoint
+
+    import_modules(args.imports)
+    path = resolve_checkpoint(args.checkpoint)
+    if Path(args.checkpoint).is_dir():
+        note = (
+            "" if path.name == "last.pt" else f" (no checkpoints/last.pt there; using {path.name})"
+        )
+        print(f"checkpoint {path}{note}")
+    metrics = evaluate_checkpoint(path, args.overrides)
     width = max(len(k) for k in metrics)
     print(f"{'metric':<{width}}  value")
     print(f"{'-' * width}  -----")
@@ -96,11 +118,20 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_config(args) -> int:
+    from trainers.config import format_config
+
+    print(format_config(_load(args)))
+    return 0
+
+
 def cmd_list(args) -> int:
     import colenv
+    from colenv.models import list_models
     from colenv.solve import SOLVERS
-    from trainers.registry import list_trainers
+    from trainers.registry import import_modules, list_trainers
 
+    import_modules(args.imports)
     print("tasks:")
     for task in colenv.list_tasks():
         print(f"  {task['id']:<24} {', '.join(task['tags'])}")
@@ -108,16 +139,29 @@ def cmd_list(args) -> int:
     print("trainers:")
     for name in list_trainers():
         print(f"  {name}")
+    print("models:")
+    for kind in list_models():
+        print(f"  {kind}")
     print("solvers:")
     for family, methods in SOLVERS.items():
         print(f"  {family:<13} {', '.join(methods)}")
     return 0
 
 
+def cmd_bench(args) -> int:
+    try:
+        from trainers.bench import main as bench_main
+    except ImportError as err:
+        print(f"error: the bench command is not available here ({err})", file=sys.stderr)
+        return 2
+    return bench_main(args.args)
+
+
 def reproduce(tasks: list[str], overrides: list[str]) -> tuple[str, list]:
     """Train each task with its default config (plus overrides); the results table (markdown)."""
     from trainers.config import load_config
     from trainers.run import train
+    from trainers.types import higher_is_better
 
     rows = []
     for task in tasks:
@@ -128,7 +172,7 @@ def reproduce(tasks: list[str], overrides: list[str]) -> tuple[str, list]:
             if config.success.threshold is not None
             else _task_threshold(config)
         )
-        op = ">=" if config.higher_is_better else "<="
+        op = ">=" if higher_is_better(config.success.metric) else "<="
         criterion = f"{config.success.metric} {op} {threshold:g}"
         shown = ", ".join(
             f"{k} {_fmt(v)}" for k, v in result.metrics.items() if not k.startswith("n_")
@@ -148,7 +192,7 @@ def reproduce(tasks: list[str], overrides: list[str]) -> tuple[str, list]:
 
 
 def _task_threshold(config) -> float:
-    from trainers.supervised import build_task
+    from trainers.build import build_task
 
     return float(build_task(config).success_threshold)
 
@@ -191,32 +235,65 @@ def _duration(seconds: float) -> str:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m trainers", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train a task (resume=<run dir or .pt> to continue)")
+
+    def imports(p):
+        p.add_argument(
+            "--import",
+            dest="imports",
+            action="append",
+            default=[],
+            metavar="MODULE",
+            help="import MODULE first (it may register a trainer, model or task); repeatable",
+        )
+
+    keys = "every key with its value, type and description: python -m trainers config <task>"
+    p = sub.add_parser(
+        "train",
+        help="train a task (resume=<run dir or .pt> to continue)",
+        epilog=f"Overrides are key=value; {keys}",
+    )
     p.add_argument("task", help="gym id (colenv/Parity-v0) or a TOML path")
     p.add_argument("overrides", nargs="*", help="key=value, e.g. train.lr=0.01")
+    imports(p)
     p.set_defaults(func=cmd_train)
+    p = sub.add_parser("resume", help="continue a run from its last checkpoint", epilog=keys)
+    p.add_argument("run", help="a run dir or a .pt file")
+    p.add_argument("overrides", nargs="*", help="key=value, e.g. train.steps=600")
+    imports(p)
+    p.set_defaults(func=cmd_resume)
     p = sub.add_parser("evaluate", help="metrics of a checkpoint on the evaluation grid")
-    p.add_argument("checkpoint", help="a .pt file or a run dir")
+    p.add_argument("checkpoint", help="a .pt file, or a run dir (its last.pt, else best.pt)")
     p.add_argument("overrides", nargs="*", help="key=value, e.g. train.device=cpu")
+    imports(p)
     p.set_defaults(func=cmd_evaluate)
-    p = sub.add_parser("list", help="tasks, trainers and solvers")
+    p = sub.add_parser("config", help="print every config key: value, type, description")
+    p.add_argument("task", help="gym id (colenv/Parity-v0) or a TOML path")
+    p.add_argument("overrides", nargs="*", help="key=value, e.g. train.lr=0.01")
+    imports(p)
+    p.set_defaults(func=cmd_config)
+    p = sub.add_parser("list", help="tasks, trainers, models and solvers")
+    imports(p)
     p.set_defaults(func=cmd_list)
     p = sub.add_parser("reproduce", help="train every task with its default config; results table")
     p.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS))
     p.add_argument("--out", default=None, help="write the table here (e.g. docs/results.md)")
     p.add_argument("overrides", nargs="*", help="key=value applied to every task")
     p.set_defaults(func=cmd_reproduce)
+    p = sub.add_parser("bench", help="solver and kernel timings (python -m trainers.bench -h)")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="arguments of trainers.bench")
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m trainers`` and ``colenv-train``; returns the exit status."""
-    from trainers.config import ConfigError
+    from colenv.errors import ConfigError
+    from trainers.checkpoint import CheckpointError
 
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (ConfigError, FileNotFoundError) as err:
+    except (ConfigError, CheckpointError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
 

@@ -1,101 +1,204 @@
 """The default trainer: backpropagation through the solver, read top to bottom.
 
-    config -> task (gym.make) -> model -> for each step: batch -> rollout -> readout
-           -> masked MSE -> backward -> clip -> optimizer and schedule step -> project_()
-           -> every eval_every steps: metrics on the task's evaluation grid -> callbacks
+    for each step: batch -> rollout -> readout -> masked MSE (+ rate penalty) -> backward
+                   -> clip -> optimizer and schedule step -> model.project_()
+                   -> every eval_every steps: metrics on the task's evaluation grid
 
 ``train.task_kwargs`` lets the training trials come from a variant of the task (shorter
 trials, a wider condition distribution) while evaluation stays on the task of ``task_kwargs``.
 
-Every random number comes from ``config.train.seed``: the model init, and each step's
-trials, drawn from a generator seeded by (seed, step) so that a resumed run sees exactly the
-batches an uninterrupted one would. A NaN/inf loss or a diverging rollout stops training
-with a message naming the step and the last good checkpoint (which is left as it was).
+Every random number comes from ``config.train.seed``: the model init, and each step's trials,
+drawn from a generator seeded by (seed, step) so that a resumed run sees exactly the batches an
+uninterrupted one would. A NaN/inf loss or a diverging rollout stops training with a message
+naming the step and the last good checkpoint (which is left as it was); with
+``train.max_rejections`` the :class:`RunawayGuard` first undoes the update that caused it and
+retries at half the learning rate.
 """
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import random
 import time
-from pathlib import Path
 
-import gymnasium as gym
 import numpy as np
 import torch
 
-import colenv
 from colenv import DivergenceError, Trial, rollout
-from colenv.models import ColumnNetwork, HopfField, NetworkSpec, load_params
-from colenv.solve import ODE_ADAPTIVE
-from trainers.callbacks import Callback, TrainState, load_checkpoint, resolve_checkpoint
-from trainers.config import ConfigError, TrainConfig, flat_params
-from trainers.registry import Result
+from colenv.errors import ConfigError
+from trainers.build import build_task
+from trainers.callbacks import Callbacks
+from trainers.types import Result, TrainState
 
-__all__ = [
-    "SupervisedTrainer",
-    "build_model",
-    "build_task",
-    "evaluate",
-    "masked_mse",
-    "resolve_device",
-    "run_dir_of",
-]
+__all__ = ["RunawayGuard", "SupervisedTrainer", "evaluate", "forward", "masked_mse"]
 
 
-# ----------------------------------------------------------------------------- setup
-def resolve_device(name: str) -> torch.device:
-    """``auto`` -> cuda if available else cpu; anything else as given."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+class SupervisedTrainer:
+    """Backprop through the rollout on the masked MSE to the task's targets."""
+
+    def fit(self, model, task, config, callbacks) -> Result:
+        t = config.train
+        seed_everything(t.seed)
+        param = next(model.parameters())
+        device, dtype = param.device, param.dtype
+        solver = config.solver
+        params = [p for p in model.parameters() if p.requires_grad]
+        if not params:
+            raise ConfigError(
+                "nothing trains: the model has no parameter with requires_grad (for columns, "
+                "set e.g. model.network.input.trainable=true)"
+            )
+        train_task = task
+        if t.task_kwargs:  # training trials from a variant of the task; evaluation on `task`
+            try:
+                train_task = build_task(config, {**config.task_kwargs, **t.task_kwargs})
+            except ConfigError as err:
+                raise ConfigError(f"train.task_kwargs: {err}") from err
+        eval_trial = task.sample_batch(conditions="all", seed=t.seed, device=device, dtype=dtype)
+        optimizer = make_optimizer(t, params)
+        scheduler = make_scheduler(t, optimizer)
+        guard = RunawayGuard(params, optimizer, scheduler, t.max_rejections)
+        callbacks = callbacks if isinstance(callbacks, Callbacks) else Callbacks(callbacks)
+        state = callbacks.begin(model, task, config, optimizer=optimizer, scheduler=scheduler)
+        if state.resumed_from is not None:  # a resume with a new train.lr scales the schedule
+            rescale_lr(optimizer, scheduler, t.lr / state.resumed_from["train"]["lr"])
+        diagnosis: str | None = None  # half-step check of the first runaway rollout, once
+
+        while state.step < t.steps:
+            # --- the batch of this step, seeded by (seed, step): a resume sees the same ones
+            step_start = time.perf_counter()
+            noise_seed = step_seed(t.seed, state.step)
+            state.trial_generator.manual_seed(noise_seed)
+            trial = draw_batch(train_task, t, state.trial_generator, device, dtype)
+
+            # --- forward and loss, backward and clipping; a runaway or NaN is a failure
+            failure, hint = None, ""
+            try:
+                output, states, stats = forward(model, trial, config, solver, noise_seed)
+                loss = masked_mse(output, trial.target, trial.mask)
+                loss = loss + rate_penalty(model, states, t)
+                if not torch.isfinite(loss):
+                    raise DivergenceError(f"loss is {float(loss)}")
+            except DivergenceError as err:
+                if diagnosis is None:
+                    diagnosis = step_diagnosis(model, trial, config, noise_seed, state.step + 1)
+                failure, hint = str(err), diagnosis
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                failure = clip_gradients(model, params, t.grad_clip, loss.detach().item())
+
+            # --- a failure: undo the previous update and retry at half the lr, or stop
+            if failure is not None:
+                if guard.should_retry():
+                    lr = guard.restore(state.step)
+                    print(
+                        f"step {state.step + 1} rejected ({failure}); learning rate halved to "
+                        f"{lr:.3g}" + (f".{hint}" if hint else ""),
+                        flush=True,
+                    )
+                    state.step -= 1  # redo the step whose update tipped the network over
+                    continue
+                state.diverged = True
+                state.stop_reason = (
+                    f"training diverged at step {state.step + 1}: {failure}. The last good "
+                    f"checkpoint is {last_good_checkpoint(state)}; resume from it with a "
+                    f"smaller train.lr or solver.step_ms.{hint}"
+                )
+                break
+
+            # --- the update
+            guard.snapshot(state.step)
+            optimizer.step()
+            scheduler.step()
+            model.project_()
+
+            # --- bookkeeping: progress, checkpoints, evaluation, early stopping
+            state.step += 1
+            state.loss = loss.detach().item()
+            state.lr = optimizer.param_groups[0]["lr"]
+            state.nfe = stats.nfe
+            state.trials_per_s = trial.batch_size / (time.perf_counter() - step_start)
+            if state.step % t.eval_every == 0 or state.step == t.steps:
+                evaluate_into(state, eval_trial)
+            if not callbacks.step_end(state):
+                break
+        else:
+            state.stop_reason = f"budget of {t.steps} steps spent"
+
+        if not state.diverged and state.eval_step != state.step:
+            evaluate_into(state, eval_trial)  # final metrics of the final weights
+        return callbacks.end(state)
 
 
-def build_task(config: TrainConfig) -> colenv.TrialTask:
-    """``gym.make(config.task, **config.task_kwargs)``, unwrapped to the TrialTask."""
-    try:
-        env = gym.make(config.task, **config.task_kwargs)
-    except gym.error.Error as err:
-        raise ConfigError(f"task {config.task!r}: {err}") from err
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"task_kwargs for {config.task!r}: {err}") from err
-    return env.unwrapped
+# ----------------------------------------------------------------------------- the guard
+class RunawayGuard:
+    """Rolls back the update that made the next step diverge (``train.max_rejections``).
+
+    Before each update, :meth:`snapshot` keeps the weights, optimizer and schedule. When the
+    next step fails, :meth:`should_retry` says whether to roll back (a snapshot exists and
+    fewer than ``max_rejections`` rollbacks ran in a row) and :meth:`restore` puts the snapshot
+    back with half the learning rate. The count restarts once an update past the rejected
+    step survives. ``max_rejections = 0`` keeps no snapshot (no copy cost) and never retries.
+    """
+
+    def __init__(self, params, optimizer, scheduler, max_rejections: int) -> None:
+        self.params = params
+        self.optimizer = optimizer
+        self.scheduler = scheduler
+        self.max_rejections = max_rejections
+        self.saved: tuple | None = None
+        self.rejections = 0
+        self.rejected_at = -1
+
+    def snapshot(self, step: int) -> None:
+        """Keep the state before the update of ``step`` (0-based)."""
+        if step > self.rejected_at:  # a fresh update survived: the rejection run is over
+            self.rejections = 0
+        if self.max_rejections:
+            self.saved = (
+                [p.detach().clone() for p in self.params],
+                copy.deepcopy(self.optimizer.state_dict()),
+                copy.deepcopy(self.scheduler.state_dict()),
+            )
+
+    def should_retry(self) -> bool:
+        return self.saved is not None and self.rejections < self.max_rejections
+
+    def restore(self, step: int) -> float:
+        """Put the snapshot back with half the learning rate; returns the new rate."""
+        assert self.saved is not None
+        self.rejections += 1
+        self.rejected_at = step
+        weights, opt_state, sched_state = self.saved
+        with torch.no_grad():
+            for p, saved in zip(self.params, weights, strict=True):
+                p.copy_(saved)
+        self.optimizer.load_state_dict(opt_state)
+        self.scheduler.load_state_dict(sched_state)
+        rescale_lr(self.optimizer, self.scheduler, 0.5)
+        self.saved = None
+        return self.optimizer.param_groups[0]["lr"]
 
 
-def build_model(config: TrainConfig, task, device: torch.device, dtype: torch.dtype):
-    """The model of ``config.model``, checked against the task's inputs and outputs."""
-    mc = config.model
-    if mc.kind == "hopf_mlp":
-        generator = torch.Generator().manual_seed(config.train.seed)
-        return HopfField(
-            mc.mlp.hidden,
-            mc.mlp.layers,
-            n_inputs=task.n_inputs,
-            generator=generator,
-            device=device,
-            dtype=dtype,
-        )
-    spec = NetworkSpec.from_dict(mc.network)
-    if spec.n_inputs != task.n_inputs:
-        raise ConfigError(
-            f"model.network.n_inputs = {spec.n_inputs} but {config.task} has {task.n_inputs} "
-            "inputs; set model.network.n_inputs to match"
-        )
-    model = ColumnNetwork(load_params(overrides=flat_params(mc.params)), spec)
-    if model.n_outputs != task.n_outputs:
-        raise ConfigError(
-            f"the network reads out {model.n_outputs} column(s) (last area "
-            f"{spec.areas[-1].name!r} has {spec.areas[-1].n_columns}) but {config.task} has "
-            f"{task.n_outputs} output(s); make the last area's n_columns match"
-        )
-    return model.to(device=device, dtype=dtype)
+# ----------------------------------------------------------------------------- helpers
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002  (the global RNG, for any code that uses it)
+    torch.manual_seed(seed)
 
 
-def run_dir_of(config: TrainConfig) -> Path:
-    """``<logging.run_dir>/<run_name>``."""
-    return Path(config.logging.run_dir) / config.run_name
+def step_seed(seed: int, step: int) -> int:
+    """The seed of step ``step``'s trials (and SDE noise): distinct for every (seed, step)."""
+    return (seed * 1_000_003 + step) % (2**62)
+
+
+def draw_batch(task, t, generator: torch.Generator, device, dtype) -> Trial:
+    """``train.conditions = "all"``: the evaluation grid; "random": ``batch_size`` trials."""
+    if t.conditions == "all":
+        return task.sample_batch(conditions="all", generator=generator, device=device, dtype=dtype)
+    return task.sample_batch(t.batch_size, generator=generator, device=device, dtype=dtype)
 
 
 def masked_mse(output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -103,21 +206,8 @@ def masked_mse(output: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -
     return ((output - target) ** 2)[mask].mean()
 
 
-def _last_good_checkpoint(state: TrainState) -> str:
-    """``last.pt`` if written, else ``best.pt`` (both are written only while training was
-    finite), else a note that there is none yet."""
-    if state.checkpoint:
-        return state.checkpoint
-    best = state.run_dir / "checkpoints" / "best.pt"
-    return str(best) if best.is_file() else "(none written yet)"
-
-
-def _step_seed(seed: int, step: int) -> int:
-    """The seed of step ``step``'s trials: distinct for every (seed, step)."""
-    return (seed * 1_000_003 + step) % (2**62)
-
-
-def _initial_state(model, trial: Trial, config: TrainConfig) -> torch.Tensor | None:
+def initial_state(trial: Trial, config) -> torch.Tensor | None:
+    """y0 of ``model.initial_state``: None (the model's rest) or ``condition:<key>``."""
     init = config.model.initial_state
     if init == "rest":
         return None
@@ -130,49 +220,109 @@ def _initial_state(model, trial: Trial, config: TrainConfig) -> torch.Tensor | N
     return trial.conditions[key].to(dtype=trial.stimulus.dtype)
 
 
-def forward(model, trial: Trial, config: TrainConfig, solver, noise_seed: int):
+def rates_of(model, states: torch.Tensor) -> torch.Tensor | None:
+    """The model's rates (Hz) of ``states``, if it has them (``model.rates``)."""
+    rates = getattr(model, "rates", None)
+    return rates(states) if rates is not None else None
+
+
+def forward(model, trial: Trial, config, solver, noise_seed: int):
     """Rollout + readout of a batch: (output [T, B, O], states [T, B, S], stats)."""
     result = rollout(
         model,
         trial.stimulus,
         trial.t_ms,
         solver,
-        y0=_initial_state(model, trial, config),
+        y0=initial_state(trial, config),
         seed=noise_seed if solver.sde else None,
     )
     return model.readout(result.states), result.states, result.stats
 
 
-def evaluate(model, task, config: TrainConfig, trial: Trial, solver) -> tuple[dict, dict]:
-    """Metrics on ``trial`` (task.evaluate + ``loss``) and tensors for plots (CPU)."""
+def rate_penalty(model, states: torch.Tensor, t) -> torch.Tensor | float:
+    """Mean squared excess of the rates over ``train.rate_limit_hz`` times
+    ``train.rate_penalty``; raises DivergenceError above ``train.runaway_hz``. 0 for models
+    without rates or with both off."""
+    if not (t.rate_limit_hz or t.runaway_hz):
+        return 0.0
+    rates = rates_of(model, states)
+    if rates is None:
+        return 0.0
+    peak = float(rates.detach().max())
+    if t.runaway_hz and peak > t.runaway_hz:
+        raise DivergenceError(f"rates reached {peak:.4g} Hz (train.runaway_hz = {t.runaway_hz})")
+    if not t.rate_limit_hz:
+        return 0.0
+    return t.rate_penalty * (rates - t.rate_limit_hz).clamp(min=0.0).pow(2).mean()
+
+
+def clip_gradients(model, params, grad_clip: float, loss: float) -> str | None:
+    """Clip the gradient norm to ``grad_clip`` (0 = off); a message if it is not finite."""
+    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)
+    if torch.isfinite(norm):
+        return None
+    bad = [
+        name
+        for name, p in model.named_parameters()
+        if p.grad is not None and not bool(torch.isfinite(p.grad).all())
+    ]
+    where = f"non-finite in {', '.join(bad)}" if bad else "overflows the dtype"
+    return f"gradient norm is {float(norm)} ({where}) at loss {loss:.6g}"
+
+
+def evaluate(model, task, config, trial: Trial, solver):
+    """Metrics on ``trial`` (task.evaluate + ``loss``), the output and the rates (or None)."""
     with torch.no_grad():
-        output, states, _ = forward(model, trial, config, solver, _step_seed(config.train.seed, -1))
+        output, states, _ = forward(model, trial, config, solver, step_seed(config.train.seed, -1))
         metrics = dict(task.evaluate(output, trial))
         metrics["loss"] = float(masked_mse(output, trial.target, trial.mask))
-        rates = model.rates(states) if isinstance(model, ColumnNetwork) else states
-    tensors = {"output": output.cpu(), "rates": rates.cpu(), "trial": trial.to("cpu")}
-    return metrics, tensors
+        return metrics, output, rates_of(model, states)
 
 
-def step_diagnosis(
-    model, trial: Trial, config: TrainConfig, solver, noise_seed: int, step: int
-) -> str:
-    """After a runaway rollout: rerun it at half the solver step (eager, no grad). A fixed-step
-    scheme that is too coarse for a stiff network runs away where the dynamics does not (e.g.
-    Decision's MT columns at 0.25 ms, README "Results"); then the learning rate is not the
-    cause. Returns a sentence for the error message (naming training ``step``, where the
-    check ran), or "" when halving does not help or the solver has no fixed step (adaptive or
-    SDE)."""
-    if solver.sde or solver.method in ODE_ADAPTIVE:
+def evaluate_into(state: TrainState, eval_trial: Trial) -> None:
+    """Evaluate on the grid and hand the metrics to the callbacks (a diverging evaluation
+    counts as NaN metrics, not as a crash)."""
+    config = state.config
+    try:
+        metrics, output, rates = evaluate(
+            state.model, state.task, config, eval_trial, config.solver
+        )
+    except DivergenceError as err:
+        print(f"evaluation at step {state.step} diverged: {err}", flush=True)
+        metrics, output, rates = {"loss": math.nan, config.success.metric: math.nan}, None, None
+    state.callbacks.evaluated(state, metrics, output=output, trial=eval_trial, rates=rates)
+
+
+def last_good_checkpoint(state: TrainState) -> str:
+    """``last.pt`` if written, else ``best.pt`` (both are written only while training was
+    finite), else a note that there is none yet."""
+    if state.checkpoint:
+        return state.checkpoint
+    best = state.run_dir / "checkpoints" / "best.pt"
+    return str(best) if best.is_file() else "(none written yet)"
+
+
+def step_diagnosis(model, trial: Trial, config, noise_seed: int, step: int) -> str:
+    """After a runaway rollout: rerun it at half the solver step (no grad). A fixed-step scheme
+    too coarse for a stiff network runs away where the dynamics does not; then the learning
+    rate is not the cause. Returns a sentence for the error message (naming training
+    ``step``), or "" when halving does not help or the solver has no fixed step."""
+    solver = config.solver
+    if solver.sde or "adaptive" in type(solver).families(solver.method, solver.sde):
         return ""
-    half = dataclasses.replace(solver, step_ms=solver.step_ms / 2, compile=False, unroll=0)
+    half = solver.model_copy(
+        update={
+            "step_ms": solver.step_ms / 2,
+            "fast": solver.fast.model_copy(update={"compile": False, "unroll": 0}),
+        }
+    )
     try:
         with torch.no_grad():
             _, states, _ = forward(model, trial, config, half, noise_seed)
     except DivergenceError:
         return ""
-    rates = model.rates(states) if isinstance(model, ColumnNetwork) else states
-    peak = float(rates.abs().max())
+    rates = rates_of(model, states)
+    peak = float((rates if rates is not None else states).abs().max())
     limit = config.train.runaway_hz or math.inf
     if not math.isfinite(peak) or peak > limit:
         return ""
@@ -184,8 +334,8 @@ def step_diagnosis(
     )
 
 
-def _optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
-    t = config.train
+def make_optimizer(t, params) -> torch.optim.Optimizer:
+    """``train.optimizer``: adam | adamw | sgd (momentum 0.9)."""
     if t.optimizer == "adam":
         return torch.optim.Adam(params, lr=t.lr, weight_decay=t.weight_decay)
     if t.optimizer == "adamw":
@@ -193,8 +343,8 @@ def _optimizer(config: TrainConfig, params) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=t.lr, weight_decay=t.weight_decay, momentum=0.9)
 
 
-def _scheduler(config: TrainConfig, optimizer) -> torch.optim.lr_scheduler.LRScheduler:
-    t = config.train
+def make_scheduler(t, optimizer) -> torch.optim.lr_scheduler.LRScheduler:
+    """``train.schedule``: cosine (to 0 at ``steps``) | step (x0.1 every steps/3) | constant."""
     if t.schedule == "cosine":
         return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(t.steps, 1))
     if t.schedule == "step":
@@ -202,8 +352,9 @@ def _scheduler(config: TrainConfig, optimizer) -> torch.optim.lr_scheduler.LRSch
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
 
 
-def _rescale_lr(optimizer, scheduler, ratio: float) -> None:
-    """A resume with a new train.lr: scale the restored schedule by new / saved lr."""
+def rescale_lr(optimizer, scheduler, ratio: float) -> None:
+    """Scale the learning rate and its schedule by ``ratio`` (a resume with a new train.lr,
+    or a rollback)."""
     if ratio == 1.0:
         return
     for group in optimizer.param_groups:
@@ -212,219 +363,3 @@ def _rescale_lr(optimizer, scheduler, ratio: float) -> None:
             group["initial_lr"] *= ratio
     scheduler.base_lrs = [lr * ratio for lr in scheduler.base_lrs]
     scheduler._last_lr = [group["lr"] for group in optimizer.param_groups]
-
-
-def seed_everything(seed: int) -> None:
-    random.seed(seed)
-    np.random.seed(seed)  # noqa: NPY002  (the global RNG, for any code that uses it)
-    torch.manual_seed(seed)
-
-
-# ----------------------------------------------------------------------------- the trainer
-class SupervisedTrainer:
-    """Backprop through the rollout on the masked MSE to the task's targets."""
-
-    def fit(self, model, task, config: TrainConfig, callbacks: list[Callback]) -> Result:
-        t = config.train
-        start = time.perf_counter()
-        seed_everything(t.seed)
-        device = next(model.parameters()).device
-        dtype = next(model.parameters()).dtype
-        solver = config.solver_config()
-        params = [p for p in model.parameters() if p.requires_grad]
-        if not params:
-            raise ConfigError(
-                "nothing trains: every connection has trainable = false (set e.g. "
-                "model.network.input.trainable=true)"
-            )
-        # train.task_kwargs: the training trials may come from a variant of the task (e.g.
-        # shorter trials); evaluation is always on the task of task_kwargs
-        train_task = task
-        if t.task_kwargs:
-            merged = {**config.task_kwargs, **t.task_kwargs}
-            try:
-                train_task = build_task(dataclasses.replace(config, task_kwargs=merged))
-            except ConfigError as err:
-                raise ConfigError(f"train.task_kwargs: {err}") from err
-        optimizer = _optimizer(config, params)
-        scheduler = _scheduler(config, optimizer)
-        state = TrainState(
-            config=config,
-            task=task,
-            model=model,
-            optimizer=optimizer,
-            scheduler=scheduler,
-            run_dir=run_dir_of(config),
-            callbacks=callbacks,
-            trial_generator=torch.Generator().manual_seed(t.seed),
-        )
-        state.run_dir.mkdir(parents=True, exist_ok=True)
-        eval_trial = task.sample_batch(conditions="all", seed=t.seed, device=device, dtype=dtype)
-        if config.resume:
-            path = resolve_checkpoint(config.resume)
-            saved = load_checkpoint(path, state)
-            state.checkpoint = str(path)
-            _rescale_lr(optimizer, scheduler, t.lr / saved["config"]["train"]["lr"])
-        threshold = (
-            config.success.threshold
-            if config.success.threshold is not None
-            else float(task.success_threshold)
-        )
-        state.threshold = threshold
-
-        for cb in callbacks:
-            cb.on_fit_start(state)
-
-        snapshot, rejections, rejected_at = None, 0, -1  # for train.max_rejections
-        diagnosis: str | None = None  # step_diagnosis of the first runaway forward, once
-        while state.step < t.steps:
-            # --- the batch of this step: seeded by (seed, step), so resumes are exact
-            state.trial_generator.manual_seed(_step_seed(t.seed, state.step))
-            step_start = time.perf_counter()
-            if t.conditions == "all":
-                trial = train_task.sample_batch(
-                    conditions="all", generator=state.trial_generator, device=device, dtype=dtype
-                )
-            else:
-                trial = train_task.sample_batch(
-                    t.batch_size, generator=state.trial_generator, device=device, dtype=dtype
-                )
-
-            # --- forward, loss, backward
-            in_forward = True
-            try:
-                output, states, stats = forward(
-                    model, trial, config, solver, _step_seed(t.seed, state.step)
-                )
-                loss = masked_mse(output, trial.target, trial.mask)
-                if isinstance(model, ColumnNetwork) and (t.rate_limit_hz or t.runaway_hz):
-                    rates = model.rates(states)
-                    if t.runaway_hz and float(rates.detach().max()) > t.runaway_hz:
-                        raise DivergenceError(
-                            f"rates reached {float(rates.detach().max()):.4g} Hz "
-                            f"(train.runaway_hz = {t.runaway_hz})"
-                        )
-                    if t.rate_limit_hz:
-                        excess = (rates - t.rate_limit_hz).clamp(min=0.0)
-                        loss = loss + t.rate_penalty * excess.pow(2).mean()
-                if not torch.isfinite(loss):
-                    raise DivergenceError(f"loss is {float(loss)}")
-                in_forward = False
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                norm = torch.nn.utils.clip_grad_norm_(
-                    params, t.grad_clip if t.grad_clip > 0 else math.inf
-                )
-                if not torch.isfinite(norm):
-                    bad = [
-                        name
-                        for name, p in model.named_parameters()
-                        if p.grad is not None and not bool(torch.isfinite(p.grad).all())
-                    ]
-                    where = f"non-finite in {', '.join(bad)}" if bad else "overflows the dtype"
-                    raise DivergenceError(
-                        f"gradient norm is {float(norm)} ({where}) at loss {loss.item():.6g}"
-                    )
-            except DivergenceError as err:
-                if in_forward and diagnosis is None:
-                    diagnosis = step_diagnosis(
-                        model, trial, config, solver, _step_seed(t.seed, state.step), state.step + 1
-                    )
-                hint = diagnosis if in_forward and diagnosis else ""
-                if snapshot is not None and rejections < t.max_rejections:
-                    # the last update tipped the network over: undo it, retry at half the lr
-                    rejections += 1
-                    rejected_at = state.step
-                    with torch.no_grad():
-                        for p, saved_p in zip(params, snapshot[0], strict=True):
-                            p.copy_(saved_p)
-                    optimizer.load_state_dict(snapshot[1])
-                    scheduler.load_state_dict(snapshot[2])
-                    _rescale_lr(optimizer, scheduler, 0.5)
-                    state.step -= 1
-                    snapshot = None
-                    print(
-                        f"step {rejected_at + 1} rejected ({err}); learning rate halved to "
-                        f"{optimizer.param_groups[0]['lr']:.3g}" + (f".{hint}" if hint else ""),
-                        flush=True,
-                    )
-                    continue
-                state.diverged = True
-                state.stop_reason = (
-                    f"training diverged at step {state.step + 1}: {err}. The last good "
-                    f"checkpoint is {_last_good_checkpoint(state)}; resume from it "
-                    f"with a smaller train.lr or solver.step_ms.{hint}"
-                )
-                break
-            if t.max_rejections:
-                snapshot = (
-                    [p.detach().clone() for p in params],
-                    copy.deepcopy(optimizer.state_dict()),
-                    copy.deepcopy(scheduler.state_dict()),
-                )
-            if state.step > rejected_at:  # a fresh update survived: the rejection run is over
-                rejections = 0
-            optimizer.step()
-            scheduler.step()
-            model.project_()
-
-            # --- bookkeeping for the callbacks
-            state.step += 1
-            state.loss = loss.detach().item()
-            state.lr = optimizer.param_groups[0]["lr"]
-            state.nfe = stats.nfe
-            state.trials_per_s = trial.batch_size / (time.perf_counter() - step_start)
-
-            if state.step % t.eval_every == 0 or state.step == t.steps:
-                self._evaluate(state, eval_trial, solver)
-            keep_going = [cb.on_step_end(state) for cb in callbacks]
-            if any(k is False for k in keep_going):
-                state.stop_reason = (
-                    state.stop_reason or f"stopped by a callback at step {state.step}"
-                )
-                break
-        else:
-            state.stop_reason = f"budget of {t.steps} steps spent"
-
-        if not state.diverged and state.eval_step != state.step:
-            self._evaluate(state, eval_trial, solver)  # final metrics of the final weights
-        result = Result(
-            steps=state.step,
-            wall_s=time.perf_counter() - start,
-            solved=state.solved,
-            metrics=dict(state.metrics),
-            history=list(state.history),
-            checkpoint=state.checkpoint,
-            run_dir=str(state.run_dir),
-            diverged=state.diverged,
-            message=state.stop_reason,
-        )
-        for cb in callbacks:
-            cb.on_fit_end(state, result)
-        result.checkpoint = state.checkpoint
-        return result
-
-    @staticmethod
-    def _evaluate(state: TrainState, eval_trial: Trial, solver) -> None:
-        config = state.config
-        try:
-            metrics, tensors = evaluate(state.model, state.task, config, eval_trial, solver)
-        except DivergenceError as err:
-            metrics, tensors = {"loss": math.nan, config.success.metric: math.nan}, {}
-            print(f"evaluation at step {state.step} diverged: {err}")
-        if config.success.metric not in metrics:
-            raise ConfigError(
-                f"success.metric = {config.success.metric!r} is not a metric of "
-                f"{config.task}; its metrics: {', '.join(metrics)}"
-            )
-        value = metrics[config.success.metric]
-        if config.higher_is_better:
-            state.solved = bool(value >= state.threshold)
-        else:
-            state.solved = bool(value <= state.threshold)
-        state.metrics = metrics
-        state.eval_step = state.step
-        state.eval_tensors = tensors
-        state.history.append({"step": state.step, **metrics})
-        for cb in state.callbacks:
-            cb.on_eval_end(state, metrics)

@@ -15,7 +15,9 @@ import os
 from pathlib import Path
 from typing import Any
 
-from trainers.callbacks import Callback, TrainState
+from trainers.callbacks import Callback
+from trainers.checkpoint import config_to_dict
+from trainers.types import Result, TrainState
 
 __all__ = ["WandbLogger"]
 
@@ -48,7 +50,7 @@ class WandbLogger(Callback):
             mode=self.mode,
             dir=str(state.run_dir),
             name=state.run_dir.name,
-            config=state.config.to_dict(),
+            config=config_to_dict(state.config),
             settings=wandb.Settings(
                 x_disable_stats=True, console="off", silent=True, disable_git=True
             ),
@@ -76,7 +78,7 @@ class WandbLogger(Callback):
         logged["eval/solved"] = float(state.solved)
         self.run.log(logged, step=state.step)
 
-    def on_fit_end(self, state: TrainState, result) -> None:
+    def on_fit_end(self, state: TrainState, result: Result) -> None:
         if self.run is None:
             return
         import wandb

@@ -89,6 +89,8 @@ omega_rad_per_s=1.0, x0_range=2.0)``
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -273,3 +275,42 @@ class Bifurcation(TrialTask):
         if bool(decay.any()):
             out["spiral_in_max_radius"] = float(final_radius[decay].max())
         return out
+
+    def plot(
+        self,
+        outputs: dict[str, Tensor],
+        trial: Trial,
+        path: Path,
+        title: str,
+        *,
+        unit_names: Sequence[str] | None = None,
+    ) -> list[Path]:
+        """``phase_portraits.png``: the (x, y) trajectories, learned (solid) against the normal
+        form (dashed) from each start point (dot), one panel per mu(0); on constant-mu trials
+        the limit cycle of radius sqrt(mu) (grey circle) for mu > 0."""
+        from colenv.tasks.plotting import figure, save
+
+        output = outputs["output"]
+        mu = trial.stimulus[0, :, 0]
+        levels = sorted({round(float(m), 6) for m in mu})
+        constant = trial.conditions["mu_amplitude"] == 0
+        fig = figure(2.7 * len(levels), 3.0)
+        axes = fig.subplots(1, len(levels), squeeze=False)[0]
+        for ax, level in zip(axes, levels, strict=True):
+            chosen = (mu - level).abs() < 1e-6
+            for b in chosen.nonzero().flatten().tolist():
+                (line,) = ax.plot(output[:, b, 0], output[:, b, 1], lw=1)
+                color = line.get_color()
+                ax.plot(trial.target[:, b, 0], trial.target[:, b, 1], "--", color=color, lw=0.8)
+                ax.plot(*trial.target[0, b].tolist(), "o", color=color, ms=4)
+            if level > 0 and bool(constant[chosen].all()):
+                radius = math.sqrt(level)
+                circle = torch.linspace(0, 2 * math.pi, 200)
+                ax.plot(radius * circle.cos(), radius * circle.sin(), color="0.6", lw=2, zorder=0)
+            ax.set_title(f"mu(0) = {level:g}", fontsize=8)
+            ax.set_aspect("equal")
+            ax.set_xlabel("x", fontsize=7)
+            ax.tick_params(labelsize=6)
+        axes[0].set_ylabel("y", fontsize=7)
+        fig.suptitle(f"{title}: learned (solid) vs Hopf normal form (dashed)", fontsize=9)
+        return [save(fig, Path(path) / "phase_portraits.png")]

@@ -10,6 +10,9 @@ own docstrings (colenv/tasks/xor.py, parity.py) are the spec; this is the shared
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from pathlib import Path
+
 import torch
 from torch import Tensor
 
@@ -94,3 +97,53 @@ class BinaryPatternTask(TrialTask):
     def evaluate(self, output: Tensor, trial: Trial) -> dict[str, float]:
         """Correct when ``|output - target| <= 5 Hz`` over the whole mask; see the module doc."""
         return window_accuracy(output, trial, TOLERANCE_HZ)
+
+    def plot(
+        self,
+        outputs: dict[str, Tensor],
+        trial: Trial,
+        path: Path,
+        title: str,
+        *,
+        unit_names: Sequence[str] | None = None,
+    ) -> list[Path]:
+        """``outputs.png``: the output for each pattern against its target, with the 5 Hz band
+        over the loss window and whether the pattern counts as correct; ``populations.png``
+        (models with rates): the units of the first pattern that must answer high."""
+        from colenv.tasks.plotting import first_where, plot_outputs, plot_unit_rates
+
+        path = Path(path)
+        output = outputs["output"]
+        bits = trial.conditions["bits"]
+        error = (output - trial.target).abs()
+        ok = torch.where(trial.mask, error <= TOLERANCE_HZ, True).all(dim=2).all(dim=0)
+
+        def label(b: int) -> str:
+            pattern = "".join(str(int(x)) for x in bits[b])
+            target = float(trial.target[:, b].max())
+            return f"bits {pattern} -> {target:g} Hz: {'correct' if ok[b] else 'wrong'}"
+
+        paths = [
+            plot_outputs(
+                output,
+                trial,
+                path / "outputs.png",
+                f"{title}, {int(ok.sum())}/{trial.batch_size} correct",
+                label=label,
+                tolerance=TOLERANCE_HZ,
+            )
+        ]
+        if "rates" in outputs:
+            b = first_where(self.label(bits).bool())
+            pattern = "".join(str(int(x)) for x in bits[b])
+            paths.append(
+                plot_unit_rates(
+                    outputs["rates"],
+                    trial,
+                    b,
+                    path / "populations.png",
+                    f"{title}: rates for bits {pattern} (target {self.target_hz:g} Hz)",
+                    unit_names=unit_names,
+                )
+            )
+        return paths

@@ -77,7 +77,7 @@ is the pool with the higher mean target in that window (it equals
 ``hold_accuracy`` applies the same rule to the last 100 ms of the trial (100-200 ms after
 the stimulus by default): whether the choice is still held without input, as the
 Wong-Wang pools hold it through their NMDA self-excitation (working memory). It is
-reported, not part of the criterion: the column equations of SCIENCE.md have no
+reported, not part of the criterion: the column equations (colenv.models.ColumnNetwork) have no
 persistent state at moderate rates (``scripts/column_bistability.py``). ``rmse_hz`` is over
 the whole mask, the post-stimulus period included.
 
@@ -102,6 +102,8 @@ etc.) are those of ``WongWangParams``.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from pathlib import Path
 
 import torch
 from torch import Tensor
@@ -260,3 +262,117 @@ class Decision(TrialTask):
         """[B] bool: over ``window`` the winner's column leads by at least the margin."""
         gap = self.choice_gap(output, target, window)
         return (gap > 0) & (gap >= self.choice_margin_hz)
+
+    def plot(
+        self,
+        outputs: dict[str, Tensor],
+        trial: Trial,
+        path: Path,
+        title: str,
+        *,
+        unit_names: Sequence[str] | None = None,
+    ) -> list[Path]:
+        """``outputs.png``: both outputs against the Wong-Wang pools' (scaled) rates per
+        coherence. ``psychometric.png``: the choice of pool 1 and the pool 1 - pool 2 rate gap
+        against signed coherence, network and Wong-Wang reference side by side, read where
+        ``accuracy`` (end of the stimulus) and ``hold_accuracy`` (end of the trial) read them.
+        ``populations.png`` (models with rates): the trial of the strongest coherence for
+        pool 1, one panel per column (winner and loser apart, never averaged)."""
+        from colenv.tasks.plotting import plot_outputs, plot_unit_rates
+
+        path = Path(path)
+        output = outputs["output"]
+        coherence = trial.conditions["coherence_pct"]
+        windows = self.choice_windows(trial.n_steps)
+        stim_end = windows["stimulus end"]
+        net_mean = output[stim_end].mean(dim=0)  # [B, 2]
+        ww_winner = trial.target[stim_end].mean(dim=0).argmax(dim=-1)  # [B] 0: pool 1
+
+        def label(b: int) -> str:
+            gap = float(net_mean[b, 0] - net_mean[b, 1])
+            net = "none" if abs(gap) < self.choice_margin_hz else ("1" if gap > 0 else "2")
+            return f"c' = {float(coherence[b]):g} %: WW pool {int(ww_winner[b]) + 1}, net {net}"
+
+        paths = [
+            plot_outputs(
+                output,
+                trial,
+                path / "outputs.png",
+                f"{title}; targets: Wong-Wang pools x {self.target_scale:g}",
+                label=label,
+                output_names=("pool 1", "pool 2"),
+            ),
+            self._plot_psychometric(output, trial, windows, path / "psychometric.png", title),
+        ]
+        if "rates" in outputs:
+            b = int(torch.argmax(coherence))
+            winner = int(ww_winner[b])
+            last_area = _last_area_columns(unit_names)
+            group_titles = {
+                column: f"output {o + 1} (pool {o + 1}), {'winner' if o == winner else 'loser'}"
+                for o, column in enumerate(last_area)
+            }
+            paths.append(
+                plot_unit_rates(
+                    outputs["rates"],
+                    trial,
+                    b,
+                    path / "populations.png",
+                    f"{title}: rates at c' = {float(coherence[b]):g} % "
+                    f"(Wong-Wang winner: pool {winner + 1})",
+                    unit_names=unit_names,
+                    group_titles=group_titles,
+                )
+            )
+        return paths
+
+    def _plot_psychometric(self, output, trial, windows, path: Path, title: str) -> Path:
+        from colenv.tasks.plotting import figure, save
+
+        coherence = trial.conditions["coherence_pct"]
+        order = torch.argsort(coherence)
+        c = coherence[order].numpy()
+        target = trial.target
+        fig = figure(8.5, 3.4)
+        ax_choice, ax_gap = fig.subplots(1, 2)
+
+        def pool1_gap(x: Tensor, window: slice) -> Tensor:  # [B] mean pool 1 - pool 2, Hz
+            mean = x[window].mean(dim=0)
+            return (mean[:, 0] - mean[:, 1])[order]
+
+        ww = pool1_gap(target, windows["stimulus end"])
+        reference = {"ms": 9, "mfc": "none", "mew": 1.5, "color": "black", "zorder": 3}
+        ax_choice.plot(c, (ww > 0).double().numpy(), "s--", label="Wong-Wang", **reference)
+        ax_gap.plot(c, ww.numpy(), "s--", label="Wong-Wang", **reference)
+        styles = {"stimulus end": ("o-", "tab:blue"), "hold": ("^:", "tab:orange")}
+        for name, window in windows.items():
+            style, color = styles[name]
+            gap = pool1_gap(output, window)
+            where = "end of stimulus" if name == "stimulus end" else "end of trial (hold)"
+            kw = {"color": color, "ms": 5, "zorder": 4, "label": f"network, {where}"}
+            ax_choice.plot(c, (gap > 0).double().numpy(), style, **kw)
+            ax_gap.plot(c, gap.numpy(), style, **kw)
+        ax_gap.axhspan(-self.choice_margin_hz, self.choice_margin_hz, color="0.9", zorder=0)
+        for ax in (ax_choice, ax_gap):
+            ax.set_xscale("symlog", linthresh=1.0)
+            ax.set_xlabel("signed coherence c' (%)")
+            ax.tick_params(labelsize=7)
+        ax_choice.set_ylabel("choice of pool 1")
+        ax_choice.set_ylim(-0.08, 1.08)
+        ax_gap.set_ylabel("pool 1 - pool 2 output (Hz)")
+        ax_gap.set_title(f"grey: |gap| < {self.choice_margin_hz:g} Hz (no choice)", fontsize=8)
+        ax_choice.legend(fontsize=7)
+        fig.suptitle(f"{title}: psychometric curve, network vs Wong & Wang (2006)", fontsize=9)
+        return save(fig, path)
+
+
+def _last_area_columns(unit_names: Sequence[str] | None) -> list[str]:
+    """The columns ("area[col]") of the last area named in ``unit_names``, in order: the
+    column network reads its outputs from them."""
+    if not unit_names:
+        return []
+    columns = list(dict.fromkeys(name.rsplit(".", 1)[0] for name in unit_names if "." in name))
+    if not columns:
+        return []
+    last = columns[-1].split("[")[0]
+    return [col for col in columns if col.split("[")[0] == last]

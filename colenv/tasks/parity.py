@@ -9,7 +9,7 @@ active inputs is even (including none) and be silent (0 Hz) when it is odd::
 
     target = target_hz * [ (b_1 + ... + b_n) mod 2 == 0 ],   b_i in {0, 1}
 
-In the predecessor project (SCIENCE.md, "Parity") the inputs feed a chain of
+In the predecessor project the inputs feed a chain of
 areas of 8, 4 and 1 columns; what is learned is the feedforward weights between
 areas and the lateral inhibition within areas. All 2^n patterns must be
 classified correctly (the predecessor trained only 4 of the 16).
@@ -89,7 +89,7 @@ class Parity(BinaryPatternTask):
 
     metadata = {
         "render_modes": [],
-        "paper": "Parity benchmark for laminar column networks (predecessor project; SCIENCE.md)",
+        "paper": "Parity benchmark for laminar column networks (predecessor project)",
         "tags": ["binary", "nonlinear", "classification", "columns", "hierarchy"],
     }
 

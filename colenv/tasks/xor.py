@@ -9,7 +9,7 @@ and be silent (0 Hz) otherwise::
 
     target = target_hz * (b_1 XOR b_2),   b_i in {0, 1}
 
-In the column network of the predecessor project (SCIENCE.md, "XOR"), columns A
+In the column network of the predecessor project, columns A
 and B each receive one input on L4 and both feed column C, whose L2/3e rate is
 the output; what is learned is the input weights and the A, B -> C feedforward
 weights. All 4 patterns must be classified correctly.
@@ -86,7 +86,7 @@ class XOR(BinaryPatternTask):
 
     metadata = {
         "render_modes": [],
-        "paper": "XOR benchmark for laminar column networks (predecessor project; SCIENCE.md)",
+        "paper": "XOR benchmark for laminar column networks (predecessor project)",
         "tags": ["binary", "nonlinear", "classification", "columns"],
     }
     n_inputs = 2

@@ -1,10 +1,13 @@
-"""Tiny training budgets shared by the trainer tests: short trials, two steps, no W&B."""
+"""Shared fixtures: tiny training budgets for the trainer tests (short trials, two steps,
+no W&B, no plots unless a test asks)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
-# per task: trials a few tens of steps long, the cheapest solver settings
+import pytest
+
 SHORT_TRIALS: dict[str, list[str]] = {
     "colenv/XOR-v0": [
         "task_kwargs.pre_stimulus_ms=30.0",
@@ -23,16 +26,17 @@ SHORT_TRIALS: dict[str, list[str]] = {
     ],
     "colenv/Bifurcation-v0": ["task_kwargs.trial_ms=500.0", "train.batch_size=4"],
 }
+"""Per task: trials a few tens of steps long."""
 
 
-def tiny(task: str, run_dir: Path, *extra: str, steps: int = 2) -> list[str]:
-    """Overrides for a run of ``steps`` steps in ``run_dir`` without W&B or plots (``extra`` wins)."""
+def tiny_overrides(task: str, run_dir: Path, *extra: str, steps: int = 2) -> list[str]:
+    """Overrides for a run of ``steps`` steps in ``run_dir`` without W&B or plots (``extra``
+    wins)."""
     return [
-        *SHORT_TRIALS[task],
+        *SHORT_TRIALS.get(task, []),
         f"train.steps={steps}",
         "train.eval_every=1",
         "train.device='cpu'",
-        "solver.compile=false",  # compiling costs ~30 s; the unit run stays eager
         "success.stop_on_success=false",  # run the whole tiny budget even if the grid is met
         "train.max_rejections=0",  # a divergence stops at once unless a test asks otherwise
         "checkpoint.every=1",
@@ -41,3 +45,22 @@ def tiny(task: str, run_dir: Path, *extra: str, steps: int = 2) -> list[str]:
         f"logging.run_dir='{run_dir}'",
         *extra,
     ]
+
+
+@pytest.fixture
+def tiny(tmp_path) -> Callable[..., list[str]]:
+    """``tiny(task, *extra, steps=2)``: overrides for a tiny run whose runs go to tmp_path."""
+
+    def make(task: str, *extra: str, steps: int = 2) -> list[str]:
+        return tiny_overrides(task, tmp_path, *extra, steps=steps)
+
+    return make
+
+
+@pytest.fixture
+def offline_wandb(tmp_path, monkeypatch) -> Path:
+    """W&B offline, no API key, its files under tmp_path."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    return tmp_path
