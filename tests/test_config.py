@@ -17,6 +17,7 @@ from colenv.errors import ConfigError
 from colenv.models import NetworkSpec
 from colenv.models.registry import get_model_class, register_model
 from colenv.registration import TASKS
+from colenv.resources import config_dir
 from trainers.config import TrainConfig, format_config, load_config
 
 
@@ -172,9 +173,13 @@ def test_devices_accepted_by_syntax():
 
 
 # ----------------------------------------------------------------------------- parsed once
-@pytest.mark.parametrize("task", sorted(TASKS))
-def test_config_is_parsed_once_into_typed_objects(task):
-    config = load_config(task)
+SHIPPED = sorted((config_dir() / "tasks").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_config_is_parsed_once_into_typed_objects(path):
+    config = load_config(path)
+    task = config.task
     assert isinstance(config.solver, colenv.SolverConfig)
     assert isinstance(config.model.options, get_model_class(config.model.kind).Config)
     if config.model.kind == "columns":
@@ -274,9 +279,9 @@ def test_unknown_task_lists_the_known_ids_and_missing_files_are_named(tmp_path):
 
 
 # ----------------------------------------------------------------------------- format_config
-@pytest.mark.parametrize("task", sorted(TASKS))
-def test_format_config_lists_every_key_with_a_description(task):
-    config = load_config(task)
+@pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
+def test_format_config_lists_every_key_with_a_description(path):
+    config = load_config(path)
     text = format_config(config)
     rows = list(describe(config))
     empty = [key for key, _, _, description in rows if not description]
