@@ -97,7 +97,7 @@ def test_spec_errors_name_the_key():
         ColumnNetwork(spec=NetworkSpec(areas=(AreaSpec("a", 1, "v9"),)))
 
 
-def test_from_dict_round_trip():
+def test_spec_from_a_toml_table():
     spec = parse_network(
         {
             "areas": [{"name": "a", "n_columns": 2}, {"name": "b", "n_columns": 1}],
