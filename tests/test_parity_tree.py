@@ -11,8 +11,7 @@ from __future__ import annotations
 import torch
 
 from colenv import SolverConfig, rollout
-from trainers import load_config
-from trainers.supervised import build_model, build_task
+from trainers import build_model, build_task, load_config
 
 
 def test_xor_modules_compose_into_odd_parity_before_training():

@@ -6,14 +6,14 @@ import pytest
 import torch
 
 from trainers import load_config, train
-from trainers.callbacks import read_checkpoint
-from trainers.supervised import build_model, build_task
+from trainers import build_model, build_task, read_checkpoint
 
 TASKS = [
     "colenv/XOR-v0",  # P&D-sized columns with cross-inhibition: solved at step 20
     "colenv/Parity-v0",  # a tree of XOR modules started from the XOR module's weights
     "colenv/Decision-v0",  # the choice at the end of the stimulus, 0.1 ms steps: solved at step 75
     "colenv/Bifurcation-v0",  # 5 s training windows: solved in ~500-650 steps, about a minute
+    "config/tasks/xor_ctrnn.toml",  # the rate RNN on XOR: solved at step 20 (a few seconds)
 ]
 
 
@@ -22,6 +22,7 @@ TASKS = [
 def test_task_trains_to_criterion(task, tmp_path):
     config = load_config(task, [f"logging.run_dir='{tmp_path}'", "logging.wandb=false"])
     result = train(config)
+    task = config.task
     assert not result.diverged, result.message
     assert result.solved, f"{task}: {result.message}; final metrics {result.metrics}"
     if task == "colenv/Bifurcation-v0":  # the attractors, not only the trajectories
@@ -39,7 +40,7 @@ def test_parity_starts_from_the_weights_xor_training_finds(tmp_path):
     result = train(config)
     assert result.solved
     net = build_model(config, build_task(config), torch.device("cpu"), torch.float64)
-    net.load_state_dict(read_checkpoint(result.checkpoint)["model"])
+    net.load_state_dict(read_checkpoint(result.checkpoint)["state_dict"])
     n = {name: i for i, name in enumerate(net.population_names)}  # A = a1[0], B = a1[1], C = a2[0]
     ff = net.feedforward.effective().detach()
     xor = {
