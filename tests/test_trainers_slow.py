@@ -5,8 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainers import load_config, train
-from trainers import build_model, build_task, read_checkpoint
+from trainers import build_model, build_task, load_config, read_checkpoint, train
 
 TASKS = [
     "colenv/XOR-v0",  # P&D-sized columns with cross-inhibition: solved at step 20
