@@ -145,7 +145,7 @@ def test_dale_signs_and_doubling():
 
 
 # Published spontaneous rates of the full-scale P&D 2014 microcircuit (INM-6 reference
-# implementation), Hz, order L2/3e ... L6i (SCIENCE.md §1).
+# implementation), Hz, order L2/3e ... L6i (docs/science.md, section 1).
 PD_RATES = torch.tensor([0.90, 2.97, 4.41, 5.88, 7.57, 8.63, 1.11, 7.83], dtype=torch.float64)
 
 
@@ -160,7 +160,7 @@ def test_resting_rates_near_published_microcircuit():
 
 
 def test_predecessor_tau_m_loses_deep_layers():
-    """With tau_m = 20 ms L5e and L6e fall far below P&D (SCIENCE.md): the reason for 10 ms."""
+    """With tau_m = 20 ms L5e and L6e fall far below P&D (docs/science.md): the reason for 10 ms."""
     params = load_params(overrides={"neuron.tau_m_ms": 20.0})
     net = ColumnNetwork(
         params, NetworkSpec(areas=(AreaSpec("pd", 1, "pd2014"),), n_inputs=1), dtype=torch.float64
