@@ -4,6 +4,7 @@
     python -m trainers.bench my_task.toml model.network.lateral.enabled=false
     python -m trainers.bench colenv/Decision-v0 --solvers config rk4exp-native --batch 64
     python -m trainers.bench colenv/XOR-v0 --device cuda --repeat 10 --steps 0.25 1.0
+    python -m trainers.bench runs/<run>/checkpoints/last.pt     # a trained network
 
 The network is the one training would build (``trainers.load_config`` with the same
 ``key=value`` overrides, then ``trainers.build_task`` and ``trainers.build_model``), so a
@@ -46,11 +47,15 @@ import sys
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
 from colenv import SolverConfig, Trial, rollout
 from colenv.errors import ConfigError
+from trainers.build import build_model, build_task
+from trainers.checkpoint import CheckpointError, read_checkpoint
+from trainers.config import TrainConfig, apply_overrides, load_config
 
 __all__ = [
     "BOUND_HZ",
@@ -176,18 +181,30 @@ class Network:
 
 
 def build_network(
-    task_or_config: str, overrides: Sequence[str] = (), device: str | torch.device | None = None
+    target: str, overrides: Sequence[str] = (), device: str | torch.device | None = None
 ) -> Network:
     """The task and model (float32) that ``python -m trainers train`` would build from the
-    same arguments, on ``device`` (default: CUDA when present, else CPU)."""
-    from trainers import build_model, build_task, load_config
+    same arguments, on ``device`` (default: CUDA when present, else CPU).
 
-    config = load_config(task_or_config, list(overrides))
+    ``target`` is a task id (its shipped config), a training config (.toml), or a checkpoint
+    (a .pt file or a run folder): then the run's config (with ``overrides``) and its trained
+    weights.
+    """
+    state = None
+    if str(target).endswith(".pt") or Path(target).is_dir():
+        ckpt = read_checkpoint(target)
+        raw = apply_overrides(ckpt["config"], list(overrides))
+        config = TrainConfig.from_dict(raw, source=f"checkpoint {target}")
+        state = ckpt["state_dict"]
+    else:
+        config = load_config(target, list(overrides))
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     device = torch.device(device)
     task = build_task(config)
     model = build_model(config, task, device, torch.float32)
+    if state is not None:
+        model.load_state_dict(state)
     return Network(config=config, task=task, model=model, device=device)
 
 
@@ -250,11 +267,14 @@ def _timed(
 
 
 def _conditions_of(trial: Trial, b: int) -> str:
+    """Trial ``b``'s conditions, e.g. ``coherence_pct=3.2`` or ``bits=[1, 0]`` (small ones)."""
     parts = []
     for key, value in trial.conditions.items():
-        v = value[b]
+        v = value[b].reshape(-1)
         if v.numel() == 1:
             parts.append(f"{key}={float(v):g}")
+        elif v.numel() <= 8:
+            parts.append(f"{key}=[{', '.join(f'{float(x):g}' for x in v)}]")
     return ", ".join(parts)
 
 
@@ -320,7 +340,11 @@ def bench(
                 row.worst_trial = _conditions_of(grid, b)
         except (ConfigError, RuntimeError, ValueError) as err:
             row.note = f"{type(err).__name__}: {err}".splitlines()[0]
-        log(f"{label}: {row.note or f'{row.train_s:.3g} s fwd+bwd, {row.error_hz:.3g} Hz'}")
+        if row.note:
+            log(f"{label}: {row.note}")
+        else:
+            error = "noise" if solver.sde else f"{row.error_hz:.3g} Hz"
+            log(f"{label}: {row.train_s:.3g} s fwd+bwd, {row.forward_s:.3g} s forward, {error}")
         rows.append(row)
     return rows
 
@@ -370,7 +394,9 @@ def build_parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    ap.add_argument("target", help="task id (colenv/Parity-v0) or path to a training config")
+    ap.add_argument(
+        "target", help="task id (colenv/Parity-v0), training config (.toml) or checkpoint"
+    )
     ap.add_argument("overrides", nargs="*", help="key=value config overrides, as for train")
     ap.add_argument(
         "--solvers",
@@ -430,7 +456,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             bound_hz=args.bound,
             log=lambda s: print(s, file=sys.stderr, flush=True),
         )
-    except ConfigError as err:
+    except (ConfigError, CheckpointError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     batch = "evaluation grid" if args.batch is None else f"batch {args.batch}"
