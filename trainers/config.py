@@ -440,9 +440,17 @@ def format_config(config: TrainConfig) -> str:
     for key, value, type_, description in rows:
         section = f"[{key.split('.')[0]}]" if "." in key else "top level"
         blocks.setdefault(section, []).append(
-            f"{key:<{width}} = {_toml(value)}\n{'':<{width}}   ({type_}) {description}"
+            f"{key:<{width}} = {_toml_block(value)}\n{'':<{width}}   ({type_}) {description}"
         )
     return "\n\n".join(f"{name}\n" + "\n".join(lines) for name, lines in blocks.items()) + "\n"
+
+
+def _toml_block(value: Any, width: int = 80) -> str:
+    """:func:`_toml`, with a long list written one item per line."""
+    text = _toml(value)
+    if len(text) <= width or not isinstance(value, list | tuple) or not value:
+        return text
+    return "[\n" + "".join(f"    {_toml(v)},\n" for v in value) + "]"
 
 
 def _toml(value: Any) -> str:
