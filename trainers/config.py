@@ -265,10 +265,11 @@ class TrainConfig(StrictModel):
     @classmethod
     def _import_first(cls, raw: Any) -> Any:
         """Import ``imports`` before the rest is read: they may register the model kind."""
-        if isinstance(raw, Mapping):
-            for name in raw.get("imports") or ():
+        imports = raw.get("imports") if isinstance(raw, Mapping) else None
+        if isinstance(imports, list | tuple):  # anything else: the field's own check names it
+            for name in imports:
                 if not isinstance(name, str):
-                    continue  # the field's own check names it
+                    continue
                 try:
                     importlib.import_module(name)
                 except ImportError as err:
