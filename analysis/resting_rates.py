@@ -1,7 +1,7 @@
 """Resting rates of one isolated column (background drive only) next to P&D 2014.
 
-    python scripts/resting_rates.py            # the shipped defaults (config/model.toml)
-    python scripts/resting_rates.py --all      # also the predecessor's variants
+    python analysis/resting_rates.py            # the shipped defaults (config/model.toml)
+    python analysis/resting_rates.py --all      # also the predecessor's variants
 
 Prints a markdown table: the steady state of the rate column with P&D 2014 population sizes,
 against the published spontaneous rates of the full-scale microcircuit (INM-6 reference

@@ -18,7 +18,7 @@ A second table (Parity's question: how high can L2/3e *rest*?) scales the L2/3i 
 weight down and reports the resting L2/3e rate from ``ColumnNetwork.rest_state`` (no
 ceiling), or that the column has no stable rest state any more.
 
-    python scripts/column_persistence.py [--sizes mt] [--kick-hz 200] [--rest-sizes pd2014]
+    python analysis/column_persistence.py [--sizes mt] [--kick-hz 200] [--rest-sizes pd2014]
 """
 
 from __future__ import annotations
@@ -26,16 +26,12 @@ from __future__ import annotations
 import argparse
 import itertools
 import math
-import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import torch
 
-import torch  # noqa: E402
-
-from colenv import SolverConfig, rollout  # noqa: E402
-from colenv.errors import DivergenceError  # noqa: E402
-from colenv.models import ColumnNetwork, load_params  # noqa: E402
+from colenv import SolverConfig, rollout
+from colenv.errors import DivergenceError
+from colenv.models import ColumnNetwork, load_params
 
 
 def run(

@@ -5,7 +5,7 @@ call), decides with the paper's rule (50 ms running average crosses 15 Hz),
 prints a markdown table and the Weibull fit next to the published one, and
 saves docs/psychometric.png.
 
-    python scripts/psychometric.py [--trials 1000] [--seed 2006]
+    python analysis/psychometric.py [--trials 1000] [--seed 2006]
 """
 
 from __future__ import annotations

@@ -12,27 +12,19 @@ where the rollout first leaves the reference by more than 1 Hz. A step that is t
 the network throws the rollout off at the stimulus onset and it runs away (rates of 1e3-1e6
 Hz that the reference does not have); the trainer reports that as a diverged step.
 
-    python scripts/decision_start.py                                  # the config as shipped
-    python scripts/decision_start.py --lateral-k 2500,5000,7500 --steps 0.5,0.25
-    python scripts/decision_start.py --checkpoint runs/<decision run>/checkpoints/last.pt
+    python analysis/decision_start.py                                  # the config as shipped
+    python analysis/decision_start.py --lateral-k 2500,5000,7500 --steps 0.5,0.25
+    python analysis/decision_start.py --checkpoint runs/<decision run>/checkpoints/last.pt
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import torch
 
-import torch  # noqa: E402
-
-from colenv import rollout  # noqa: E402
-from colenv.solve import SolverConfig  # noqa: E402
-from trainers import load_config  # noqa: E402
-from trainers.callbacks import read_checkpoint  # noqa: E402
-from trainers.config import TrainConfig  # noqa: E402
-from trainers.supervised import build_model, build_task  # noqa: E402
+from colenv import SolverConfig, rollout
+from trainers import TrainConfig, build_model, build_task, load_config, read_checkpoint
 
 
 def network(config: TrainConfig, task, dtype, state: dict | None):
@@ -43,7 +35,7 @@ def network(config: TrainConfig, task, dtype, state: dict | None):
 
 
 def readout_stats(model, task, trial, step_ms: float) -> dict:
-    solver = SolverConfig("rk4exp", step_ms=step_ms, compile=False)
+    solver = SolverConfig("rk4exp", step_ms=step_ms)
     dtype = next(model.parameters()).dtype
     with torch.no_grad():
         result = rollout(model, trial.stimulus.to(dtype), trial.t_ms.to(dtype), solver)
@@ -89,7 +81,7 @@ def main() -> None:
     steps = [float(s) for s in args.steps.split(",")]
     if args.checkpoint:
         saved = read_checkpoint(args.checkpoint)
-        variants = [("checkpoint", TrainConfig.from_dict(saved["config"]), saved["model"])]
+        variants = [("checkpoint", TrainConfig.from_dict(saved["config"]), saved["state_dict"])]
     elif args.lateral_k:
         variants = [
             (

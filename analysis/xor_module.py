@@ -8,23 +8,17 @@ the input columns' L5e (their output to C) and L4e (their cross-inhibition), and
 (the module's output); then the ratio of an input column's L5e on to at rest, the factor
 config/tasks/parity.toml applies to the feedforward weights of its resting "always on" column.
 
-    python scripts/xor_module.py --checkpoint runs/xor-v0-.../checkpoints/last.pt
+    python analysis/xor_module.py --checkpoint runs/xor-v0-.../checkpoints/last.pt
 """
 
 from __future__ import annotations
 
 import argparse
-import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import torch
 
-import torch  # noqa: E402
-
-from colenv import SolverConfig, rollout  # noqa: E402
-from trainers.callbacks import read_checkpoint  # noqa: E402
-from trainers.config import TrainConfig  # noqa: E402
-from trainers.supervised import build_model, build_task  # noqa: E402
+from colenv import SolverConfig, rollout
+from trainers import TrainConfig, build_model, build_task, read_checkpoint
 
 REST_MS, ON_MS, T_MS = 400, 950, 1000  # read-out times; the stimulus runs 500-1000 ms
 
@@ -40,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"--checkpoint must be an XOR run, got a {config.task} run")
     task = build_task(config)
     net = build_model(config, task, torch.device("cpu"), torch.float64)
-    net.load_state_dict(ckpt["model"])
+    net.load_state_dict(ckpt["state_dict"])
 
     # (label, A on from, B on from) in ms; None = off
     cases = [("00", None, None), ("10", 500, None), ("01", None, 500), ("11", 500, 500)]

@@ -1,6 +1,6 @@
 """Steady states of one column's L2/3e, and their stability, with adaptation held fixed.
 
-Decision (issue 4) needs a column whose L2/3e can hold ~15 Hz after its input ends, next to a
+Holding a decision needs a column whose L2/3e can hold ~15 Hz after its input ends, next to a
 stable low rest state: two stable steady states. This script finds every steady state of one
 isolated column (background drive only) for given scales of the four L2/3 weights
 (L2/3e -> L2/3e, L2/3e -> L2/3i, L2/3i -> L2/3e, L2/3i -> L2/3i) and a given L2/3e adaptation
@@ -14,23 +14,18 @@ rest state, and follow the L2/3e residual G(E) = tau_m (w_0 . f(u) + d_0) - u_0:
 with adaptation a are the roots of G(E) = a. Each root's stability comes from the eigenvalues
 of the Jacobian of dv/dt with a fixed, w diag(f'(u)) - I / tau_m (1/s).
 
-    python scripts/column_bistability.py                             # P&D weights, MT sizes
-    python scripts/column_bistability.py --scales 0.4466,0.1414,0.09911,0.1189 --a 2,3,4
+    python analysis/column_bistability.py                             # P&D weights, MT sizes
+    python analysis/column_bistability.py --scales 0.4466,0.1414,0.09911,0.1189 --a 2,3,4
 """
 
 from __future__ import annotations
 
 import argparse
 import math
-import os
-import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+import torch
 
-import torch  # noqa: E402
-
-from colenv.models import ColumnNetwork  # noqa: E402
-from colenv.models.column.network import _rate  # noqa: E402
+from colenv.models import ColumnNetwork
 
 WEIGHTS = (
     ("L2/3e -> L2/3e", 0, 0),
@@ -40,9 +35,26 @@ WEIGHTS = (
 )  # (name, target, source)
 
 
+class Rate:
+    """f(u) of a network's populations (its transfer function, ceiling included): the
+    instantaneous rate ``net.phi`` of a state with v = u and no adaptation."""
+
+    def __init__(self, net: ColumnNetwork) -> None:
+        self.net = net
+
+    def __call__(self, u: torch.Tensor) -> torch.Tensor:
+        u = torch.as_tensor(u, dtype=torch.float64)
+        zeros = torch.zeros_like(u)
+        if u.dim() == 0:  # one value: as population 0 of the column
+            y = torch.zeros(3 * self.net.n_pop, dtype=torch.float64)
+            y[0] = u
+            return self.net.phi(y)[0]
+        return self.net.phi(torch.cat([u, zeros, zeros], dim=-1))
+
+
 def column(sizes: str, scales: list[float]):
-    """(w [8, 8] in 1/s per Hz, d [8], constants, rest u [8], rest L2/3e adaptation) of one
-    column, weights scaled."""
+    """(w [8, 8] in 1/s per Hz, d [8], constants with the rate function, rest u [8], rest
+    L2/3e adaptation) of one column, weights scaled."""
     net = ColumnNetwork(
         spec={"areas": [{"name": "a", "n_columns": 1, "sizes": sizes}], "parametrization": "log"},
         dtype=torch.float64,
@@ -50,17 +62,19 @@ def column(sizes: str, scales: list[float]):
     with torch.no_grad():
         for (_, tgt, src), s in zip(WEIGHTS, scales, strict=True):
             net.recurrent.weight[tgt, src] += math.log(s)
-        dyn = net.prepare(torch.zeros(1, 1, net.n_inputs, dtype=torch.float64))
+        c = dict(net.constants(), rate=Rate(net))
+        w = net.weight_matrix() * c["gain"]  # dv/dt per Hz of source rate
+        d = net.bg_drive * c["gain"]
         rest = net.rest_state()
     P = net.n_pop
     u_rest = rest[:P] - rest[P : 2 * P]
-    return dyn.w_t.t().detach(), dyn.drive[0, 0].detach(), dyn.c, u_rest, float(rest[P])
+    return w.detach(), d.detach(), c, u_rest, float(rest[P])
 
 
 def rate_and_slope(u: torch.Tensor, c: dict) -> tuple[torch.Tensor, torch.Tensor]:
     with torch.enable_grad():
         x = u.detach().requires_grad_(True)
-        phi = _rate(x, c)
+        phi = c["rate"](x)
         (slope,) = torch.autograd.grad(phi.sum(), x)
     return phi.detach(), slope
 
@@ -70,7 +84,7 @@ def inverse_rate(rate: float, c: dict) -> float:
     lo, hi = torch.tensor(-2000.0, dtype=torch.float64), torch.tensor(2000.0, dtype=torch.float64)
     for _ in range(200):
         mid = 0.5 * (lo + hi)
-        if float(_rate(mid, c)) < rate:
+        if float(c["rate"](mid)) < rate:
             lo = mid
         else:
             hi = mid
@@ -140,7 +154,7 @@ def main(argv: list[str] | None = None) -> None:
     if len(scales) != 4 or not all(x > 0 for x in scales):
         ap.error(f"--scales needs four positive factors (EE, IE, EI, II), got {args.scales!r}")
     w, d, c, u_rest, a_rest = column(args.sizes, scales)
-    rest_rate = float(_rate(u_rest, c)[0])
+    rest_rate = float(c["rate"](u_rest)[0])
     a_values = (
         [float(x) for x in args.a.split(",")]
         if args.a
