@@ -1,7 +1,7 @@
 """The native rk4exp kernel (colenv.models.column.native): the same scheme and discrete adjoint as the torch
 fast path, checked against the torch path (states and gradients, to float32 rounding; the torch
 adjoint is checked against autograd and gradcheck in tests/test_fast.py), against a tight
-float64 dopri5 reference (the 0.5 Hz bound of issue 5), and for runaways, dispatch, errors
+float64 dopri5 reference (the 0.5 Hz accuracy bound), and for runaways, dispatch, errors
 and fallback."""
 
 import pytest

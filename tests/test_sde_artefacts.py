@@ -1,7 +1,7 @@
 """SDE rollouts of the 13-column parity network at the default step show no rate artefacts.
 
 The predecessor's Euler-Maruyama at 1 ms swung the filtered rate between about -660 and
-+730 Hz (SCIENCE.md §3); measured here, torchsde euler on this network diverges to ~1e7 Hz
++730 Hz in the predecessor code; measured here, torchsde euler on this network diverges to ~1e7 Hz
 at 0.5 ms once the stimulus is on (oscillatory E-I modes sit outside Euler's stability
 region). The fast path's SDE mode (rk4exp step + additive noise kick on v, colenv.models.column.integrators)
 keeps RK4's stability region: rates stay finite, non-negative and in f's range, and their

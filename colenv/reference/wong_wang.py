@@ -53,7 +53,7 @@ What this implementation gives (paper's equations taken literally)
 Spontaneous state 1.78 Hz; winner 30-34 Hz during the stimulus (30.0 Hz at
 c' = 0, rising with coherence), loser 0.55-0.9 Hz; after the stimulus is
 removed the winner persists near 20 Hz. With noise and a 2 s stimulus the
-Weibull fit is alpha ~ 5 %, beta ~ 1.3 (scripts/psychometric.py): the model is
+Weibull fit is alpha ~ 5 %, beta ~ 1.3 (analysis/psychometric.py): the model is
 more sensitive than the published alpha = 7.2 %. Read literally, the noise
 equation gives I_noise a stationary standard deviation of sigma / sqrt(2); an
 OU process whose stationary standard deviation is sigma itself (i.e.

@@ -78,7 +78,7 @@ is the pool with the higher mean target in that window (it equals
 the stimulus by default): whether the choice is still held without input, as the
 Wong-Wang pools hold it through their NMDA self-excitation (working memory). It is
 reported, not part of the criterion: the column equations (colenv.models.ColumnNetwork) have no
-persistent state at moderate rates (``scripts/column_bistability.py``). ``rmse_hz`` is over
+persistent state at moderate rates (``analysis/column_bistability.py``). ``rmse_hz`` is over
 the whole mask, the post-stimulus period included.
 
 ## Gymnasium face
