@@ -355,6 +355,9 @@ def format_table(rows: Sequence[BenchRow]) -> str:
     def fmt(x: float) -> str:
         return "" if not math.isfinite(x) else f"{x:.3g}"
 
+    def ratio(base: float, x: float) -> str:
+        return "" if not math.isfinite(base / x) else f"{base / x:.3g}x"
+
     base_train = next((r.train_s for r in rows if math.isfinite(r.train_s)), math.nan)
     base_fwd = next((r.forward_s for r in rows if math.isfinite(r.forward_s)), math.nan)
     lines = [
@@ -370,8 +373,8 @@ def format_table(rows: Sequence[BenchRow]) -> str:
             fmt(r.error_hz) if math.isfinite(r.error_hz) else f"(noise; max {r.max_rate_hz:.3g} Hz)"
         )
         lines.append(
-            f"| {r.label} | {fmt(r.train_s)} | {fmt(base_train / r.train_s)}x | "
-            f"{fmt(r.forward_s)} | {fmt(base_fwd / r.forward_s)}x | {r.nfe} | {err} | "
+            f"| {r.label} | {fmt(r.train_s)} | {ratio(base_train, r.train_s)} | "
+            f"{fmt(r.forward_s)} | {ratio(base_fwd, r.forward_s)} | {r.nfe} | {err} | "
             f"{r.worst_trial} | {fmt(r.first_s)} | {'!!' if r.flagged else ''} |"
         )
     return "\n".join(lines)
