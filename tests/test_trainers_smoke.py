@@ -158,3 +158,10 @@ def test_train_task_kwargs_change_the_training_trials_only(tiny, monkeypatch, ca
 
     code = main(["train", task, *tiny(task), "train.task_kwargs.trial_ms=-5.0"])
     assert code == 2 and "train.task_kwargs" in capsys.readouterr().err
+
+
+def test_bench_subcommand_is_trainers_bench(capsys):
+    with pytest.raises(SystemExit) as done:
+        main(["bench", "--help"])
+    assert done.value.code == 0
+    assert "usage: python -m trainers.bench" in capsys.readouterr().out

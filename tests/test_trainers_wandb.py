@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 
 import pytest
 
@@ -20,7 +21,7 @@ def test_offline_run_logs_loss_metrics_nfe_plots_and_checkpoint(tmp_path, tiny, 
     assert not result.diverged
 
     (run,) = (tmp_path / "wb" / "wandb").glob("offline-run-*")
-    logged = read_offline_run(run)
+    logged = read_finished(run)
     summary = logged["summary"]
     for key in ("train/loss", "eval/accuracy", "eval/loss", "solver/nfe", "perf/trials_per_s"):
         assert key in summary, key
@@ -37,6 +38,17 @@ def test_offline_run_logs_loss_metrics_nfe_plots_and_checkpoint(tmp_path, tiny, 
         assert json.loads(summary_json.read_text())["eval/accuracy"] == result.metrics["accuracy"]
     # the plots went in as images
     assert any(p.suffix == ".png" for p in (run / "files" / "media" / "images").rglob("*"))
+
+
+def read_finished(run, timeout_s: float = 20.0) -> dict:
+    """The logged run once its summary is on disk: W&B's service process writes the file, and
+    under load the last records may land a moment after ``finish`` returned."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        logged = read_offline_run(run)
+        if logged["summary"] or time.monotonic() > deadline:
+            return logged
+        time.sleep(0.2)
 
 
 def test_wandb_mode_from_the_environment_is_checked(monkeypatch):

@@ -148,13 +148,14 @@ def cmd_list(args) -> int:
     return 0
 
 
-def cmd_bench(args) -> int:
+def cmd_bench(argv: list[str]) -> int:
+    """``python -m trainers bench ...`` is ``python -m trainers.bench ...``."""
     try:
         from trainers.bench import main as bench_main
     except ImportError as err:
         print(f"error: the bench command is not available here ({err})", file=sys.stderr)
         return 2
-    return bench_main(args.args)
+    return bench_main(argv)
 
 
 def reproduce(tasks: list[str], overrides: list[str]) -> tuple[str, list]:
@@ -279,9 +280,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="write the table here (e.g. docs/results.md)")
     p.add_argument("overrides", nargs="*", help="key=value applied to every task")
     p.set_defaults(func=cmd_reproduce)
-    p = sub.add_parser("bench", help="solver and kernel timings (python -m trainers.bench -h)")
+    p = sub.add_parser(
+        "bench", help="solver timings and accuracy (python -m trainers bench -h)", add_help=False
+    )
     p.add_argument("args", nargs=argparse.REMAINDER, help="arguments of trainers.bench")
-    p.set_defaults(func=cmd_bench)
     return parser
 
 
@@ -290,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     from colenv.errors import ConfigError
     from trainers.checkpoint import CheckpointError
 
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["bench"]:  # every argument, --help included, is trainers.bench's
+        return cmd_bench(argv[1:])
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)

@@ -229,12 +229,24 @@ def check_compatible(
     for name in sorted(set(saved["shapes"]) | set(now)):
         a, b = saved["shapes"].get(name), now.get(name)
         if a != b:
+            here = config.model.options.model_dump(mode="json")
+            differ = [
+                f"model.{key} = {_short(saved['options'].get(key))} in the checkpoint, "
+                f"{_short(here.get(key))} in the config"
+                for key in sorted(set(saved["options"]) | set(here))
+                if saved["options"].get(key) != here.get(key)
+            ]
             raise CheckpointError(
                 f"checkpoint {path} does not fit the model: {name} is "
                 f"{a if a is not None else 'absent'} in the checkpoint and "
-                f"{b if b is not None else 'absent'} in the model built from the config "
-                f"(model options there: {saved['options']})"
+                f"{b if b is not None else 'absent'} in the model built from the config"
+                + (f" ({'; '.join(differ)})" if differ else "")
             )
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def load_checkpoint(path: str | Path, state: TrainState) -> dict[str, Any]:
