@@ -5,16 +5,21 @@ element-wise kernels (docs/profiling.md). The C kernel does the same scheme and 
 discrete adjoint with the weight product over W's structure only (each column's dense 8 x 8
 block, then the few other nonzeros) and the trials in vector lanes, so every update is a vector
 operation over a tile of trials that stays in cache.
-:func:`colenv.models.column.integrators.fast_rollout` runs float32 CPU rk4exp rollouts without noise on it by
-default (``kernel="auto"``), with or without a gradient for y0, the drive and the weights
-(:func:`rk4exp_rollout`; a kappa gradient takes the torch path).
+:func:`colenv.models.column.integrators.fast_rollout` runs float32 CPU rk4exp rollouts without
+noise on it by default (``kernel="auto"``), with or without a gradient for y0, the drive and the
+weights (:func:`rk4exp_rollout`; a kappa gradient takes the torch path).
 
 Built on first use with the system C compiler (``$CC``, else ``cc``; ``-O3 -march=native``,
 fused multiply-adds, no ``-ffast-math``), cached per source, compiler and CPU in
 ``$COLENV_CACHE_DIR`` (default ``~/.cache/colenv``); written to a temporary name and renamed,
-so concurrent builds do not clash. Where no compiler works, or with ``COLENV_NATIVE=0`` in the environment,
-:func:`available` is False (the reason in :func:`unavailable_reason`) and callers use the torch
-path.
+so concurrent builds do not clash; the build says so in one line on stderr. Where no compiler
+works, or with ``COLENV_NATIVE=0`` in the environment, :func:`available` is False (the reason in
+:func:`unavailable_reason`) and callers use the torch path.
+
+The entry points (:func:`rk4exp_forward`, :func:`rk4exp_rollout`) hand raw memory to C, so they
+check every tensor first: float32, on the CPU, contiguous where C reads it directly (y0, drive,
+kappa; w_t is repacked in Python and may be any layout), and the shapes below; a ValueError
+names the argument, what it got and what is allowed.
 """
 
 from __future__ import annotations
@@ -27,6 +32,7 @@ import os
 import platform
 import shlex
 import subprocess
+import sys
 import tempfile
 import threading
 from pathlib import Path
@@ -125,6 +131,12 @@ def _build() -> ctypes.CDLL:
     lib_path = cache_dir() / f"rk4exp-{key}.so"
     if not lib_path.exists():
         lib_path.parent.mkdir(parents=True, exist_ok=True)
+        print(
+            f"colenv: building the native rk4exp kernel (once per machine and compiler, "
+            f"about 15 s) in {lib_path.parent}",
+            file=sys.stderr,
+            flush=True,
+        )
         fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib_path.parent)
         os.close(fd)
         try:
@@ -315,26 +327,77 @@ class _Call:
         """The states [n_int + 1, B, 3P] of the whole trial from y0 [B, 3P] (no stores)."""
         n_int = self.drive.shape[0]
         out = torch.empty(n_int + 1, *y0.shape, dtype=torch.float32)
-        y0c = y0.detach().contiguous()
-        self.call(_lib_or_raise().colenv_rk4exp_forward, self.problem(y0c, 0, n_int, out))
+        y0d = y0.detach()
+        self.call(_lib_or_raise().colenv_rk4exp_forward, self.problem(y0d, 0, n_int, out))
         return out
 
 
 def _prepare(y0, drive, w_t, kappa, c, n_points, n_sub, h, filter_weights, n_threads) -> _Call:
     """The checked call object for one rollout of n_points grid points."""
+    _check(y0, drive, w_t, kappa, c, n_points, n_sub, h, filter_weights, n_threads)
     _lib_or_raise()
-    _check(y0, drive, n_points)
     return _Call(drive[: n_points - 1], w_t, kappa, c, n_sub, h, filter_weights, n_threads)
 
 
-def _check(y0: torch.Tensor, drive: torch.Tensor, n_points: int) -> None:
-    B, S = y0.shape
-    n_int = n_points - 1
-    if drive.shape[0] < n_int or tuple(drive.shape[1:]) != (B, S // 3):
+_CONSTANTS = ("tau_m", "tau_a", "tau_s", "da", "db", "d")
+
+
+def _check_tensor(name: str, x, shape: tuple | None, contiguous: bool = True) -> None:
+    """ValueError naming ``name`` unless x is a float32 CPU tensor of ``shape`` (None entries:
+    any size), contiguous if C reads its memory directly."""
+    if not isinstance(x, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+    if x.dtype != torch.float32:
         raise ValueError(
-            f"drive must be [>= {n_int}, {B}, {S // 3}] for y0 {tuple(y0.shape)}, "
-            f"got {tuple(drive.shape)}"
+            f"{name} must be float32 (the kernel computes in float32), got {x.dtype}; "
+            "convert with .float() or run the torch path (solver.fast.kernel = 'torch')"
         )
+    if x.device.type != "cpu":
+        raise ValueError(
+            f"{name} must be on the CPU (the kernel is CPU code), got {x.device}; on a GPU "
+            "run the torch path (solver.fast.kernel = 'torch' or 'auto')"
+        )
+    if shape is not None and (
+        x.dim() != len(shape)
+        or any(s is not None and s != n for s, n in zip(shape, x.shape, strict=True))
+    ):
+        want = ", ".join("*" if s is None else str(s) for s in shape)
+        raise ValueError(f"{name} must be [{want}], got {list(x.shape)}")
+    if contiguous and not x.is_contiguous():
+        raise ValueError(
+            f"{name} must be contiguous (the kernel reads its memory in order), got strides "
+            f"{x.stride()} for shape {list(x.shape)}; pass {name}.contiguous()"
+        )
+
+
+def _check(y0, drive, w_t, kappa, c, n_points, n_sub, h, filter_weights, n_threads) -> None:
+    """Every argument of one kernel rollout, before C sees its memory."""
+    _check_tensor("y0", y0, (None, None))
+    B, S = y0.shape
+    if S % 3:
+        raise ValueError(f"y0 must be [B, 3P] (v, a and r of P populations), got {list(y0.shape)}")
+    P = S // 3
+    for name, value, low in (("n_points", n_points, 2), ("n_sub", n_sub, 1)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
+    n_int = n_points - 1
+    _check_tensor("drive", drive, (None, B, P))
+    if drive.shape[0] < n_int:
+        raise ValueError(
+            f"drive must be [>= {n_int}, {B}, {P}] for y0 {list(y0.shape)} and n_points "
+            f"{n_points}, got {list(drive.shape)}"
+        )
+    _check_tensor("w_t", w_t, (P, P), contiguous=False)
+    _check_tensor("kappa", kappa, (P,))
+    missing = [k for k in _CONSTANTS if k not in c]
+    if missing:
+        raise ValueError(f"c lacks the constants {', '.join(missing)} (ColumnNetwork.constants())")
+    if not (isinstance(h, int | float) and math.isfinite(h) and h > 0):
+        raise ValueError(f"h must be a step > 0 in seconds, got {h!r}")
+    if len(filter_weights) != 3:
+        raise ValueError(f"filter_weights must be 3 floats (w0, wm, w1), got {filter_weights!r}")
+    if n_threads is not None and (not isinstance(n_threads, int) or n_threads < 1):
+        raise ValueError(f"n_threads must be None or an integer >= 1, got {n_threads!r}")
 
 
 def rk4exp_forward(
@@ -352,9 +415,17 @@ def rk4exp_forward(
     """States [n_points, B, 3P] of rk4exp from y0 [B, 3P] under drive [>= n_points - 1, B, P],
     no gradient.
 
-    The scheme of :func:`colenv.models.column.integrators.fast_rollout` (method "rk4exp", no noise), computed by the
-    C kernel; ``n_threads`` defaults to ``torch.get_num_threads()``. Raises RuntimeError when
-    the kernel is unavailable (check :func:`available` first).
+    The scheme of :func:`colenv.models.column.integrators.fast_rollout` (method "rk4exp", no
+    noise), computed by the C kernel. w_t [P source, P target] and kappa [P] as in
+    :class:`colenv.models.column.network.ColumnTerms`, ``c`` its constants, ``h`` the step (s),
+    ``n_sub`` steps per grid interval, ``filter_weights`` (w0, wm, w1) of the r filter
+    (:func:`colenv.models.column.integrators._filter_weights`); ``n_threads`` defaults to
+    ``torch.get_num_threads()``.
+
+    Raises:
+        ValueError: a tensor is not float32, not on the CPU, not contiguous (y0, drive, kappa)
+            or of the wrong shape, or a number is out of range; the message names it.
+        RuntimeError: the kernel is unavailable (check :func:`available` first).
     """
     args = (y0, drive, w_t, kappa, c, n_points, n_sub, h, filter_weights, n_threads)
     return _prepare(*args).states(y0)
