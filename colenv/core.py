@@ -155,7 +155,10 @@ class TrialTask(gym.Env):
     - ``condition_grid() -> dict`` the deterministic evaluation set,
     - ``_build(conditions, generator) -> (stimulus, target, mask, extra_conditions)``
       in float64 (``generator`` feeds any noise of the trial),
-    - ``evaluate(output, trial) -> dict`` the success criterion.
+    - ``evaluate(output, trial) -> dict`` the success criterion,
+
+    and may override ``plot`` to draw a model's answers as its science needs (the default
+    draws each output against its target).
 
     Gymnasium wants actions in ``[-1, 1]`` or ``[0, 1]`` (``check_env`` warns
     otherwise), so an action is an output divided by ``action_scale``: the output

@@ -126,9 +126,6 @@ class HopfField(nn.Module):
     def readout(self, states: torch.Tensor) -> torch.Tensor:
         return states
 
-    def rates(self, states: torch.Tensor) -> torch.Tensor:
-        return states
-
     def describe_state_index(self, index: int) -> str:
         return ("x", "y")[index]
 
