@@ -1,18 +1,18 @@
-"""The fast path (colenv.models.column.integrators): accuracy against a tight dopri5 reference, convergence order,
-gradients against finite differences, checkpointing and compile equal to eager."""
+"""The column model's fast schemes (colenv.models.column.integrators, run through
+Dynamics.fast_rollout): accuracy against a tight dopri5 reference, convergence order, gradients
+against finite differences, checkpointing and compile equal to eager, the discrete adjoint."""
 
 import math
-import types
 import warnings
 
 import pytest
 import torch
 
-from colenv import SolverConfig, rollout
+from colenv import AdaptiveOptions, FastOptions, SolverConfig, rollout
+from colenv.errors import ConfigError
 from colenv.models import AreaSpec, ColumnNetwork, ConnectionSpec, NetworkSpec
 from colenv.models.column import integrators as fast
-from colenv.models.column.integrators import fast_rollout, rate_g
-from colenv.models.column.transfer import transfer_g
+from colenv.models.column.network import ColumnTerms
 
 METHODS = ("expeuler", "exprk2", "rk4exp")
 
@@ -36,26 +36,16 @@ def reference():
     net = ColumnNetwork(spec=decision_spec(), dtype=torch.float64)
     T = 61
     stim, t = step_stimulus(T), torch.arange(T, dtype=torch.float64)
-    ref = rollout(net, stim, t, SolverConfig(method="dopri5", rtol=1e-9, atol=1e-9))
+    tight = AdaptiveOptions(rtol=1e-9, atol=1e-9)
+    ref = rollout(net, stim, t, SolverConfig(method="dopri5", adaptive=tight))
     return net, stim, t, ref.states
 
 
-def test_rate_g_matches_transfer_g_and_has_its_gradient():
-    u = torch.cat(
-        [
-            torch.linspace(-80.0, 80.0, 20001, dtype=torch.float64),
-            torch.tensor([0.0, 1e-12, -1e-12, 1e-3, -1e-3, 1e-2, -1e-2], dtype=torch.float64),
-        ]
+def fast_rollout(dyn, y0, n_points, n_sub, h, method, *, noise=False, generator=None, **options):
+    """``dyn.fast_rollout`` with the FastOptions given as keywords."""
+    return dyn.fast_rollout(
+        y0, n_points, n_sub, h, method, FastOptions(**options), noise=noise, generator=generator
     )
-    a, b = u.clone().requires_grad_(), u.clone().requires_grad_()
-    ga, gb = transfer_g(a), rate_g(b)
-    torch.testing.assert_close(gb, ga, rtol=1e-12, atol=1e-12)
-    ga.sum().backward()
-    gb.sum().backward()
-    assert torch.isfinite(b.grad).all()
-    torch.testing.assert_close(b.grad, a.grad, rtol=1e-10, atol=1e-12)
-    x = (torch.randn(40, dtype=torch.float64) * 4).requires_grad_()
-    assert torch.autograd.gradcheck(rate_g, (x,))
 
 
 def test_rk4exp_float32_within_half_hz_of_reference(reference):
@@ -153,8 +143,8 @@ def test_nfe_counts_stages():
     net, stim, T = _one_column_problem()
     for method, per_step in (("expeuler", 1), ("exprk2", 2), ("rk4exp", 4)):
         dyn = net.prepare(stim)
-        fast_rollout(dyn, net.initial_state(2), T, 2, 0.5e-3, method)
-        assert dyn.nfe == (T - 1) * 2 * per_step
+        dyn.fast_rollout(net.initial_state(2), T, 2, 0.5e-3, method)
+        assert dyn.nfe == (T - 1) * 2 * per_step == (T - 1) * 2 * fast.STAGES[method]
 
 
 @pytest.fixture
@@ -204,7 +194,7 @@ def test_compiled_equals_eager(method):
         net.zero_grad()
         with warnings.catch_warnings():
             warnings.simplefilter("error", RuntimeWarning)  # a compile fallback fails the test
-            cfg = SolverConfig(method, step_ms=0.5, compile=compile, kernel="torch")
+            cfg = SolverConfig(method, fast={"compile": compile, "kernel": "torch"})
             states = rollout(net, stim, t, cfg)
             net.readout(states.states[-10:]).sum().backward()
         out[compile] = (states.states.detach(), net.lateral.weight.grad.clone())
@@ -261,9 +251,9 @@ def test_discrete_adjoint_gradcheck():
     y0 = net.initial_state(1)
 
     def run(y, w_t, drive):
-        dyn = types.SimpleNamespace(P=P, w_t=w_t, kappa=net.kappa, drive=drive, c=c, nfe=0)
-        states = fast_rollout(dyn, y, 4, 2, 0.5e-3, "rk4exp", backward="discrete_adjoint", unroll=2)
-        return states[1:]
+        terms = ColumnTerms(w_t=w_t, drive=drive, kappa=net.kappa, constants=c)
+        options = FastOptions(backward="discrete_adjoint", unroll=2)
+        return fast.fast_rollout(terms, y, 4, 2, 0.5e-3, "rk4exp", options)[1:]
 
     inputs = (
         y0.clone().requires_grad_(),
@@ -332,29 +322,40 @@ def test_kappa_gradient_falls_back_to_autograd():
     states = fast_rollout(dyn, y0, stim.shape[0], 2, 0.5e-3, "rk4exp")
     (g,) = torch.autograd.grad((states * gy).sum(), [net.kappa])
     assert torch.isfinite(g).all() and float(g.abs().max()) > 0
-    with pytest.raises(ValueError, match="kappa"):
+    with pytest.raises(ConfigError, match="no gradient for kappa"):
         fast_rollout(
             net.prepare(stim), y0, stim.shape[0], 2, 0.5e-3, "rk4exp", backward="discrete_adjoint"
         )
 
 
 def test_solver_config_validates_backward_and_unroll():
-    with pytest.raises(ValueError, match="backward must be one of auto, discrete_adjoint"):
-        SolverConfig("rk4exp", backward="adjoint")
-    with pytest.raises(ValueError, match="applies to the fast methods"):
-        SolverConfig("dopri5", backward="autograd")
-    with pytest.raises(ValueError, match="implemented for rk4exp, not 'exprk2'"):
-        SolverConfig("exprk2", backward="discrete_adjoint")
-    with pytest.raises(ValueError, match="unroll must be an integer >= 0"):
-        SolverConfig("rk4exp", unroll=-2)
-    with pytest.raises(ValueError, match="unroll applies to the discrete-adjoint path"):
-        SolverConfig("rk4exp", backward="autograd", unroll=4)
-    with pytest.raises(ValueError, match="unroll applies"):
-        SolverConfig("rk4", unroll=4)
-    with pytest.raises(ValueError, match="unknown solver option 'unrol'"):
-        SolverConfig.from_dict({"method": "rk4exp", "unrol": 4})
-    cfg = SolverConfig.from_dict({"method": "rk4exp", "backward": "discrete_adjoint", "unroll": 5})
-    assert (cfg.backward, cfg.unroll) == ("discrete_adjoint", 5)
+    with pytest.raises(
+        ConfigError, match="solver.fast.backward = 'adjoint': Input should be 'auto'"
+    ):
+        SolverConfig("rk4exp", fast={"backward": "adjoint"})
+    with pytest.raises(ConfigError, match="solver.fast applies to the fast methods"):
+        SolverConfig("dopri5", fast={"backward": "autograd"})
+    with pytest.raises(ConfigError, match="implemented for rk4exp, not 'exprk2'"):
+        SolverConfig("exprk2", fast={"backward": "discrete_adjoint"})
+    with pytest.raises(ConfigError, match="solver.fast.unroll = -2"):
+        SolverConfig("rk4exp", fast={"unroll": -2})
+    with pytest.raises(ConfigError, match="unroll = 4: applies to the discrete-adjoint path"):
+        SolverConfig("rk4exp", fast={"backward": "autograd", "unroll": 4})
+    with pytest.raises(ConfigError, match="unknown key 'solver.fast.unrol'"):
+        SolverConfig("rk4exp", fast={"unrol": 4})
+    cfg = SolverConfig("rk4exp", fast={"backward": "discrete_adjoint", "unroll": 5})
+    assert (cfg.fast.backward, cfg.fast.unroll) == ("discrete_adjoint", 5)
+
+
+def test_fast_rollout_checks_its_options_against_the_method():
+    net, stim, T = _one_column_problem()
+    dyn = net.prepare(stim)
+    with pytest.raises(ConfigError, match="implemented for rk4exp, not 'expeuler'"):
+        fast_rollout(
+            dyn, net.initial_state(2), T, 2, 0.5e-3, "expeuler", backward="discrete_adjoint"
+        )
+    with pytest.raises(ConfigError, match="unknown fast method 'rk5'"):
+        fast_rollout(dyn, net.initial_state(2), T, 2, 0.5e-3, "rk5")
 
 
 def test_rollout_passes_backward_and_unroll():
@@ -363,13 +364,13 @@ def test_rollout_passes_backward_and_unroll():
     t = torch.arange(stim.shape[0], dtype=torch.float64)
     out = {}
     for cfg in (
-        SolverConfig("rk4exp", backward="autograd"),
-        SolverConfig("rk4exp", backward="discrete_adjoint", unroll=6),
+        SolverConfig("rk4exp", fast={"backward": "autograd"}),
+        SolverConfig("rk4exp", fast={"backward": "discrete_adjoint", "unroll": 6}),
     ):
         net.zero_grad()
         states = rollout(net, stim, t, cfg, y0=y0.detach()).states
         (states * gy).sum().backward()
-        out[cfg.backward] = (states.detach(), net.lateral.weight.grad.clone())
+        out[cfg.fast.backward] = (states.detach(), net.lateral.weight.grad.clone())
     torch.testing.assert_close(
         out["discrete_adjoint"][0], out["autograd"][0], rtol=1e-12, atol=1e-10
     )
@@ -395,7 +396,7 @@ def test_compiled_adjoint_equals_eager():
     stim, t = step_stimulus(T, torch.float32), torch.arange(T, dtype=torch.float32)
     out = {}
     for compile in (False, True):
-        cfg = SolverConfig("rk4exp", step_ms=0.5, compile=compile, unroll=6, kernel="torch")
+        cfg = SolverConfig("rk4exp", fast={"compile": compile, "unroll": 6, "kernel": "torch"})
         net.zero_grad()
         with warnings.catch_warnings():
             warnings.simplefilter("error", RuntimeWarning)  # a compile fallback fails the test

@@ -1,16 +1,17 @@
-"""The native rk4exp kernel (colenv.models.column.native): the same scheme and discrete adjoint as the torch
-fast path, checked against the torch path (states and gradients, to float32 rounding; the torch
-adjoint is checked against autograd and gradcheck in tests/test_fast.py), against a tight
-float64 dopri5 reference (the 0.5 Hz accuracy bound), and for runaways, dispatch, errors
-and fallback."""
+"""The native rk4exp kernel (colenv.models.column.native): the same scheme and discrete adjoint as
+the torch fast path, checked against the torch path (states and gradients, to float32 rounding;
+the torch adjoint is checked against autograd and gradcheck in tests/test_fast.py), against a
+tight float64 dopri5 reference (the 0.5 Hz accuracy bound), and for runaways, dispatch, argument
+checks, errors and fallback."""
 
 import pytest
 import torch
 
-from colenv import DivergenceError, SolverConfig, rollout
+from colenv import AdaptiveOptions, DivergenceError, SolverConfig, rollout
+from colenv.errors import ConfigError
 from colenv.models import AreaSpec, ColumnNetwork, ConnectionSpec, NetworkSpec, load_params
 from colenv.models.column import native
-from colenv.models.column.integrators import _filter_weights, fast_rollout
+from colenv.models.column.integrators import _filter_weights
 
 pytestmark = pytest.mark.skipif(
     not native.available(), reason=f"native kernel unavailable: {native.unavailable_reason()}"
@@ -46,11 +47,23 @@ def trials(net: ColumnNetwork, batch: int, T: int, seed: int = 0, dtype=torch.fl
     return stim, torch.arange(T, dtype=dtype)
 
 
+def rk4exp(step_ms: float = 0.5, **fast) -> SolverConfig:
+    """rk4exp with the [solver.fast] options given as keywords."""
+    return SolverConfig("rk4exp", step_ms=step_ms, fast=fast)
+
+
+def kernel_args(terms, n_points, n_sub, h):
+    """The arguments of native.rk4exp_forward after y0, from a rollout's ColumnTerms."""
+    c = terms.constants
+    fw = _filter_weights(c["tau_s"], h)
+    return terms.drive, terms.w_t, terms.kappa, c, n_points, n_sub, h, fw
+
+
 def both(net, stim, t, step_ms=0.5, y0=None):
     """(native, torch) states of the same no-grad rk4exp rollout."""
     with torch.no_grad():
         out = [
-            rollout(net, stim, t, SolverConfig("rk4exp", step_ms=step_ms, kernel=k), y0=y0).states
+            rollout(net, stim, t, rk4exp(step_ms=step_ms, kernel=k), y0=y0).states
             for k in ("native", "torch")
         ]
     return out
@@ -84,15 +97,16 @@ def test_native_steps_and_saturation_equal_torch_path():
 
 
 def test_native_within_half_hz_of_float64_reference():
-    """Issue 5's bound, against tight float64 dopri5 rather than the torch path."""
+    """The 0.5 Hz accuracy bound, against tight float64 dopri5 rather than the torch path."""
     torch.manual_seed(0)
     net64 = ColumnNetwork(spec=parity_spec(), dtype=torch.float64)
     net32 = ColumnNetwork(spec=parity_spec())
     net32.load_state_dict({k: v.float() for k, v in net64.state_dict().items()})
     stim, t = trials(net64, 4, 201, dtype=torch.float64)
     with torch.no_grad():
-        ref = rollout(net64, stim, t, SolverConfig("dopri5", rtol=1e-9, atol=1e-9)).states
-        nat = rollout(net32, stim.float(), t.float(), SolverConfig("rk4exp", kernel="native"))
+        tight = AdaptiveOptions(rtol=1e-9, atol=1e-9)
+        ref = rollout(net64, stim, t, SolverConfig("dopri5", adaptive=tight)).states
+        nat = rollout(net32, stim.float(), t.float(), rk4exp(kernel="native"))
     P = net32.n_pop
     err = (nat.states.double() - ref)[..., 2 * P :].abs().max()
     assert float(ref[..., 2 * P :].max()) > 10.0
@@ -111,9 +125,9 @@ def test_native_runaway_is_caught_like_torch():
     for kernel in ("native", "torch"):
         with pytest.raises(DivergenceError):
             with torch.no_grad():
-                rollout(net, stim, t, SolverConfig("rk4exp", kernel=kernel), y0=y0)
+                rollout(net, stim, t, rk4exp(kernel=kernel), y0=y0)
     with torch.no_grad():
-        cfg = SolverConfig("rk4exp", kernel="native", check_finite=False)
+        cfg = SolverConfig("rk4exp", fast={"kernel": "native"}, check_finite=False)
         nat = rollout(net, stim, t, cfg, y0=y0)
     assert not torch.isfinite(nat.states[-1]).all()
 
@@ -123,13 +137,11 @@ def test_threads_give_identical_states():
     net = ColumnNetwork(spec=parity_spec())
     stim, t = trials(net, 40, 31)
     with torch.no_grad():
-        dyn = net.prepare(stim)
+        terms = net.prepare(stim).terms
         y0 = net.initial_state(40)
-        fw = _filter_weights(dyn.c["tau_s"], 0.5e-3)
-        one = native.rk4exp_forward(y0, dyn.drive, dyn.w_t, dyn.kappa, dyn.c, 31, 2, 0.5e-3, fw, 1)
-        three = native.rk4exp_forward(
-            y0, dyn.drive, dyn.w_t, dyn.kappa, dyn.c, 31, 2, 0.5e-3, fw, 3
-        )
+        args = kernel_args(terms, 31, 2, 0.5e-3)
+        one = native.rk4exp_forward(y0, *args, 1)
+        three = native.rk4exp_forward(y0, *args, 3)
     assert torch.equal(one, three)
 
 
@@ -151,10 +163,10 @@ def test_dispatch_auto_uses_native_only_without_gradient():
         assert len(calls) == 1
         states = rollout(net, stim, t, SolverConfig("rk4exp")).states  # the native adjoint
         assert states.grad_fn.name().endswith("_AdjointBackward") and len(calls) == 1
-        states = rollout(net, stim, t, SolverConfig("rk4exp", backward="autograd")).states
+        states = rollout(net, stim, t, rk4exp(backward="autograd")).states
         assert not states.grad_fn.name().endswith("_AdjointBackward")
         with torch.no_grad():
-            rollout(net, stim, t, SolverConfig("rk4exp", kernel="torch"))
+            rollout(net, stim, t, rk4exp(kernel="torch"))
             rollout(net, stim, t, SolverConfig("exprk2"))
             rollout(net, stim, t, SolverConfig("rk4exp", sde=True), seed=0)
         assert len(calls) == 1
@@ -184,10 +196,8 @@ def test_native_adjoint_equals_torch_adjoint(batch, segment):
     stim, t = trials(net, batch, 41, seed=3)
     y0 = net.initial_state(batch)
     gy = torch.randn(41, batch, net.state_size, generator=torch.Generator().manual_seed(4))
-    s_nat, g_nat = _grads(
-        net, stim, t, y0, gy, SolverConfig("rk4exp", kernel="native", checkpoint_every=segment)
-    )
-    s_tor, g_tor = _grads(net, stim, t, y0, gy, SolverConfig("rk4exp", kernel="torch"))
+    s_nat, g_nat = _grads(net, stim, t, y0, gy, rk4exp(kernel="native", checkpoint_every=segment))
+    s_tor, g_tor = _grads(net, stim, t, y0, gy, rk4exp(kernel="torch"))
     torch.testing.assert_close(s_nat, s_tor, rtol=2e-5, atol=2e-5 * float(s_tor.abs().max()))
     assert len(g_nat) == 5  # y0, stimulus, and the lateral, feedforward and input weights
     for got, want in zip(g_nat, g_tor, strict=True):
@@ -205,8 +215,8 @@ def test_csr_only_kernel_equals_torch(monkeypatch, batch):
     stim, t = trials(net, batch, 41, seed=3)
     y0 = net.initial_state(batch)
     gy = torch.randn(41, batch, net.state_size, generator=torch.Generator().manual_seed(4))
-    s_nat, g_nat = _grads(net, stim, t, y0, gy, SolverConfig("rk4exp", kernel="native"))
-    s_tor, g_tor = _grads(net, stim, t, y0, gy, SolverConfig("rk4exp", kernel="torch"))
+    s_nat, g_nat = _grads(net, stim, t, y0, gy, rk4exp(kernel="native"))
+    s_tor, g_tor = _grads(net, stim, t, y0, gy, rk4exp(kernel="torch"))
     torch.testing.assert_close(s_nat, s_tor, rtol=2e-5, atol=2e-5 * float(s_tor.abs().max()))
     for got, want in zip(g_nat, g_tor, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
@@ -220,17 +230,17 @@ def test_weight_gradient_on_pattern_equals_dense_there_and_is_zero_elsewhere():
     net = ColumnNetwork(spec=parity_spec())
     stim, t = trials(net, 5, 31, seed=1)
     with torch.no_grad():
-        dyn = net.prepare(stim)
+        terms = net.prepare(stim).terms
         y0 = net.initial_state(5)
-    pattern = dyn.w_pattern_t
-    w_t = dyn.w_t.detach().clone()
+    pattern = terms.w_pattern_t
+    w_t = terms.w_t.detach().clone()
     w_t[pattern.nonzero()[0].tolist()] = 0.0  # one pattern entry at exactly zero
     gy = torch.randn(31, 5, net.state_size, generator=torch.Generator().manual_seed(2))
-    fw = _filter_weights(dyn.c["tau_s"], 0.5e-3)
+    drive, _, kappa, c, *rest = kernel_args(terms, 31, 2, 0.5e-3)
 
     def grad(pat):
         w = w_t.clone().requires_grad_()
-        args = (y0, dyn.drive.detach(), w, dyn.kappa.detach(), dyn.c, 31, 2, 0.5e-3, fw)
+        args = (y0, drive.detach(), w, kappa.detach(), c, *rest)
         (native.rk4exp_rollout(*args, grad_pattern=pat) * gy).sum().backward()
         return w.grad
 
@@ -248,7 +258,7 @@ def test_weight_gradient_on_pattern_equals_dense_there_and_is_zero_elsewhere():
 
 def test_column_blocks_split_w_into_blocks_and_rest():
     torch.manual_seed(0)
-    w_t = ColumnNetwork(spec=parity_spec()).prepare(torch.zeros(2, 1, 4)).w_t.detach()
+    w_t = ColumnNetwork(spec=parity_spec()).prepare(torch.zeros(2, 1, 4)).terms.w_t.detach()
     blocks, by_source, rest = native.column_blocks(w_t)
     n = w_t.shape[0] // 8
     assert blocks.shape == by_source.shape == (n, 8, 8)
@@ -269,11 +279,12 @@ def test_forward_with_stores_is_bit_identical(batch):
     net = ColumnNetwork(spec=parity_spec())
     stim, t = trials(net, batch, 61)
     with torch.no_grad():
-        dyn = net.prepare(stim)
+        terms = net.prepare(stim).terms
         y0 = net.initial_state(batch)
     n_int, P, h = 60, net.n_pop, 0.5e-3
-    call = native._Call(dyn.drive[:n_int], dyn.w_t, dyn.kappa, dyn.c, 2, h,
-                        _filter_weights(dyn.c["tau_s"], h), 1)  # fmt: skip
+    c = terms.constants
+    call = native._Call(terms.drive[:n_int], terms.w_t, terms.kappa, c, 2, h,
+                        _filter_weights(c["tau_s"], h), 1)  # fmt: skip
     plain = call.states(y0)
     n_tiles, bt = -(-batch // native.tile_width(batch)), native.tile_width(batch)
     ps, ss = (torch.empty(n_tiles, P, n_int * 2 * 4 * bt) for _ in range(2))
@@ -292,8 +303,8 @@ def test_native_adjoint_with_saturation_equals_torch_adjoint():
     stim = stim * 5.0
     y0 = net.initial_state(4)
     gy = torch.randn(31, 4, net.state_size, generator=torch.Generator().manual_seed(5))
-    s_nat, g_nat = _grads(net, stim, t, y0, gy, SolverConfig("rk4exp", step_ms=1.0))
-    s_tor, g_tor = _grads(net, stim, t, y0, gy, SolverConfig("rk4exp", step_ms=1.0, kernel="torch"))
+    s_nat, g_nat = _grads(net, stim, t, y0, gy, rk4exp(step_ms=1.0))
+    s_tor, g_tor = _grads(net, stim, t, y0, gy, rk4exp(step_ms=1.0, kernel="torch"))
     assert float(s_tor[..., 2 * net.n_pop :].max()) > 20.0
     for got, want in zip(g_nat, g_tor, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
@@ -307,42 +318,98 @@ def test_kappa_gradient_takes_the_torch_path():
     states = rollout(net, stim, t, SolverConfig("rk4exp")).states
     (g,) = torch.autograd.grad(states[..., 2 * net.n_pop :].sum(), [net.kappa])
     assert torch.isfinite(g).all() and float(g.abs().max()) > 0
-    with pytest.raises(ValueError, match="no gradient for kappa .*kappa requires grad: True"):
-        rollout(net, stim, t, SolverConfig("rk4exp", kernel="native"))
+    with pytest.raises(ConfigError, match="no gradient for kappa .*kappa requires grad: True"):
+        rollout(net, stim, t, rk4exp(kernel="native"))
 
 
 def test_kernel_errors_name_the_value_and_what_is_allowed():
-    with pytest.raises(ValueError, match="kernel must be one of auto, torch, native, got 'gpu'"):
-        SolverConfig("rk4exp", kernel="gpu")
-    with pytest.raises(ValueError, match="kernel='native' applies to method rk4exp"):
-        SolverConfig("rk4", kernel="native")
-    with pytest.raises(ValueError, match="kernel='native' applies to method rk4exp"):
-        SolverConfig("rk4exp", sde=True, kernel="native")
+    with pytest.raises(ConfigError, match="solver.fast.kernel = 'gpu': Input should be 'auto'"):
+        rk4exp(kernel="gpu")
+    with pytest.raises(ConfigError, match="solver.fast applies to the fast methods"):
+        SolverConfig("rk4", fast={"kernel": "native"})
+    with pytest.raises(ConfigError, match="kernel = 'native': applies to method rk4exp without"):
+        SolverConfig("exprk2", fast={"kernel": "native"})
+    with pytest.raises(ConfigError, match="kernel = 'native': applies to method rk4exp without"):
+        SolverConfig("rk4exp", sde=True, fast={"kernel": "native"})
     net = ColumnNetwork(spec=xor_spec(), dtype=torch.float64)
     stim, t = trials(net, 2, 11, dtype=torch.float64)
-    with pytest.raises(ValueError, match=r"float32 CPU tensors .*\(got torch.float64"):
+    with pytest.raises(ConfigError, match=r"float32 CPU tensors .*\(got torch.float64"):
         with torch.no_grad():
-            rollout(net, stim, t, SolverConfig("rk4exp", kernel="native"))
+            rollout(net, stim, t, rk4exp(kernel="native"))
     with torch.no_grad():  # auto falls back to the torch path for float64
         rollout(net, stim, t, SolverConfig("rk4exp"))
 
 
-def test_fast_rollout_rejects_unknown_kernel():
+def _entry_args(batch: int = 2, n_points: int = 5):
+    """(y0, *kernel_args) of a small valid native call."""
     net = ColumnNetwork(spec=xor_spec())
-    stim, _ = trials(net, 1, 5)
-    with pytest.raises(ValueError, match="kernel must be one of auto, torch, native; got 'c'"):
-        fast_rollout(net.prepare(stim), net.initial_state(1), 5, 1, 1e-3, "rk4exp", kernel="c")
+    stim, _ = trials(net, batch, n_points)
+    with torch.no_grad():
+        terms = net.prepare(stim).terms
+        return (net.initial_state(batch), *kernel_args(terms, n_points, 1, 1e-3))
+
+
+@pytest.mark.parametrize("entry", ["forward", "rollout"])
+@pytest.mark.parametrize("index, name", [(0, "y0"), (1, "drive"), (2, "w_t"), (3, "kappa")])
+def test_entry_points_refuse_float64(entry, index, name):
+    """float64 was once read as float32 memory: now every tensor argument is checked."""
+    fn = native.rk4exp_forward if entry == "forward" else native.rk4exp_rollout
+    args = list(_entry_args())
+    fn(*args)  # the valid call runs
+    args[index] = args[index].double()
+    with pytest.raises(ValueError, match=rf"^{name} must be float32 .*got torch.float64"):
+        fn(*args)
+
+
+@pytest.mark.parametrize("index, name", [(0, "y0"), (1, "drive"), (3, "kappa")])
+def test_entry_points_refuse_non_contiguous_memory(index, name):
+    args = list(_entry_args())
+    x = args[index]
+    args[index] = torch.stack([x, x], dim=-1)[..., 0]  # same values, every other float
+    assert not args[index].is_contiguous() and torch.equal(args[index], x)
+    with pytest.raises(ValueError, match=rf"^{name} must be contiguous .*{name}\.contiguous\(\)"):
+        native.rk4exp_forward(*args)
+    args[index] = args[index].contiguous()
+    native.rk4exp_forward(*args)
+
+
+def test_entry_points_accept_any_layout_of_w_t():
+    """w_t is repacked in Python (blocks and CSR), so a transposed view is fine."""
+    y0, drive, w_t, *rest = _entry_args()
+    assert not w_t.is_contiguous()  # Dynamics keeps W transposed as a view
+    a = native.rk4exp_forward(y0, drive, w_t, *rest)
+    b = native.rk4exp_forward(y0, drive, w_t.contiguous(), *rest)
+    assert torch.equal(a, b)
+
+
+def test_entry_points_refuse_other_devices_and_shapes():
+    args = list(_entry_args())
+    on_meta = list(args)
+    on_meta[0] = args[0].to("meta")
+    with pytest.raises(ValueError, match="^y0 must be on the CPU .*got meta"):
+        native.rk4exp_forward(*on_meta)
+    for index, bad, message in [
+        (0, args[0][:, :-1].contiguous(), r"y0 must be \[B, 3P\]"),
+        (2, args[2][:-1], r"w_t must be \[24, 24\], got \[23, 24\]"),
+        (3, args[3][:-1].contiguous(), r"kappa must be \[24\], got \[23\]"),
+        (1, args[1][:, :1].contiguous(), r"drive must be \[\*, 2, 24\], got \[5, 1, 24\]"),
+        (5, 1, "n_points must be an integer >= 2, got 1"),
+        (6, 0, "n_sub must be an integer >= 1, got 0"),
+        (7, -1e-3, "h must be a step > 0"),
+    ]:
+        wrong = list(args)
+        wrong[index] = bad
+        with pytest.raises(ValueError, match=message):
+            native.rk4exp_forward(*wrong)
+    with pytest.raises(ValueError, match="n_threads must be None or an integer >= 1, got 0"):
+        native.rk4exp_forward(*args, 0)
 
 
 def test_drive_shape_is_checked():
-    net = ColumnNetwork(spec=xor_spec())
-    stim, _ = trials(net, 2, 5)
-    dyn = net.prepare(stim)
-    fw = _filter_weights(dyn.c["tau_s"], 1e-3)
+    y0, drive, *rest = _entry_args(n_points=5)
+    rest[3] = 10  # n_points: 9 intervals, the drive has 5 rows
     with pytest.raises(ValueError, match=r"drive must be \[>= 9, 2, 24\]"):
-        native.rk4exp_forward(
-            net.initial_state(2), dyn.drive, dyn.w_t, dyn.kappa, dyn.c, 10, 1, 1e-3, fw
-        )
+        native.rk4exp_forward(y0, drive, *rest)
 
 
 def test_unavailable_kernel_falls_back(monkeypatch):
@@ -357,19 +424,24 @@ def test_unavailable_kernel_falls_back(monkeypatch):
     stim, t = trials(net, 2, 11)
     with torch.no_grad():
         auto = rollout(net, stim, t, SolverConfig("rk4exp")).states
-        tor = rollout(net, stim, t, SolverConfig("rk4exp", kernel="torch")).states
+        tor = rollout(net, stim, t, rk4exp(kernel="torch")).states
         assert torch.equal(auto, tor)
-        with pytest.raises(ValueError, match="unavailable here .*nonexistent"):
-            rollout(net, stim, t, SolverConfig("rk4exp", kernel="native"))
+        with pytest.raises(ConfigError, match="unavailable here .*nonexistent"):
+            rollout(net, stim, t, rk4exp(kernel="native"))
 
 
-def test_build_is_cached_per_source(tmp_path, monkeypatch):
-    """A fresh cache dir gets one library; loading again reuses it (no rebuild)."""
+def test_build_is_cached_per_source(tmp_path, monkeypatch, capfd):
+    """A fresh cache dir gets one library and one line on stderr saying what is built where;
+    loading again reuses it silently (no rebuild)."""
     monkeypatch.setenv("COLENV_CACHE_DIR", str(tmp_path))
     lib = native._build()
     built = list(tmp_path.glob("rk4exp-*.so"))
     assert len(built) == 1 and lib is not None
+    out, err = capfd.readouterr()
+    assert out == "" and err.count("\n") == 1
+    assert "building the native rk4exp kernel (once per machine" in err and str(tmp_path) in err
     mtime = built[0].stat().st_mtime_ns
     native._build()
+    assert capfd.readouterr() == ("", "")
     assert [p.stat().st_mtime_ns for p in tmp_path.glob("rk4exp-*.so")] == [mtime]
     assert not list(tmp_path.glob("*.tmp*")) and len(list(tmp_path.iterdir())) == 1

@@ -1,10 +1,9 @@
 """SDE rollouts of the 13-column parity network at the default step show no rate artefacts.
 
 The predecessor's Euler-Maruyama at 1 ms swung the filtered rate between about -660 and
-+730 Hz in the predecessor code; measured here, torchsde euler on this network diverges to ~1e7 Hz
-at 0.5 ms once the stimulus is on (oscillatory E-I modes sit outside Euler's stability
-region). The fast path's SDE mode (rk4exp step + additive noise kick on v, colenv.models.column.integrators)
-keeps RK4's stability region: rates stay finite, non-negative and in f's range, and their
++730 Hz; measured here, torchsde euler on this network diverges to ~1e7 Hz at 0.5 ms once the
+stimulus is on (oscillatory E-I modes sit outside Euler's stability region). The fast path's
+SDE mode (rk4exp step + additive noise kick on v, Dynamics.fast_rollout with noise=True) keeps RK4's stability region: rates stay finite, non-negative and in f's range, and their
 statistics agree with a 4x finer step. Measured (seeded): 99.99th percentile 165 Hz at
 0.5 ms vs 168 Hz at 0.125 ms; the single largest sample, a noise-driven L5e excursion, is
 719 Hz at 0.5 ms (6e-6 of samples above 300 Hz) vs 266 Hz at 0.125 ms.
@@ -13,7 +12,6 @@ statistics agree with a 4x finer step. Measured (seeded): 99.99th percentile 165
 import torch
 
 from colenv.models import AreaSpec, ColumnNetwork, ConnectionSpec, NetworkSpec
-from colenv.models.column.integrators import fast_rollout
 
 STEP_MS = 0.5  # SolverConfig's default step
 
@@ -32,8 +30,7 @@ def _rates(net, stim, step_ms, seed):
     n_sub = round(1.0 / step_ms)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
-        states = fast_rollout(
-            dyn,
+        states = dyn.fast_rollout(
             net.initial_state(stim.shape[1]),
             stim.shape[0],
             n_sub,

@@ -7,7 +7,16 @@ import pytest
 import torch
 from torch import nn
 
-from colenv import DivergenceError, SolverConfig, rollout
+from colenv import (
+    AdaptiveOptions,
+    DivergenceError,
+    FastOptions,
+    SolverConfig,
+    TorchsdeOptions,
+    rollout,
+)
+from colenv.config import parse
+from colenv.errors import ConfigError
 from colenv.models import AreaSpec, ColumnNetwork, ConnectionSpec, NetworkSpec
 
 DEVICES = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
@@ -80,6 +89,7 @@ def linear_problem(batch=3, dtype=torch.float64):
     return net, stim, t_ms, net.exact(y0, stim, 4e-3)
 
 
+TIGHT = AdaptiveOptions(rtol=1e-10, atol=1e-10)
 ORDERS = {"euler": 1, "midpoint": 2, "heun2": 2, "heun3": 3, "rk4": 4}
 
 
@@ -96,7 +106,7 @@ def test_fixed_step_convergence_order(method):
 
 def test_dopri5_against_exact_solution():
     net, stim, t_ms, exact = linear_problem()
-    out = rollout(net, stim, t_ms, SolverConfig("dopri5", rtol=1e-10, atol=1e-10))
+    out = rollout(net, stim, t_ms, SolverConfig("dopri5", adaptive=TIGHT))
     assert (out.states - exact).abs().max() < 1e-7
     assert out.stats.nfe > 0 and out.stats.steps is None
 
@@ -106,7 +116,7 @@ def test_adjoint_gradients_equal_direct_gradients():
     grads = []
     for adjoint in (False, True):
         net.zero_grad()
-        cfg = SolverConfig("dopri5", rtol=1e-10, atol=1e-10, adjoint=adjoint)
+        cfg = SolverConfig("dopri5", adaptive=TIGHT, adjoint=adjoint)
         out = rollout(net, stim, t_ms, cfg)
         out.states[-20:].pow(2).sum().backward()
         grads.append(torch.cat([net.a.grad.flatten(), net.b.grad.flatten()]))
@@ -136,7 +146,8 @@ def column_trial(batch=4, T=61, dtype=torch.float64):
 def test_batched_rollout_equals_per_trial(method):
     net = small_column_net()
     stim, t = column_trial()
-    cfg = SolverConfig(method, step_ms=0.5, rtol=1e-9, atol=1e-9)
+    tight = {"adaptive": AdaptiveOptions(rtol=1e-9, atol=1e-9)} if method == "dopri5" else {}
+    cfg = SolverConfig(method, step_ms=0.5, **tight)
     full = rollout(net, stim, t, cfg).states
     for b in range(stim.shape[1]):
         one = rollout(net, stim[:, b : b + 1], t, cfg).states
@@ -222,14 +233,24 @@ def test_check_finite_is_not_fooled_by_an_overflowing_sum():
 
 
 def test_bad_solver_config_lists_allowed_values():
-    with pytest.raises(ValueError, match="unknown ODE method 'rk5'; allowed: euler"):
+    with pytest.raises(
+        ConfigError, match="solver.method = 'rk5': unknown method 'rk5'; allowed: euler"
+    ):
         SolverConfig("rk5")
-    with pytest.raises(ValueError, match="unknown SDE method 'dopri5'.*milstein"):
+    with pytest.raises(
+        ConfigError, match="method 'dopri5' is an ODE method; with sde=true allowed: .*milstein"
+    ):
         SolverConfig("dopri5", sde=True)
-    with pytest.raises(ValueError, match="unknown solver option 'stepsize'; allowed"):
-        SolverConfig.from_dict({"stepsize": 1.0})
-    with pytest.raises(ValueError, match="step_ms must be > 0"):
+    with pytest.raises(ConfigError, match="'milstein' is an SDE method"):
+        SolverConfig("milstein")
+    with pytest.raises(
+        ConfigError, match="unknown key 'solver.stepsize'; allowed: method, step_ms"
+    ):
+        parse(SolverConfig, {"stepsize": 1.0}, where="solver")
+    with pytest.raises(ConfigError, match="solver.step_ms = 0: .*greater than 0"):
         SolverConfig(step_ms=0)
+    with pytest.raises(ConfigError, match="solver.adaptive.rtol = -1"):
+        SolverConfig("dopri5", adaptive={"rtol": -1})
     net = small_column_net()
     stim, t = column_trial(T=5)
     with pytest.raises(ValueError, match="step_ms=0.3 must divide"):
@@ -238,30 +259,154 @@ def test_bad_solver_config_lists_allowed_values():
         rollout(net, stim[..., :1], t, SolverConfig())
 
 
-@pytest.mark.parametrize("device", DEVICES)
-def test_runs_on_the_given_device(device):
-    net = small_column_net(dtype=torch.float32).to(device)
-    stim, t = column_trial(T=11, dtype=torch.float32)
-    out = rollout(net, stim.to(device), t.to(device), SolverConfig("rk4", step_ms=0.5))
-    assert out.states.device.type == device
-    assert out.stats.steps == 20 and out.stats.nfe == 80
+def test_positional_method_and_parse_build_the_same_config():
+    cfg = SolverConfig("rk4exp", step_ms=0.25, fast=FastOptions(compile=True))
+    raw = {"method": "rk4exp", "step_ms": 0.25, "fast": {"compile": True}}
+    assert parse(SolverConfig, raw, where="solver") == cfg
+    assert SolverConfig(**cfg.model_dump()) == cfg
+    with pytest.raises(ConfigError, match="got method twice"):
+        SolverConfig("rk4", method="rk4exp")
+    with pytest.raises(ConfigError, match="takes 1 positional"):
+        SolverConfig("rk4", 0.5)
 
 
-def test_fast_sde_through_rollout_is_seeded_and_noise_free_equals_ode():
-    net = small_column_net(dtype=torch.float64, noise_std=2.0)
-    stim, t = column_trial(T=31)
-    cfg = SolverConfig("rk4exp", step_ms=0.5, sde=True)
-    a = rollout(net, stim, t, cfg, seed=5).states
-    assert torch.equal(a, rollout(net, stim, t, cfg, seed=5).states)
-    assert not torch.allclose(a, rollout(net, stim, t, cfg, seed=6).states)
-    quiet = small_column_net(dtype=torch.float64, noise_std=0.0)
-    ode = rollout(quiet, stim, t, SolverConfig("rk4exp", step_ms=0.5)).states
-    assert torch.allclose(rollout(quiet, stim, t, cfg, seed=5).states, ode, atol=1e-12)
+@pytest.mark.parametrize(
+    "method, sde, tables",
+    [
+        ("rk4", False, ()),
+        ("euler", False, ()),
+        ("dopri5", False, ("adaptive",)),
+        ("rk4exp", False, ("fast",)),
+        ("exprk2", True, ("fast",)),
+        ("euler", True, ("torchsde",)),
+        ("srk", True, ("torchsde",)),
+    ],
+)
+def test_families_name_the_option_tables_of_a_method(method, sde, tables):
+    assert SolverConfig.families(method, sde) == tables
+
+
+def test_families_of_an_unknown_method_list_the_allowed():
+    with pytest.raises(ConfigError, match="unknown ODE method 'rk5'; allowed: euler, .*rk4exp"):
+        SolverConfig.families("rk5", False)
+    with pytest.raises(ConfigError, match="unknown SDE method 'dopri5' .*allowed: euler, milstein"):
+        SolverConfig.families("dopri5", True)
+
+
+@pytest.mark.parametrize(
+    "kwargs, message",
+    [
+        (
+            {"method": "rk4", "fast": {"compile": True}},
+            "solver.fast applies to the fast methods .* not method 'rk4'",
+        ),
+        (
+            {"method": "rk4exp", "adaptive": {"rtol": 1e-3}},
+            "solver.adaptive applies to torchdiffeq's adaptive methods .* not method 'rk4exp'",
+        ),
+        (
+            {"method": "dopri5", "torchsde": {"adaptive": True}},
+            "solver.torchsde applies to torchsde's methods",
+        ),
+        (
+            {"method": "euler", "sde": True, "adaptive": {"atol": 1e-3}},
+            "solver.adaptive applies .* not method 'euler' with sde=true",
+        ),
+        (
+            {"method": "rk4exp", "sde": True, "torchsde": {"rtol": 1e-3}},
+            "solver.torchsde applies .* not method 'rk4exp' with sde=true",
+        ),
+    ],
+)
+def test_option_table_that_does_not_apply_is_an_error(kwargs, message):
+    with pytest.raises(ConfigError, match=message):
+        SolverConfig(**kwargs)
+    with pytest.raises(ConfigError, match=message):
+        parse(SolverConfig, kwargs, where="solver")
+
+
+def test_default_option_tables_are_allowed_for_every_method():
+    for method in ("rk4", "dopri5", "rk4exp"):
+        cfg = SolverConfig(method, adaptive={}, fast=FastOptions(), torchsde=TorchsdeOptions())
+        assert cfg.method == method
+    assert SolverConfig("euler", sde=True, torchsde={"adaptive": True}).torchsde.adaptive
+
+
+@pytest.mark.parametrize(
+    "key, value, moved",
+    [
+        ("compile", True, "solver.fast.compile"),
+        ("checkpoint_every", 5, "solver.fast.checkpoint_every"),
+        ("backward", "autograd", "solver.fast.backward"),
+        ("unroll", 2, "solver.fast.unroll"),
+        ("kernel", "torch", "solver.fast.kernel"),
+        ("max_steps", 10, "solver.adaptive.max_steps"),
+        ("rtol", 1e-3, "solver.adaptive.rtol"),
+    ],
+)
+def test_old_flat_keys_say_where_they_moved(key, value, moved):
+    raw = {"method": "rk4exp" if "fast" in moved else "dopri5", key: value}
+    with pytest.raises(ConfigError, match=f"solver.{key} moved to {moved}"):
+        SolverConfig(**raw)
+    with pytest.raises(ConfigError, match=f"solver.{key} moved to {moved}"):
+        parse(SolverConfig, raw, where="solver")
+
+
+def test_old_sde_keys_say_where_they_moved():
+    with pytest.raises(ConfigError, match="solver.atol moved to solver.torchsde.atol"):
+        SolverConfig("euler", sde=True, atol=1e-3)
+    with pytest.raises(ConfigError, match="solver.adaptive .* moved to solver.torchsde.adaptive"):
+        parse(SolverConfig, {"method": "euler", "sde": True, "adaptive": True}, where="solver")
+
+
+def test_replace_validates_and_merges_option_tables():
+    cfg = SolverConfig("rk4exp", fast=FastOptions(compile=True, unroll=2, kernel="torch"))
+    half = cfg.replace(step_ms=0.25, fast={"compile": False})
+    assert half.step_ms == 0.25 and half.fast == FastOptions(unroll=2, kernel="torch")
+    with pytest.raises(ConfigError, match="solver.fast applies"):
+        cfg.replace(method="rk4")
+
+
+def test_fast_method_on_a_model_without_a_fast_scheme_is_a_config_error():
+    net, stim, t_ms, _ = linear_problem()
+    with pytest.raises(
+        ConfigError,
+        match=r"solver method 'rk4exp' needs a model that provides its own fast scheme "
+        r"\(Dynamics.fast_rollout\); LinearNetwork provides none; use one of euler, .*dopri5",
+    ):
+        rollout(net, stim, t_ms, SolverConfig("rk4exp"))
+
+
+def test_sde_on_dynamics_without_diffusion_is_a_config_error():
+    net, stim, t_ms, _ = linear_problem()
+    with pytest.raises(ConfigError, match=r"sde=true needs dynamics with a diffusion .* lack f, g"):
+        rollout(net, stim, t_ms, SolverConfig("euler", sde=True), seed=0)
+
+
+def test_model_without_describe_state_index_still_reports_divergence():
+    """describe_state_index is optional: the divergence error then gives the state's index."""
+    a, b = torch.eye(3, dtype=torch.float64) * 1e6, torch.ones(3, 2, dtype=torch.float64)
+    linear = LinearNetwork(a, b)  # grows 1e6 / s: overflows within the trial
+
+    class Unnamed(nn.Module):
+        def initial_state(self, batch):
+            return linear.initial_state(batch)
+
+        def prepare(self, stimulus):
+            return linear.prepare(stimulus)
+
+    _, stim, t_ms, _ = linear_problem()
+    assert not hasattr(Unnamed(), "describe_state_index")
+    with pytest.raises(DivergenceError, match=r"state \d of trial \d is"):
+        rollout(Unnamed(), stim, t_ms, SolverConfig("euler", step_ms=4.0))
 
 
 def test_checkpoint_every_is_validated():
-    assert SolverConfig("rk4exp", checkpoint_every=50).checkpoint_every == 50
-    with pytest.raises(ValueError, match="checkpoint_every applies to the fast methods"):
-        SolverConfig("rk4", checkpoint_every=50)
-    with pytest.raises(ValueError, match="checkpoint_every must be an integer >= 0"):
-        SolverConfig("rk4exp", checkpoint_every=-1)
+    cfg = SolverConfig("rk4exp", fast=FastOptions(checkpoint_every=50))
+    assert cfg.fast.checkpoint_every == 50
+    with pytest.raises(ConfigError, match="solver.fast applies to the fast methods"):
+        SolverConfig("rk4", fast={"checkpoint_every": 50})
+    with pytest.raises(ConfigError, match="solver.fast.checkpoint_every = -1"):
+        SolverConfig("rk4exp", fast={"checkpoint_every": -1})
+    with pytest.raises(ConfigError, match="checkpoint_every = 5: with sde=true it needs"):
+        SolverConfig("exprk2", sde=True, fast={"checkpoint_every": 5})

@@ -1,9 +1,10 @@
-"""The fast rollout path: exponential integrators specialised to the column network.
+"""The column model's fast schemes: exponential integrators of its equations (ColumnTerms).
 
 Every state variable of the column model obeys a linear decay plus a forcing that depends on
-the state only through the rates phi = f(v - a) (SCIENCE.md §3):
+the state only through the rates phi = f(v - a) (:class:`colenv.models.column.network.
+ColumnTerms` holds the weights, drive, adaptation and constants of one rollout):
 
-    dv/dt = -v / tau_m + N_v,   N_v = R tau_s / tau_m (W phi + drive)
+    dv/dt = -v / tau_m + N_v,   N_v = phi @ w_t + drive
     da/dt = -a / tau_a + kappa phi / tau_a
     dr/dt = -r / tau_s + phi / tau_s
 
@@ -14,34 +15,36 @@ the predecessor's stability edge) and only the recurrent coupling through phi st
     expeuler:  x' = E x + tau (1 - E) N(x_n)                       (order 1)
     exprk2:    x* = E x + tau (1 - E) N(x_n)                       (ETD2RK, order 2)
                x' = x* + tau^2 (E - 1 + h / tau) / h (N(x*) - N(x_n))
+    rk4exp:    classical RK4 on (v, a); r filtered exactly against the quadratic through the
+               stage rates at 0, h/2 and h (exponential quadrature; :func:`_rk4exp_step`)
     with E = exp(-h / tau) per variable.
 
 The loop runs over time only; each step is a few batched ops on [B, P] tensors, and outputs
-are collected in a list and stacked once (torchdiffeq's per-output gradient copies are the
-cost the predecessor paid). The input drive of grid interval k is constant across its
-sub-steps, exactly as the piecewise-constant stimulus demands.
+are collected in a list and stacked once. The input drive of grid interval k is constant
+across its sub-steps, exactly as the piecewise-constant stimulus demands. The transfer
+function comes from :mod:`colenv.models.column.transfer` (its one definition).
 
-Speed (SCIENCE.md §3: time goes to per-op overhead). rk4exp, the training default, has a
-hand-written backward: the discrete adjoint of the scheme (:class:`_Rk4expAdjoint`; the same
-gradient as autograd through the steps, to float rounding). Forward stores per stage only
-the rate phi and its slope; backward runs the adjoint recursion (one [B, P] x [P, P] product
-per stage, like forward) and forms the weight gradient of a chunk in one large product. Both
-run over chunks of ``unroll`` grid intervals; with ``compile=True`` each chunk is one
-``torch.compile`` graph (C++ wrapper on CPU), cached per (kind, step, n_sub, constants,
-unroll, shapes, dtype, device) so a training loop compiles once; if compilation fails the
-loop warns and runs eager. Activation memory is two [B, P] tensors per stage (about a tenth
-of autograd's); ``checkpoint_every`` keeps only segment starts and recomputes each segment
-in backward, so it no longer grows with trial length (only the returned states do).
+Speed: time goes to per-op overhead. rk4exp, the training default, has a hand-written
+backward: the discrete adjoint of the scheme (:class:`_Rk4expAdjoint`; the same gradient as
+autograd through the steps, to float rounding). Forward stores per stage only the rate phi and
+its slope; backward runs the adjoint recursion (one [B, P] x [P, P] product per stage, like
+forward) and forms the weight gradient of a chunk in one large product. Both run over chunks
+of ``unroll`` grid intervals; with ``compile=True`` each chunk is one ``torch.compile`` graph
+(C++ wrapper on CPU), cached per (kind, step, n_sub, constants, unroll, shapes, dtype, device)
+so a training loop compiles once; if compilation fails the loop warns and runs eager.
+Activation memory is two [B, P] tensors per stage (about a tenth of autograd's);
+``checkpoint_every`` keeps only segment starts and recomputes each segment in backward, so it
+no longer grows with trial length (only the returned states do).
 
 On CPU in float32, rk4exp without noise runs by default on the native C kernel instead
-(:mod:`colenv.models.column.native`: the same scheme and discrete adjoint with a column-structured weight
-product and the trials in vector lanes; ``kernel="torch"`` keeps this module's path, which
-serves GPUs, float64, noise and a kappa gradient).
+(:mod:`colenv.models.column.native`: the same scheme and discrete adjoint with a
+column-structured weight product and the trials in vector lanes; ``kernel="torch"`` keeps this
+module's path, which serves GPUs, float64, noise and a kappa gradient).
 
-expeuler and exprk2 (and rk4exp with ``backward="autograd"``) run autograd through the
-steps: the transfer function through a custom autograd Function (:func:`rate_g`) that
-computes g and, in backward, g' from the same intermediates, one compiled graph per grid
-interval, ``checkpoint_every`` through ``torch.utils.checkpoint``.
+expeuler and exprk2 (and rk4exp with ``backward="autograd"``) run autograd through the steps
+(the transfer function's closed-form gradient, :func:`colenv.models.column.transfer.
+transfer_g`), one compiled graph per grid interval, ``checkpoint_every`` through
+``torch.utils.checkpoint``.
 """
 
 from __future__ import annotations
@@ -50,63 +53,19 @@ import functools
 import math
 import warnings
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
 
-_G_SERIES_BELOW = 1e-2  # |u| below which g'(u) uses its series (the closed form cancels)
-_Q_SERIES_BELOW = 0.1  # |u| below which w / expm1(w) uses its series
-_EXP_CAP = 60.0
-_TINY = 1e-30
+from colenv.errors import ConfigError
+from colenv.models.column.transfer import rate_function
+from colenv.solve import ADJOINT_METHODS, FastOptions
 
+if TYPE_CHECKING:
+    from colenv.models.column.network import ColumnTerms
 
-def _rate_q(w: torch.Tensor) -> torch.Tensor:
-    """q = w / expm1(w) for w > 0, with its Bernoulli series below ``_Q_SERIES_BELOW``.
-
-    The series keeps q accurate where expm1 is not: torch.compile's CPU code generator lowers
-    expm1(w) to exp(w) - 1, which cancels for small w (float32 rates near the transfer
-    function's 0/0 point off by up to 0.07 Hz at |u| = 1e-4, 0.7 Hz at 1e-5, 7 Hz at 1e-6).
-    Truncation error < 1e-14.
-    """
-    series = 1.0 + w * (-0.5 + w * (1.0 / 12.0 + w * w * (-1.0 / 720.0 + w * w / 30240.0)))
-    return torch.where(w < _Q_SERIES_BELOW, series, w / torch.expm1(w))
-
-
-def _rate_slope(u: torch.Tensor, w: torch.Tensor, q: torch.Tensor) -> torch.Tensor:
-    """g'(u) from the intermediates of g (w = |u| clamped, q = w / expm1(w))."""
-    exact = (u > 0).to(u.dtype) + torch.sign(u) * q * (1.0 - w - q) / w
-    series = 0.5 + u * (1.0 / 6.0) - u * u * u * (1.0 / 180.0)
-    return torch.where(w < _G_SERIES_BELOW, series, exact)
-
-
-class _RateG(torch.autograd.Function):
-    """g(u) = u / (1 - exp(-u)) with its derivative from the same intermediates.
-
-    With w = |u| and q = w / expm1(w): g = relu(u) + q and g' = [u > 0] + sign(u) q (1 - w - q) / w
-    (from q e^w = w + q). q uses its series for small w (:func:`_rate_q`); g' cancels for
-    small w and uses 1/2 + u/6 - u^3/180 there. A few forward ops and a fused backward replace
-    transfer_g's eleven forward and ~20 autograd ops (same values to float rounding).
-    """
-
-    @staticmethod
-    def forward(u):
-        w = u.abs().clamp(_TINY, _EXP_CAP)
-        q = _rate_q(w)
-        return torch.relu(u) + q, q
-
-    @staticmethod
-    def setup_context(ctx, inputs, output):
-        ctx.save_for_backward(inputs[0], output[1])
-
-    @staticmethod
-    def backward(ctx, grad_g, _grad_q):
-        u, q = ctx.saved_tensors
-        w = u.abs().clamp(_TINY, _EXP_CAP)
-        return grad_g * _rate_slope(u, w, q)
-
-
-def rate_g(u: torch.Tensor) -> torch.Tensor:
-    """g(u) = u / (1 - exp(-u)) through :class:`_RateG` (fewer ops than ``transfer_g``)."""
-    return _RateG.apply(u)[0]
+STAGES = {"expeuler": 1, "exprk2": 2, "rk4exp": 4}  # drift evaluations per step
+DEFAULT_UNROLL = 5  # grid intervals per compiled graph of the adjoint path (docs/profiling.md)
 
 
 def _etd_coefficients(tau: float, h: float) -> tuple[float, float, float]:
@@ -139,11 +98,47 @@ def _filter_weights(tau: float, h: float) -> tuple[float, float, float]:
     return float(kern @ l0), float(kern @ lm) / 2.0, float(kern @ l1)
 
 
-_METHOD_NFE = {"expeuler": 1, "exprk2": 2, "rk4exp": 4}
 # (method, n_sub, h, constants, compile, shape, dtype, device) -> interval function
 _INTERVAL_CACHE: dict[tuple, Callable] = {}
 
 IntervalFn = Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]]
+
+
+def _rk4exp_step(h: float, c: dict) -> Callable:
+    """The rk4exp scheme, defined once: ``step(v, a, r, drive, w_t, ka, phi) -> (v, a, r)``.
+
+    One step of h seconds from v, a, r [B, P] under drive [B, P], with w_t [P source, P
+    target], ``ka`` = kappa / tau_a [P] and ``phi(x)`` the rate of x = v - a (any form of
+    :func:`colenv.models.column.transfer.rate_function`; the adjoint's records what it stores).
+    Classical RK4 on (v, a); r filtered exactly against the quadratic through the stage rates
+    at 0, h/2 and h (exponential quadrature, :func:`_filter_weights`). Both the autograd
+    interval (:func:`_make_interval`) and the discrete adjoint's chunks
+    (:func:`_make_rk4exp_chunk`, whose backward :func:`_make_rk4exp_chunk_backward` reverses
+    these stages) step with it.
+    """
+    inv_tau_m, inv_tau_a = 1.0 / c["tau_m"], 1.0 / c["tau_a"]
+    e_r = math.exp(-h / c["tau_s"])
+    w0, wm, w1 = _filter_weights(c["tau_s"], h)
+    h2, h6 = 0.5 * h, h / 6.0
+
+    def step(v, a, r, drive, w_t, ka, phi):
+        def deriv(v, a):
+            p = phi(v - a)
+            # mm minus (not plus: inductor turns mm + x back into addmm, which first copies
+            # x into its output); the subtraction fuses into the next kernel
+            dv = torch.mm(p, w_t) - (v * inv_tau_m - drive)
+            return p, dv, ka * p - a * inv_tau_a
+
+        p1, dv1, da1 = deriv(v, a)
+        p2, dv2, da2 = deriv(v + h2 * dv1, a + h2 * da1)
+        p3, dv3, da3 = deriv(v + h2 * dv2, a + h2 * da2)
+        p4, dv4, da4 = deriv(v + h * dv3, a + h * da3)
+        v = v + h6 * (dv1 + 2.0 * (dv2 + dv3) + dv4)
+        a = a + h6 * (da1 + 2.0 * (da2 + da3) + da4)
+        r = e_r * r + w0 * p1 + wm * (p2 + p3) + w1 * p4
+        return v, a, r
+
+    return step
 
 
 def _make_interval(method: str, n_sub: int, h: float, c: dict) -> IntervalFn:
@@ -151,21 +146,17 @@ def _make_interval(method: str, n_sub: int, h: float, c: dict) -> IntervalFn:
 
     v, a, r, drive: [B, P]; w_t: [P, P] (source x target); kappa: [P]; y = cat(v, a, r);
     dw: None, or [n_sub, B, P] noise increments added to v after each deterministic step.
-    The ``n_sub`` steps are unrolled (one graph per interval under torch.compile).
+    The ``n_sub`` steps are unrolled (one graph per interval under torch.compile); the rates
+    go through the transfer function's autograd form (closed-form gradient).
     """
-    da, db, inv_d = c["da"], c["db"], 1.0 / c["d"]
-    inv_tau_m, inv_tau_a, inv_tau_s = 1.0 / c["tau_m"], 1.0 / c["tau_a"], 1.0 / c["tau_s"]
+    inv_tau_a, inv_tau_s = 1.0 / c["tau_a"], 1.0 / c["tau_s"]
     e_v, c1_v, c2_v = _etd_coefficients(c["tau_m"], h)
     e_a, c1_a, c2_a = _etd_coefficients(c["tau_a"], h)
     e_r, c1_r, c2_r = _etd_coefficients(c["tau_s"], h)
-
-    max_rate = c.get("max_rate", 0.0)
+    phi = rate_function(c, "autograd")
 
     def rates(v, a):
-        phi = rate_g((v - a) * da - db) * inv_d
-        if max_rate > 0:  # soft ceiling, colenv.models.column.transfer.saturate
-            phi = max_rate * torch.tanh(phi * (1.0 / max_rate))
-        return phi
+        return phi(v - a)
 
     if method == "expeuler":
         a_pred, r_coef = c1_a * inv_tau_a, c1_r * inv_tau_s
@@ -173,10 +164,10 @@ def _make_interval(method: str, n_sub: int, h: float, c: dict) -> IntervalFn:
         def interval(v, a, r, drive, w_t, kappa, dw=None):
             ka = kappa * a_pred
             for i in range(n_sub):
-                phi = rates(v, a)
-                v = e_v * v + c1_v * torch.addmm(drive, phi, w_t)
-                a = e_a * a + ka * phi
-                r = e_r * r + r_coef * phi
+                p = rates(v, a)
+                v = e_v * v + c1_v * torch.addmm(drive, p, w_t)
+                a = e_a * a + ka * p
+                r = e_r * r + r_coef * p
                 if dw is not None:
                     v = v + dw[i]
             return v, a, r, torch.cat([v, a, r], dim=-1)
@@ -190,47 +181,32 @@ def _make_interval(method: str, n_sub: int, h: float, c: dict) -> IntervalFn:
         def interval(v, a, r, drive, w_t, kappa, dw=None):
             k_pred, k_n, k_s = kappa * a_pred, kappa * a_n, kappa * a_s
             for i in range(n_sub):
-                phi = rates(v, a)
-                n_v = torch.addmm(drive, phi, w_t)
+                p = rates(v, a)
+                n_v = torch.addmm(drive, p, w_t)
                 v1 = e_v * v + c1_v * n_v
-                a1 = e_a * a + k_pred * phi
-                phi1 = rates(v1, a1)
-                n_v1 = torch.addmm(drive, phi1, w_t)
+                a1 = e_a * a + k_pred * p
+                p1 = rates(v1, a1)
+                n_v1 = torch.addmm(drive, p1, w_t)
                 v = e_v * v + v_n * n_v + v_s * n_v1
-                a = e_a * a + k_n * phi + k_s * phi1
-                r = e_r * r + r_n * phi + r_s * phi1
+                a = e_a * a + k_n * p + k_s * p1
+                r = e_r * r + r_n * p + r_s * p1
                 if dw is not None:
                     v = v + dw[i]
             return v, a, r, torch.cat([v, a, r], dim=-1)
 
     elif method == "rk4exp":
-        # classical RK4 on (v, a); r filtered exactly against the quadratic through the
-        # stage rates at 0, h/2 and h (exponential quadrature)
-        w0, wm, w1 = _filter_weights(c["tau_s"], h)
-        h2, h6 = 0.5 * h, h / 6.0
+        step = _rk4exp_step(h, c)
 
         def interval(v, a, r, drive, w_t, kappa, dw=None):
             ka = kappa * inv_tau_a
-
-            def deriv(v, a):
-                phi = rates(v, a)
-                dv = torch.addmm(drive, phi, w_t) - v * inv_tau_m
-                return phi, dv, ka * phi - a * inv_tau_a
-
             for i in range(n_sub):
-                p1, dv1, da1 = deriv(v, a)
-                p2, dv2, da2 = deriv(v + h2 * dv1, a + h2 * da1)
-                p3, dv3, da3 = deriv(v + h2 * dv2, a + h2 * da2)
-                p4, dv4, da4 = deriv(v + h * dv3, a + h * da3)
-                v = v + h6 * (dv1 + 2.0 * (dv2 + dv3) + dv4)
-                a = a + h6 * (da1 + 2.0 * (da2 + da3) + da4)
-                r = e_r * r + w0 * p1 + wm * (p2 + p3) + w1 * p4
+                v, a, r = step(v, a, r, drive, w_t, ka, phi)
                 if dw is not None:
                     v = v + dw[i]
             return v, a, r, torch.cat([v, a, r], dim=-1)
 
-    else:  # validated by SolverConfig
-        raise ValueError(f"unknown fast method {method!r}; allowed: {', '.join(_METHOD_NFE)}")
+    else:
+        raise ConfigError(f"unknown fast method {method!r}; allowed: {', '.join(STAGES)}")
     return interval
 
 
@@ -307,7 +283,7 @@ def interval_function(
 
 
 def _make_rk4exp_chunk(n_sub: int, h: float, c: dict, unroll: int, *, store: bool) -> Callable:
-    """Forward over ``unroll`` grid intervals of rk4exp.
+    """Forward over ``unroll`` grid intervals of rk4exp (:func:`_rk4exp_step`).
 
     ``chunk(v, a, r, drives, w_t, kappa, dws) -> (v, a, r, ys[, ps, ss])``: drives a list of
     ``unroll`` [B, P]; w_t [P source, P target] (contiguous); dws None or a list of
@@ -315,55 +291,27 @@ def _make_rk4exp_chunk(n_sub: int, h: float, c: dict, unroll: int, *, store: boo
     states at the interval ends. With ``store``: ps, ss [unroll * n_sub * 4, B, P], the rates
     phi and their slopes dphi/d(v - a) of every stage, in step order.
     """
-    da, db, inv_d = c["da"], c["db"], 1.0 / c["d"]
-    inv_tau_m, inv_tau_a = 1.0 / c["tau_m"], 1.0 / c["tau_a"]
-    e_r = math.exp(-h / c["tau_s"])
-    w0, wm, w1 = _filter_weights(c["tau_s"], h)
-    h2, h6 = 0.5 * h, h / 6.0
-    max_rate = c.get("max_rate", 0.0)
-    slope_scale = da * inv_d
-
-    def rates(v, a):
-        u = (v - a) * da - db
-        w = u.abs().clamp(_TINY, _EXP_CAP)
-        q = _rate_q(w)
-        phi = (torch.relu(u) + q) * inv_d
-        th = None
-        if max_rate > 0:  # soft ceiling, colenv.models.column.transfer.saturate
-            th = torch.tanh(phi * (1.0 / max_rate))
-            phi = max_rate * th
-        if not store:
-            return phi, None
-        s = _rate_slope(u, w, q) * slope_scale
-        if th is not None:
-            s = s * (1.0 - th * th)
-        return phi, s
+    inv_tau_a = 1.0 / c["tau_a"]
+    step = _rk4exp_step(h, c)
+    rate = rate_function(c, "value")
+    rate_slope = rate_function(c, "slope")
 
     def chunk(v, a, r, drives, w_t, kappa, dws):
         ka = kappa * inv_tau_a
         ys, ps, ss = [], [], []
+        phi = rate
+        if store:
 
-        def deriv(v, a, drive):
-            phi, s = rates(v, a)
-            if store:
-                ps.append(phi)
+            def phi(x):  # the rate, recording it and its slope for the adjoint
+                p, s = rate_slope(x)
+                ps.append(p)
                 ss.append(s)
-            # mm minus (not plus: inductor turns mm + x back into addmm, which first copies
-            # x into its output); the subtraction fuses into the next kernel
-            dv = torch.mm(phi, w_t) - (v * inv_tau_m - drive)
-            return phi, dv, ka * phi - a * inv_tau_a
+                return p
 
         for k in range(unroll):
             drive = drives[k]
-
             for i in range(n_sub):
-                p1, dv1, da1 = deriv(v, a, drive)
-                p2, dv2, da2 = deriv(v + h2 * dv1, a + h2 * da1, drive)
-                p3, dv3, da3 = deriv(v + h2 * dv2, a + h2 * da2, drive)
-                p4, dv4, da4 = deriv(v + h * dv3, a + h * da3, drive)
-                v = v + h6 * (dv1 + 2.0 * (dv2 + dv3) + dv4)
-                a = a + h6 * (da1 + 2.0 * (da2 + da3) + da4)
-                r = e_r * r + w0 * p1 + wm * (p2 + p3) + w1 * p4
+                v, a, r = step(v, a, r, drive, w_t, ka, phi)
                 if dws is not None:
                     v = v + dws[k * n_sub + i]
             ys.append(torch.cat([v, a, r], dim=-1))
@@ -459,8 +407,8 @@ def chunk_function(
 class _Plan:
     """What one chunked rk4exp rollout needs besides its tensors."""
 
-    def __init__(self, dyn, n_points, n_sub, h, unroll, compile, checkpoint_every, dws, like):
-        self.P = dyn.P
+    def __init__(self, terms, n_points, n_sub, h, unroll, compile, checkpoint_every, dws, like):
+        self.P = terms.n_pop
         self.n_sub = n_sub
         self.n_int = n_points - 1
         self.unroll = unroll
@@ -468,7 +416,7 @@ class _Plan:
         # checkpoint segments: whole chunks, at least checkpoint_every intervals each
         self.seg = -(-checkpoint_every // unroll) if checkpoint_every else 0
         self.dws = dws
-        args = (n_sub, h, dyn.c, unroll)
+        args = (n_sub, h, terms.constants, unroll)
         self.fn = lambda kind: chunk_function(kind, *args, compile=compile, like=like)
 
     def split(self, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -592,111 +540,98 @@ def _chunk(fn, v, a, r, drives, w_t, kappa):
     return v, a, r, torch.stack(ys)
 
 
-BACKWARDS = ("auto", "discrete_adjoint", "autograd")
-KERNELS = ("auto", "torch", "native")
-ADJOINT_METHODS = ("rk4exp",)
-DEFAULT_UNROLL = 5  # grid intervals per compiled graph (docs/profiling.md)
-
-
 def fast_rollout(
-    dyn,
+    terms: ColumnTerms,
     y0: torch.Tensor,
     n_points: int,
     n_sub: int,
     h: float,
     method: str,
+    options: FastOptions | None = None,
     *,
-    compile: bool = False,
-    checkpoint_every: int = 0,
     noise: bool = False,
     generator: torch.Generator | None = None,
-    backward: str = "auto",
-    unroll: int = 0,
-    kernel: str = "auto",
 ) -> torch.Tensor:
-    """Integrate bound column dynamics ``dyn`` (a :class:`colenv.models.Dynamics`).
+    """Integrate the column equations ``terms`` (:class:`ColumnTerms`) with a fast scheme.
+
+    Called through :meth:`colenv.models.Dynamics.fast_rollout` (which also counts the
+    evaluations); the options are :class:`colenv.solve.FastOptions`.
 
     Args:
-        dyn: the dynamics of one rollout (weights and drive [T, B, P] precomputed).
+        terms: the weights, drive [T, B, P], adaptation, constants and noise of one rollout.
         y0: [B, 3P] initial state.
         n_points: number of output grid points T.
         n_sub: steps per grid interval.
         h: step in seconds.
         method: "expeuler", "exprk2" or "rk4exp".
-        compile: run the steps as cached ``torch.compile`` graphs.
-        checkpoint_every: > 0 recomputes chunks of this many grid intervals in backward
+        options: ``compile`` runs the steps as cached ``torch.compile`` graphs;
+            ``checkpoint_every`` > 0 recomputes chunks of this many grid intervals in backward
             (activation memory flat in trial length, about one extra forward of cost; with the
-            autograd backward use ``loss.backward()``, not ``torch.autograd.grad``).
-        noise: integrate the SDE (diagonal additive noise ``dyn._sigma`` on v) by splitting:
+            autograd backward use ``loss.backward()``, not ``torch.autograd.grad``);
+            ``backward`` "discrete_adjoint" (rk4exp only: the hand-written adjoint,
+            :class:`_Rk4expAdjoint`, chunks of ``unroll`` grid intervals per graph),
+            "autograd" (through the steps, one graph per grid interval) or "auto" (the adjoint
+            for rk4exp unless ``terms.kappa`` requires grad, else autograd); ``unroll`` grid
+            intervals per chunk of the adjoint path (0: 5 with ``compile``, else 1; a trial
+            whose interval count is not a multiple runs its last chunk on repeated drive and
+            drops those states); ``kernel`` "auto": rk4exp without noise runs on the native C
+            kernel (:mod:`colenv.models.column.native`, forward and discrete adjoint;
+            ``checkpoint_every`` sets its backward segments) when the tensors are float32 on
+            CPU, kappa needs no gradient, ``backward`` is not "autograd" and the kernel builds;
+            "torch": never; "native": always, else ConfigError.
+        noise: integrate the SDE (diagonal additive noise ``terms.sigma`` on v) by splitting:
             each deterministic step is followed by the kick sigma sqrt(h) xi on v (strong
             order 1 for additive noise; the deterministic step keeps its stability region,
             which is what removes Euler-Maruyama's rate artefacts). ``generator`` draws xi.
-        backward: "discrete_adjoint" (rk4exp only): the hand-written adjoint of the scheme
-            (:class:`_Rk4expAdjoint`), chunks of ``unroll`` grid intervals per graph;
-            "autograd": autograd through the steps, one graph per grid interval; "auto":
-            the adjoint for rk4exp (unless ``dyn.kappa`` requires grad), else autograd.
-        unroll: grid intervals per chunk of the adjoint path (0: 5 with ``compile``, else 1).
-            A trial whose interval count is not a multiple runs its last chunk on repeated
-            drive and drops those states.
-        kernel: "auto": rk4exp without noise runs on the native C kernel
-            (:mod:`colenv.models.column.native`, forward and discrete adjoint; ``checkpoint_every`` sets its
-            backward segments) when the tensors are float32 on CPU, kappa needs no gradient,
-            ``backward`` is not "autograd" and the kernel builds; "torch": never; "native":
-            always, else ValueError.
 
     Returns:
         states [T, B, 3P] on the grid.
     """
-    if method not in _METHOD_NFE:
-        raise ValueError(f"unknown fast method {method!r}; allowed: {', '.join(_METHOD_NFE)}")
-    if checkpoint_every < 0:
-        raise ValueError(f"checkpoint_every must be >= 0, got {checkpoint_every!r}")
-    if backward not in BACKWARDS:
-        raise ValueError(f"backward must be one of {', '.join(BACKWARDS)}; got {backward!r}")
-    if backward == "discrete_adjoint" and method not in ADJOINT_METHODS:
-        raise ValueError(
-            f"backward='discrete_adjoint' is implemented for {', '.join(ADJOINT_METHODS)}, "
-            f"not {method!r}; use backward='autograd' or 'auto'"
-        )
-    if not isinstance(unroll, int) or unroll < 0:
-        raise ValueError(f"unroll must be an integer >= 0, got {unroll!r}")
-    if kernel not in KERNELS:
-        raise ValueError(f"kernel must be one of {', '.join(KERNELS)}; got {kernel!r}")
-    P = dyn.P
-    w_t, kappa, drive = dyn.w_t, dyn.kappa, dyn.drive
+    if method not in STAGES:
+        raise ConfigError(f"unknown fast method {method!r}; allowed: {', '.join(STAGES)}")
+    options = FastOptions() if options is None else options
+    options.check(method, noise)
+    P = terms.n_pop
+    w_t, kappa, drive = terms.w_t, terms.kappa, terms.drive
     n_int = n_points - 1
-    dyn.nfe += n_int * n_sub * _METHOD_NFE[method]
-    if kernel != "torch" and _use_native(kernel, method, noise, backward, y0, w_t, drive, kappa):
+    backward, checkpoint_every = options.backward, options.checkpoint_every
+    if options.kernel != "torch" and _use_native(
+        options.kernel, method, noise, backward, y0, terms
+    ):
         from colenv.models.column import native
 
         return native.rk4exp_rollout(
-            y0,
-            drive,
+            y0.contiguous(),  # the kernel reads y0, drive and kappa in memory order
+            drive.contiguous(),
             w_t,
-            kappa,
-            dyn.c,
+            kappa.contiguous(),
+            terms.constants,
             n_points,
             n_sub,
             h,
-            _filter_weights(dyn.c["tau_s"], h),
+            _filter_weights(terms.constants["tau_s"], h),
             segment=checkpoint_every or native.SEGMENT,
-            grad_pattern=getattr(dyn, "w_pattern_t", None),
+            grad_pattern=terms.w_pattern_t,
         )
     adjoint = method in ADJOINT_METHODS and backward != "autograd"
     if adjoint and kappa.requires_grad:
         if backward == "discrete_adjoint":
-            raise ValueError("backward='discrete_adjoint' has no gradient for kappa")
+            raise ConfigError(
+                "solver.fast.backward = 'discrete_adjoint' has no gradient for kappa (kappa "
+                "requires grad); use 'auto' or 'autograd'"
+            )
         adjoint = False
     if adjoint:
-        return _adjoint_rollout(
-            dyn, y0, n_points, n_sub, h, compile, checkpoint_every, noise, generator, unroll
-        )
+        return _adjoint_rollout(terms, y0, n_points, n_sub, h, options, noise, generator)
     v, a, r = y0[:, :P], y0[:, P : 2 * P], y0[:, 2 * P :]
-    fn = interval_function(method, n_sub, h, dyn.c, compile=compile, like=v)
+    fn = interval_function(method, n_sub, h, terms.constants, compile=options.compile, like=v)
     if noise:
-        if checkpoint_every:
-            raise ValueError("noise=True with checkpoint_every needs the discrete adjoint (rk4exp)")
-        scale = dyn._sigma * math.sqrt(h)
+        if checkpoint_every:  # kappa's gradient took rk4exp off the adjoint
+            raise ConfigError(
+                "solver.fast.checkpoint_every with noise needs the discrete adjoint (rk4exp "
+                "without a kappa gradient)"
+            )
+        scale = terms.sigma * math.sqrt(h)
         out = [y0]
         for k in range(n_int):
             dw = torch.randn((n_sub, *v.shape), generator=generator, dtype=v.dtype, device=v.device)
@@ -725,11 +660,12 @@ def fast_rollout(
     return torch.stack(out)
 
 
-def _use_native(kernel, method, noise, backward, y0, w_t, drive, kappa) -> bool:
+def _use_native(kernel, method, noise, backward, y0, terms: ColumnTerms) -> bool:
     """Whether this rollout runs on the native kernel; with kernel="native", an error saying
     why where it cannot."""
     from colenv.models.column import native
 
+    w_t, drive, kappa = terms.w_t, terms.drive, terms.kappa
     grad = torch.is_grad_enabled() and any(x.requires_grad for x in (y0, w_t, drive, kappa))
     why = None
     if method != "rk4exp" or noise:
@@ -746,28 +682,28 @@ def _use_native(kernel, method, noise, backward, y0, w_t, drive, kappa) -> bool:
     if why is None:
         return True
     if kernel == "native":
-        raise ValueError(f"kernel='native' cannot run this rollout: {why}")
+        raise ConfigError(f"solver.fast.kernel = 'native' cannot run this rollout: {why}")
     return False
 
 
-def _adjoint_rollout(
-    dyn, y0, n_points, n_sub, h, compile, checkpoint_every, noise, generator, unroll
-):
+def _adjoint_rollout(terms, y0, n_points, n_sub, h, options: FastOptions, noise, generator):
     """rk4exp in chunks of ``unroll`` intervals; :class:`_Rk4expAdjoint` when a gradient is needed."""
-    P = dyn.P
-    unroll = unroll or (DEFAULT_UNROLL if compile else 1)
-    w_t, kappa, drive = dyn.w_t, dyn.kappa, dyn.drive
+    P = terms.n_pop
+    unroll = options.unroll or (DEFAULT_UNROLL if options.compile else 1)
+    w_t, kappa, drive = terms.w_t, terms.kappa, terms.drive
     like = y0[:, :P]
     dws = None
     if noise:  # one draw per grid interval, as the autograd path draws them
-        scale = dyn._sigma * math.sqrt(h)
+        scale = terms.sigma * math.sqrt(h)
         dws = []
         for _ in range(n_points - 1):
             dw = torch.randn(
                 (n_sub, *like.shape), generator=generator, dtype=y0.dtype, device=y0.device
             )
             dws.extend((dw * scale).unbind(0))
-    plan = _Plan(dyn, n_points, n_sub, h, unroll, compile, checkpoint_every, dws, like)
+    plan = _Plan(
+        terms, n_points, n_sub, h, unroll, options.compile, options.checkpoint_every, dws, like
+    )
     if dws is not None:
         pad = plan.n_chunks * unroll - plan.n_int
         dws.extend([torch.zeros_like(like)] * (pad * n_sub))

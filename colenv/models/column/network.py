@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import bisect
 import math
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 from torch import nn
@@ -49,7 +50,10 @@ from colenv.models.column.params import (
     population_index,
 )
 from colenv.models.column.spec import ConnectionSpec, NetworkSpec, _pair_matrix
-from colenv.models.column.transfer import saturate, transfer_g
+from colenv.models.column.transfer import rate_function
+
+if TYPE_CHECKING:
+    from colenv.solve import FastOptions
 
 
 class Connection(nn.Module):
@@ -437,12 +441,7 @@ class ColumnNetwork(nn.Module):
         kappa = self.kappa.double()
         eye = torch.eye(self.n_pop, dtype=torch.float64, device=b.device)
 
-        def f_and_slope(u):
-            with torch.enable_grad():
-                uu = u.detach().requires_grad_(True)
-                phi = _rate(uu, c)
-                (slope,) = torch.autograd.grad(phi.sum(), uu)
-            return phi.detach(), slope
+        f_and_slope = rate_function(c, "slope")
 
         def residual(u):
             phi = _rate(u, c)
@@ -492,11 +491,44 @@ class ColumnNetwork(nn.Module):
 
 def _rate(x: torch.Tensor, c: dict) -> torch.Tensor:
     """phi = f(x) (Hz) for x = v - a, with the optional rate ceiling; ``c`` from constants()."""
-    return saturate(transfer_g(x * c["da"] - c["db"]) / c["d"], c["max_rate"])
+    return rate_function(c)(x)
 
 
 def _first_col(spec: NetworkSpec, area: int) -> int:
     return sum(a.n_columns for a in spec.areas[:area])
+
+
+class ColumnTerms(NamedTuple):
+    """The column model's equations as data: what its own integrators take from a rollout.
+
+    Per population (P of them), with phi = f(v - a) (:func:`colenv.models.column.transfer.
+    rate_function` of ``constants``):
+
+        dv/dt = -v / tau_m + phi @ w_t + drive       (linear decay 1 / tau_m)
+        da/dt = (kappa phi - a) / tau_a               (linear decay 1 / tau_a)
+        dr/dt = (phi - r) / tau_s                     (linear decay 1 / tau_s)
+
+    plus, for SDE rollouts, additive noise sigma dW on v. The exponential integrators
+    (:mod:`colenv.models.column.integrators`) and the native kernel read these fields only.
+    """
+
+    w_t: torch.Tensor
+    """[P source, P target]: the recurrent weight W (nA) times R tau_s / tau_m, transposed"""
+    drive: torch.Tensor
+    """[T, B, P]: background and input drive, same scaling; drive[k] acts on [t_k, t_{k+1})"""
+    kappa: torch.Tensor
+    """[P]: adaptation strength"""
+    constants: dict[str, float]
+    """tau_m, tau_a, tau_s (s), da, db, d, max_rate, gain (:meth:`ColumnNetwork.constants`)"""
+    sigma: float = 0.0
+    """noise amplitude on v of SDE rollouts (per sqrt(s)); 0 for a noise-free network"""
+    w_pattern_t: torch.Tensor | None = None
+    """[P source, P target] bool: where w_t's gradient reaches a parameter (None: everywhere)"""
+
+    @property
+    def n_pop(self) -> int:
+        """P, the number of populations."""
+        return self.w_t.shape[0]
 
 
 class Dynamics(nn.Module):
@@ -505,6 +537,11 @@ class Dynamics(nn.Module):
     ``forward(t, y)`` is the drift (torchdiffeq signature, t in seconds); ``f``/``g`` are the
     torchsde drift and diagonal diffusion. The input is piecewise constant: drive[k] holds on
     [t_k, t_{k+1}) of the grid given to :meth:`set_grid`.
+
+    Public interface for integrators: :attr:`terms` (a :class:`ColumnTerms`: the weights,
+    drive, adaptation, constants and noise of this rollout) and :meth:`fast_rollout`, the
+    column model's own fast schemes (expeuler, exprk2, rk4exp), which
+    :func:`colenv.rollout` calls for those methods.
     """
 
     noise_type = "diagonal"
@@ -513,19 +550,18 @@ class Dynamics(nn.Module):
     def __init__(self, net: ColumnNetwork, w: torch.Tensor, drive: torch.Tensor, c: dict):
         super().__init__()
         self.net = net
-        self.w_t = w.t()
-        self.w_pattern_t = net.weight_pattern().t()  # where w_t's gradient is used
-        self.drive = drive  # [T, B, P], already scaled by R tau_s / tau_m
-        self.c = c
-        self.P = net.n_pop
-        self.inv_tau_m = 1.0 / c["tau_m"]
-        self.inv_tau_a = 1.0 / c["tau_a"]
-        self.inv_tau_s = 1.0 / c["tau_s"]
-        self.kappa = net.kappa
+        self.terms = ColumnTerms(
+            w_t=w.t(),
+            drive=drive,
+            kappa=net.kappa,
+            constants=c,
+            sigma=net.spec.noise_std * (2.0 / c["tau_m"]) ** 0.5,
+            w_pattern_t=net.weight_pattern().t(),
+        )
         self.nfe = 0
         self.grid: list[float] = [0.0]
-        sigma = net.spec.noise_std * (2.0 / c["tau_m"]) ** 0.5
-        self._sigma = sigma
+        self._phi = rate_function(c)
+        self._inv_tau = (1.0 / c["tau_m"], 1.0 / c["tau_a"], 1.0 / c["tau_s"])
 
     def set_grid(self, t_s: torch.Tensor) -> None:
         """The trial's time grid (s): ``drive[k]`` acts on the interval [t_k, t_{k+1})."""
@@ -538,17 +574,21 @@ class Dynamics(nn.Module):
         one-ulp nudges that torchdiffeq's ``perturb``/``jump_t`` apply at step ends select the
         interval the step belongs to: a step ending on t_{k+1} still sees input k.
         """
+        drive = self.terms.drive
         k = bisect.bisect_right(self.grid, float(torch.as_tensor(t).detach())) - 1
-        return self.drive[min(max(k, 0), self.drive.shape[0] - 1)]
+        return drive[min(max(k, 0), drive.shape[0] - 1)]
 
     def rhs(self, y: torch.Tensor, drive: torch.Tensor) -> torch.Tensor:
-        c = self.c
-        P = self.P
+        """The drift [B, S] of states y [B, S] under drive [B, P] (the equations of
+        :class:`ColumnTerms`)."""
+        terms = self.terms
+        inv_tau_m, inv_tau_a, inv_tau_s = self._inv_tau
+        P = terms.w_t.shape[0]
         v, a, r = y[..., :P], y[..., P : 2 * P], y[..., 2 * P :]
-        phi = _rate(v - a, c)
-        dv = torch.addmm(drive, phi, self.w_t) - v * self.inv_tau_m
-        da = (self.kappa * phi - a) * self.inv_tau_a
-        dr = (phi - r) * self.inv_tau_s
+        phi = self._phi(v - a)
+        dv = torch.addmm(drive, phi, terms.w_t) - v * inv_tau_m
+        da = (terms.kappa * phi - a) * inv_tau_a
+        dr = (phi - r) * inv_tau_s
         return torch.cat([dv, da, dr], dim=-1)
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
@@ -561,5 +601,32 @@ class Dynamics(nn.Module):
 
     def g(self, t, y):
         g = torch.zeros_like(y)
-        g[..., : self.P] = self._sigma
+        g[..., : self.terms.w_t.shape[0]] = self.terms.sigma
         return g
+
+    def fast_rollout(
+        self,
+        y0: torch.Tensor,
+        n_points: int,
+        n_sub: int,
+        h: float,
+        method: str,
+        options: FastOptions | None = None,
+        *,
+        noise: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """The column model's fast schemes: states [n_points, B, S] on the grid from y0 [B, S].
+
+        ``n_sub`` steps of ``h`` seconds per grid interval; ``method`` "expeuler", "exprk2"
+        or "rk4exp"; ``options`` a :class:`colenv.solve.FastOptions`; ``noise`` adds the
+        SDE's noise (``terms.sigma``) drawn from ``generator``. See
+        :func:`colenv.models.column.integrators.fast_rollout`; counts the stages in ``nfe``.
+        """
+        from colenv.models.column import integrators
+
+        states = integrators.fast_rollout(
+            self.terms, y0, n_points, n_sub, h, method, options, noise=noise, generator=generator
+        )
+        self.nfe += (n_points - 1) * n_sub * integrators.STAGES[method]
+        return states
