@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import torch
 from torch import nn
 
+from colenv.config import parse
 from colenv.errors import DivergenceError
 from colenv.models.column.config import ColumnsConfig, columns_from_config
 from colenv.models.column.params import (
@@ -120,7 +121,7 @@ class ColumnNetwork(nn.Module):
 
     Args:
         params: column parameters (:func:`colenv.models.load_params`); default config/model.toml.
-        spec: the network layout (:class:`NetworkSpec`, or a dict for :meth:`NetworkSpec.from_dict`).
+        spec: the network layout (:class:`NetworkSpec`, or a dict of its keys, as in TOML).
         device, dtype: where the weights live.
 
     Shapes: state y [B, S] with S = 3P, P = 8 x n_columns; input u [T, B, n_inputs];
@@ -144,8 +145,8 @@ class ColumnNetwork(nn.Module):
         self.params = params = params if params is not None else load_params()
         if spec is None:
             spec = NetworkSpec()
-        elif isinstance(spec, dict):
-            spec = NetworkSpec.from_dict(spec)
+        else:
+            spec = parse(NetworkSpec, spec, where="network")
         self.spec = spec
         n_cols = spec.n_columns
         self.n_columns = n_cols
