@@ -421,9 +421,13 @@ def _drop_inapplicable_solver_options(raw: dict[str, Any], explicit: dict[str, A
             if parse(table_cls, given, where=where) != table_cls():
                 keys = ", ".join(f"{where}.{k}" for k in given) if isinstance(given, dict) else ""
                 what = f"{method!r} with sde = true" if sde else repr(method)
-                uses = ", ".join(f"solver.{a}" for a in applies) or "no option table"
+                uses = (
+                    f"its options are in {', '.join(f'solver.{a}' for a in applies)}"
+                    if applies
+                    else "it takes no option table"
+                )
                 raise ConfigError(
-                    f"{where} ({keys}) does not apply to solver.method = {what}; it uses {uses}"
+                    f"{where} ({keys}) does not apply to solver.method = {what}; {uses}"
                 )
         del solver[name]
 
