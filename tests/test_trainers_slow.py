@@ -43,14 +43,16 @@ def test_parity_starts_from_the_weights_xor_training_finds(tmp_path):
     n = {name: i for i, name in enumerate(net.population_names)}  # A = a1[0], B = a1[1], C = a2[0]
     ff = net.feedforward.effective().detach()
     xor = {
-        "input": float(net.input.effective()[n["a1[0].L4e"], 0]) * 20.0 / 15.0,  # 20 vs 15 Hz bits
-        "lateral": float(net.lateral.effective()[n["a1[1].L5i"], n["a1[0].L4e"]]),
+        "input": float(net.input.effective().detach()[n["a1[0].L4e"], 0])
+        * 20.0
+        / 15.0,  # 20 vs 15 Hz bits
+        "lateral": float(net.lateral.effective().detach()[n["a1[1].L5i"], n["a1[0].L4e"]]),
         **{
             pop: float(ff[n[f"a2[0].{pop}"], n["a1[0].L5e"]])
             for pop in ("L23e", "L4i", "L5i", "L6i")
         },
     }
-    parity = load_config("colenv/Parity-v0", []).model.network
+    parity = load_config("colenv/Parity-v0", []).to_dict()["model"]["network"]
     edges = {
         kind: {(s, t): w for s, t, w in parity[kind]["edges"]}
         for kind in ("input", "lateral", "feedforward")
