@@ -110,6 +110,12 @@ def test_trainer_commands(tmp_path, monkeypatch):
             assert resume[0] == "resume=runs/<run>", resume
             argv = [a.replace("runs/<run>", str(run_dir)) for a in cmd[3:]]
             assert _run_trainers([*argv, "train.steps=2", *TINY[1:]]) == 0, cmd
+    for cmd in commands("python", "-m", "trainers", "resume"):
+        assert cmd[4] == "runs/<run>", cmd
+        argv = ["resume", str(run_dir), *[a for a in cmd[5:] if not a.startswith("train.steps=")]]
+        assert _run_trainers([*argv, "train.steps=2", *TINY[1:]]) == 0, cmd
+    for cmd in commands("python", "-m", "trainers", "config"):
+        assert _run_trainers(cmd[3:]) == 0, cmd
     for cmd in commands("python", "-m", "trainers", "evaluate"):
         path = cmd[4].replace("runs/<run>", str(run_dir))
         assert Path(path).is_file(), f"{' '.join(cmd)}: training leaves no {cmd[4]}"
@@ -156,3 +162,17 @@ def test_pytest_and_analysis_commands():
 @pytest.mark.parametrize("path", sorted(set(re.findall(r"\]\(((?:docs/)?[\w./-]+)\)", README))))
 def test_links_exist(path):
     assert (ROOT / path.split("#")[0]).exists(), path
+
+
+def test_docs_links_exist():
+    for doc in (ROOT / "docs").glob("*.md"):
+        for link in re.findall(r"\]\(([\w./-]+)(?:#[\w-]*)?\)", doc.read_text()):
+            assert (doc.parent / link).exists(), f"{doc.name}: broken link {link}"
+
+
+def test_extending_trainer_example_is_the_tested_one():
+    """docs/extending.md prints the trainer that tests/test_trainers_plugin.py runs."""
+    from tests.test_trainers_plugin import README_EXAMPLE
+
+    extending = (ROOT / "docs" / "extending.md").read_text()
+    assert f"```python\n{README_EXAMPLE}```" in extending
