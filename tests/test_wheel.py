@@ -13,6 +13,7 @@ the test skips and says so.
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -25,6 +26,17 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.wheel
+LEFT_OUT = (
+    ".git",
+    ".venv*",
+    "build",
+    "dist",
+    "*.egg-info",
+    "runs",
+    "wandb",
+    "__pycache__",
+    ".*cache",
+)
 
 
 def run(cmd: list[str], cwd: Path, env: dict | None = None, timeout: float = 900):
@@ -37,8 +49,12 @@ def run(cmd: list[str], cwd: Path, env: dict | None = None, timeout: float = 900
 
 def test_wheel_installs_and_trains_outside_the_repo(tmp_path):
     t0 = time.perf_counter()
+    # build from a copy: setuptools writes build/ and *.egg-info next to the sources, and a
+    # stale build/lib would put deleted modules into the wheel
+    src = tmp_path / "src"
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(*LEFT_OUT))
     dist = tmp_path / "dist"
-    run([sys.executable, "-m", "pip", "wheel", str(ROOT), "-w", str(dist), "--no-deps", "-q"], ROOT)
+    run([sys.executable, "-m", "pip", "wheel", str(src), "-w", str(dist), "--no-deps", "-q"], src)
     (wheel,) = dist.glob("colenv-*.whl")
     names = set(zipfile.ZipFile(wheel).namelist())
     shipped = {
