@@ -90,7 +90,7 @@ class ModelConfig(StrictModel):
         config_cls = get_model_class(kind).Config
         head = {k: raw[k] for k in ("kind", "initial_state") if k in raw}
         rest = {k: v for k, v in raw.items() if k not in ("kind", "initial_state")}
-        if "options" in rest:
+        if "options" in rest and "options" not in config_cls.model_fields:
             if len(rest) > 1:
                 raise ConfigError(
                     "model: give the kind's options either as keys of [model] or as "
