@@ -217,12 +217,12 @@ def _check_moved(raw: Any) -> None:
         return
     for key, tables in _MOVED.items():
         if key in raw:
-            if len(tables) > 1:
+            if len(tables) > 1:  # name the one the method reads, if it reads one of them
                 try:
-                    tables = SolverConfig.families(raw.get("method", "rk4"), bool(raw.get("sde")))
+                    reads = SolverConfig.families(raw.get("method", "rk4"), bool(raw.get("sde")))
                 except ConfigError:
-                    pass
-                tables = tables or _MOVED[key]
+                    reads = ()
+                tables = tuple(t for t in tables if t in reads) or tables
             where = " or ".join(f"solver.{t}.{key}" for t in tables)
             raise ConfigError(f"solver.{key} moved to {where}")
     if isinstance(raw.get("adaptive"), bool):

@@ -352,6 +352,13 @@ def test_old_flat_keys_say_where_they_moved(key, value, moved):
         parse(SolverConfig, raw, where="solver")
 
 
+def test_moved_tolerance_names_both_tables_where_the_method_reads_neither():
+    with pytest.raises(
+        ConfigError, match="solver.rtol moved to solver.adaptive.rtol or solver.torchsde.rtol"
+    ):
+        SolverConfig("rk4exp", rtol=1e-3)
+
+
 def test_old_sde_keys_say_where_they_moved():
     with pytest.raises(ConfigError, match="solver.atol moved to solver.torchsde.atol"):
         SolverConfig("euler", sde=True, atol=1e-3)

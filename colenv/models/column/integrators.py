@@ -109,7 +109,8 @@ def _rk4exp_step(h: float, c: dict) -> Callable:
 
     One step of h seconds from v, a, r [B, P] under drive [B, P], with w_t [P source, P
     target], ``ka`` = kappa / tau_a [P] and ``phi(x)`` the rate of x = v - a (any form of
-    :func:`colenv.models.column.transfer.rate_function`; the adjoint's records what it stores).
+    :func:`colenv.models.column.transfer.rate_function`; the adjoint's also records what it
+    stores).
     Classical RK4 on (v, a); r filtered exactly against the quadratic through the stage rates
     at 0, h/2 and h (exponential quadrature, :func:`_filter_weights`). Both the autograd
     interval (:func:`_make_interval`) and the discrete adjoint's chunks
@@ -121,18 +122,18 @@ def _rk4exp_step(h: float, c: dict) -> Callable:
     w0, wm, w1 = _filter_weights(c["tau_s"], h)
     h2, h6 = 0.5 * h, h / 6.0
 
-    def step(v, a, r, drive, w_t, ka, phi):
-        def deriv(v, a):
-            p = phi(v - a)
-            # mm minus (not plus: inductor turns mm + x back into addmm, which first copies
-            # x into its output); the subtraction fuses into the next kernel
-            dv = torch.mm(p, w_t) - (v * inv_tau_m - drive)
-            return p, dv, ka * p - a * inv_tau_a
+    def deriv(v, a, drive, w_t, ka, phi):
+        p = phi(v - a)
+        # mm minus (not plus: inductor turns mm + x back into addmm, which first copies x into
+        # its output); the subtraction fuses into the next kernel
+        dv = torch.mm(p, w_t) - (v * inv_tau_m - drive)
+        return p, dv, ka * p - a * inv_tau_a
 
-        p1, dv1, da1 = deriv(v, a)
-        p2, dv2, da2 = deriv(v + h2 * dv1, a + h2 * da1)
-        p3, dv3, da3 = deriv(v + h2 * dv2, a + h2 * da2)
-        p4, dv4, da4 = deriv(v + h * dv3, a + h * da3)
+    def step(v, a, r, drive, w_t, ka, phi):
+        p1, dv1, da1 = deriv(v, a, drive, w_t, ka, phi)
+        p2, dv2, da2 = deriv(v + h2 * dv1, a + h2 * da1, drive, w_t, ka, phi)
+        p3, dv3, da3 = deriv(v + h2 * dv2, a + h2 * da2, drive, w_t, ka, phi)
+        p4, dv4, da4 = deriv(v + h * dv3, a + h * da3, drive, w_t, ka, phi)
         v = v + h6 * (dv1 + 2.0 * (dv2 + dv3) + dv4)
         a = a + h6 * (da1 + 2.0 * (da2 + da3) + da4)
         r = e_r * r + w0 * p1 + wm * (p2 + p3) + w1 * p4
