@@ -141,6 +141,13 @@ def steps_in(duration_ms: float, dt_ms: float, name: str) -> int:
     return round(n)
 
 
+def _show_value(value: Tensor) -> str:
+    """One trial's condition, short: a number or a list."""
+    if value.ndim == 0:
+        return f"{value.item():g}" if value.is_floating_point() else str(value.item())
+    return str([round(x, 6) if isinstance(x, float) else x for x in value.tolist()])
+
+
 def _is_number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
 
@@ -332,6 +339,8 @@ class TrialTask(gym.Env):
         gen = self._generator(seed, generator)
         conds = self._resolve_conditions(batch_size, conditions, gen)
         stimulus, target, mask, extra = self._build(conds, gen)
+        for name, values in (("stimulus", stimulus), ("target", target)):
+            self._check_finite(name, values, conds)
         trial = Trial(
             stimulus=stimulus,
             target=target,
@@ -341,6 +350,22 @@ class TrialTask(gym.Env):
             conditions={**conds, **extra},
         )
         return trial.to(device=device, dtype=dtype)
+
+    def _check_finite(self, name: str, values: Tensor, conditions: dict[str, Tensor]) -> None:
+        """ValueError naming the first non-finite entry of a built stimulus or target: the
+        task's arguments (or the conditions given) produce values no model can be trained
+        on."""
+        bad = ~torch.isfinite(values)
+        if not bool(bad.any()):
+            return
+        k, b, i = (int(x) for x in bad.nonzero()[0])
+        shown = ", ".join(f"{key}={_show_value(value[b])}" for key, value in conditions.items())
+        raise ValueError(
+            f"{type(self).__name__} builds a non-finite {name} ({float(values[k, b, i])} at "
+            f"t = {k * self.dt_ms:g} ms, trial {b}, {'input' if name == 'stimulus' else 'output'} "
+            f"{i}; {int(bad.sum())} entries in all) for the conditions {shown}: the task's "
+            "arguments are outside the range its reference solution can compute"
+        )
 
     @staticmethod
     def _generator(seed: int | None, generator: torch.Generator | None) -> torch.Generator:
@@ -390,7 +415,24 @@ class TrialTask(gym.Env):
                     f"conditions dict has keys {sorted(conditions)}; it must have exactly "
                     f"{sorted(grid)}"
                 )
-            conds = {k: torch.as_tensor(v).to(grid[k].dtype) for k, v in conditions.items()}
+            conds = {}
+            for k, v in conditions.items():
+                given = torch.as_tensor(v)
+                if not grid[k].is_floating_point() and (
+                    given.is_floating_point() or given.is_complex()
+                ):
+                    if not bool((torch.isfinite(given) & (given == given.round())).all()):
+                        allowed = grid[k].unique()
+                        values = (
+                            ", ".join(str(int(x)) for x in allowed)
+                            if allowed.numel() <= 16
+                            else "integers"
+                        )
+                        raise ValueError(
+                            f"conditions[{k!r}] must be whole numbers (allowed values: "
+                            f"{values}), got {given.tolist()}"
+                        )
+                conds[k] = given.to(grid[k].dtype)
             sizes = {k: (v.shape[0] if v.ndim else None) for k, v in conds.items()}
             for k, v in conds.items():
                 if v.shape[1:] != grid[k].shape[1:] or v.ndim == 0:
@@ -473,6 +515,13 @@ class TrialTask(gym.Env):
             )
         if not np.all(np.isfinite(a)):
             raise ValueError(f"action must be finite, got {a.tolist()}")
+        low, high = self.action_space.low, self.action_space.high
+        if np.any(a < low) or np.any(a > high):
+            raise ValueError(
+                f"action {a.tolist()} is outside the action space [{float(low.min()):g}, "
+                f"{float(high.max()):g}] (an action is an output divided by action_scale = "
+                f"{self.action_scale:g})"
+            )
         k = self._k
         target = self._episode["target"][k]
         mask = self._episode["mask"][k]

@@ -140,7 +140,8 @@ def test_train_task_kwargs_change_the_training_trials_only(tiny, monkeypatch, ca
 
     def spy(self, *args, **kwargs):
         trial = original(self, *args, **kwargs)
-        drawn.append((kwargs.get("conditions"), trial))
+        if kwargs.get("dtype") != torch.float64:  # not the preflight's float64 data check
+            drawn.append((kwargs.get("conditions"), trial))
         return trial
 
     monkeypatch.setattr(Bifurcation, "sample_batch", spy)

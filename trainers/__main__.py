@@ -23,6 +23,9 @@ from pathlib import Path
 
 __all__ = ["main"]
 
+EXIT_CODES = {"SIGINT": 130, "SIGTERM": 143}
+"""Exit status of a training stopped by a signal (128 + the signal's number)."""
+
 DEFAULT_TASKS = ("colenv/XOR-v0", "colenv/Parity-v0", "colenv/Decision-v0", "colenv/Bifurcation-v0")
 
 
@@ -72,6 +75,9 @@ def _report(config, result) -> int:
     if result.diverged:
         print(f"error: {result.message}", file=sys.stderr)
         return 1
+    if result.interrupted:
+        print(result.message, file=sys.stderr)
+        return EXIT_CODES.get(result.interrupted, 1)
     return 0
 
 
@@ -82,7 +88,8 @@ def cmd_train(args) -> int:
     resume, args.overrides = _split_overrides(args.overrides)
     if resume:
         import_modules(args.imports)
-        config = _with_imports(resume_config(resume, args.overrides), args.imports)
+        config = resume_config(resume, args.overrides, task=args.task)
+        config = _with_imports(config, args.imports)
     else:
         config = _load(args)
     return _report(config, train(config))
@@ -301,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # outside training (or a second Ctrl-C): nothing half-written
+        print("\ninterrupted; checkpoints already written are intact", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -31,7 +31,6 @@ Callbacks here: :class:`ProgressBar`, :class:`CheckpointCallback`, :class:`Early
 
 from __future__ import annotations
 
-import itertools
 import math
 import sys
 import time
@@ -41,7 +40,13 @@ from typing import Any
 import torch
 
 from colenv.errors import ConfigError
-from trainers.checkpoint import load_checkpoint, resolve_checkpoint, save_checkpoint
+from trainers.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    resolve_checkpoint,
+    save_checkpoint,
+)
+from trainers.rundir import RunFolder, fresh_run_name
 from trainers.types import Result, TrainState, higher_is_better
 
 __all__ = [
@@ -52,6 +57,7 @@ __all__ = [
     "PlotCallback",
     "ProgressBar",
     "claim_run_name",
+    "resumes_in_place",
 ]
 
 
@@ -81,21 +87,34 @@ class Callback:
 def claim_run_name(config) -> str:
     """``<task>-<timestamp>`` (``-2``, ``-3``, ... when taken), its folder created atomically,
     so two runs started in the same second never share (and overwrite) one run folder."""
-    root = Path(config.logging.run_dir)
-    root.mkdir(parents=True, exist_ok=True)
-    base = f"{config.task.split('/')[-1].lower()}-{time.strftime('%Y%m%d-%H%M%S')}"
-    for i in itertools.count(1):
-        name = base if i == 1 else f"{base}-{i}"
-        try:
-            (root / name).mkdir()
-        except FileExistsError:
-            continue
-        return name
-    raise AssertionError("unreachable")
+    return fresh_run_name(Path(config.logging.run_dir), config.task)
+
+
+def resumes_in_place(config, run_dir: Path) -> bool:
+    """Whether ``config.resume`` is a checkpoint of ``run_dir`` (the run continues there)."""
+    if not config.resume:
+        return False
+    try:
+        ckpt = resolve_checkpoint(config.resume).resolve()
+    except CheckpointError:
+        return False
+    return ckpt.parent == (Path(run_dir) / "checkpoints").resolve()
 
 
 class Callbacks(list):
-    """The callbacks of one run, called together; what a trainer uses for its bookkeeping."""
+    """The callbacks of one run, called together; what a trainer uses for its bookkeeping.
+
+    ``run`` is the claimed and locked :class:`trainers.rundir.RunFolder` of the run
+    (:func:`trainers.train` opens it before calling the trainer; otherwise :meth:`begin`
+    opens it and :meth:`end` releases it). ``interrupted`` is set (to ``"SIGINT"`` or
+    ``"SIGTERM"``) by :func:`trainers.train`'s signal handlers: the next :meth:`step_end`
+    writes ``last.pt`` and stops training."""
+
+    def __init__(self, callbacks=(), *, run: RunFolder | None = None) -> None:
+        super().__init__(callbacks)
+        self.run = run
+        self.interrupted = ""
+        self._owns_run = False
 
     def begin(
         self,
@@ -107,27 +126,44 @@ class Callbacks(list):
         scheduler: Any = None,
         trial_generator: torch.Generator | None = None,
     ) -> TrainState:
-        """The run's :class:`TrainState`: its folder ``<logging.run_dir>/<run_name>`` created
-        (a fresh name if ``run_name`` is empty), the success threshold set, the model,
-        optimizer, scheduler, RNGs and callback states restored from ``config.resume`` if set;
-        then every ``on_fit_start``."""
-        if not config.run_name:
-            config = config.model_copy(update={"run_name": claim_run_name(config)})
+        """The run's :class:`TrainState`: its folder ``<logging.run_dir>/<run_name>`` claimed
+        and locked (a fresh name if ``run_name`` is empty), the success threshold set, the
+        model, optimizer, scheduler, RNGs and callback states restored from ``config.resume``
+        if set (with a message saying from where and what continues); then every
+        ``on_fit_start``."""
+        if self.run is None:
+            if not config.run_name:
+                config = config.model_copy(update={"run_name": claim_run_name(config)})
+            run_dir = Path(config.logging.run_dir) / config.run_name
+            self.run = RunFolder.open(
+                config.logging.run_dir,
+                config.run_name,
+                task=config.task,
+                resuming=resumes_in_place(config, run_dir),
+            )
+            self._owns_run = True
+        elif self.run.path.name != config.run_name:
+            config = config.model_copy(
+                update={"run_name": self.run.path.name, "logging": _with_run_dir(config, self.run)}
+            )
+        for leftover in self.run.removed_temp:
+            print(f"removed {leftover} (a checkpoint write that was interrupted)", flush=True)
         state = TrainState(
             config=config,
             task=task,
             model=model,
-            run_dir=Path(config.logging.run_dir) / config.run_name,
+            run_dir=self.run.path,
             callbacks=self,
             optimizer=optimizer,
             scheduler=scheduler,
             trial_generator=trial_generator or torch.Generator(),
         )
-        state.run_dir.mkdir(parents=True, exist_ok=True)
         threshold = config.success.threshold
         state.threshold = float(task.success_threshold if threshold is None else threshold)
         if config.resume:
-            load_checkpoint(resolve_checkpoint(config.resume), state)
+            path = resolve_checkpoint(config.resume)
+            ckpt = load_checkpoint(path, state)
+            print(resume_message(config, state, path, ckpt), flush=True)
         for cb in self:
             cb.on_fit_start(state)
         state.start_time = time.perf_counter()
@@ -168,10 +204,21 @@ class Callbacks(list):
 
     def step_end(self, state: TrainState) -> bool:
         """Every ``on_step_end``; False when one of them asks to stop (``state.stop_reason``
-        then says why)."""
+        then says why) or when a signal arrived: then ``last.pt`` holds this step (a
+        consistent state at a step boundary) and ``state.interrupted`` names the signal."""
         keep_going = [cb.on_step_end(state) for cb in self]
         if any(k is False for k in keep_going):
             state.stop_reason = state.stop_reason or f"stopped by a callback at step {state.step}"
+            return False
+        if self.interrupted:
+            path = save_checkpoint(state, state.run_dir / "checkpoints" / "last.pt")
+            state.checkpoint = str(path)
+            state.interrupted = self.interrupted
+            state.stop_reason = (
+                f"interrupted by {self.interrupted} after step {state.step} of "
+                f"{state.config.train.steps}; saved {path}. Continue with: "
+                f"python -m trainers resume {state.run_dir}"
+            )
             return False
         return True
 
@@ -188,20 +235,65 @@ class Callbacks(list):
             run_dir=str(state.run_dir),
             diverged=state.diverged,
             message=state.stop_reason or f"stopped at step {state.step}",
+            interrupted=state.interrupted,
         )
-        for cb in self:
-            cb.on_fit_end(state, result)
+        try:
+            for cb in self:
+                cb.on_fit_end(state, result)
+        finally:
+            if self._owns_run and self.run is not None:
+                self.run.close()
         result.checkpoint = state.checkpoint
         return result
 
 
+def _with_run_dir(config, run: RunFolder):
+    return config.logging.model_copy(update={"run_dir": str(run.path.parent)})
+
+
+def resume_message(config, state: TrainState, path: Path, ckpt: dict[str, Any]) -> str:
+    """What a resume continues: from which file and step, a changed budget, early stopping."""
+    lines = [f"resuming {state.run_dir} from {path} at step {state.step} of {config.train.steps}"]
+    resume = Path(config.resume)
+    if resume.is_dir() and path.name == "best.pt":
+        lines.append(
+            f"  no checkpoints/last.pt in {resume}: using best.pt, written at step "
+            f"{state.step} (the best {config.success.metric} so far); the steps after it are "
+            "trained again"
+        )
+    old_steps = ckpt["config"].get("train", {}).get("steps")
+    if old_steps is not None and old_steps != config.train.steps:
+        lines.append(
+            f"  train.steps {old_steps} -> {config.train.steps}: the budget and the "
+            f"learning-rate schedule follow the new total, as if the run had started with "
+            f"train.steps={config.train.steps}"
+        )
+    metric, best = config.success.metric, state.best
+    best_text = f"{best:.4g}" if isinstance(best, float) else "none yet"
+    stopping = [cb for cb in state.callbacks if isinstance(cb, EarlyStopping)]
+    if stopping:
+        es = stopping[0]
+        op = ">=" if higher_is_better(metric) else "<="
+        lines.append(
+            f"  early stopping: {metric} {op} {state.threshold:g} held at the last {es.count} "
+            f"evaluation(s) in a row (stops at {es.patience}); best {metric} so far "
+            f"{best_text} (best.pt)"
+        )
+    else:
+        lines.append(f"  best {metric} so far {best_text} (best.pt); no early stopping")
+    return "\n".join(lines)
+
+
 class CheckpointCallback(Callback):
     """Keeps ``checkpoints/last.pt`` (every ``every`` steps, at success, at the end) and
-    ``checkpoints/best.pt`` (best success metric). Nothing is written after a divergence, so
-    the last good checkpoint stays intact."""
+    ``checkpoints/best.pt`` (best success metric). Both are written at the end of a step,
+    after every callback has seen its evaluation, so either one resumes exactly. Nothing is
+    written after a divergence, so the last good checkpoint stays intact."""
 
     def __init__(self, every: int = 50) -> None:
         self.every = every
+        self._best_pending = False
+        self._last_pending = False
 
     def _save(self, state: TrainState, name: str) -> Path:
         path = save_checkpoint(state, state.run_dir / "checkpoints" / name)
@@ -209,9 +301,15 @@ class CheckpointCallback(Callback):
             state.checkpoint = str(path)
         return path
 
-    def on_step_end(self, state: TrainState) -> None:
-        if self.every and state.step % self.every == 0:
+    def _flush(self, state: TrainState) -> None:
+        if self._best_pending:
+            self._save(state, "best.pt")
+        if self._last_pending or (self.every and state.step % self.every == 0):
             self._save(state, "last.pt")
+        self._best_pending = self._last_pending = False
+
+    def on_step_end(self, state: TrainState) -> None:
+        self._flush(state)
 
     def on_eval_end(self, state: TrainState, metrics: dict[str, float]) -> None:
         metric = state.config.success.metric
@@ -220,12 +318,17 @@ class CheckpointCallback(Callback):
             up = higher_is_better(metric)
             if state.best is None or (value > state.best if up else value < state.best):
                 state.best = value
-                self._save(state, "best.pt")
+                self._best_pending = True
         if state.solved:
-            self._save(state, "last.pt")
+            self._last_pending = True
 
     def on_fit_end(self, state: TrainState, result: Result) -> None:
-        if not state.diverged:
+        if state.diverged:
+            return
+        if self._best_pending:
+            self._save(state, "best.pt")
+            self._best_pending = False
+        if not state.interrupted:  # an interrupted run's last.pt is written already
             self._save(state, "last.pt")
 
 
@@ -302,7 +405,7 @@ class PlotCallback(Callback):
         self.paths: list[Path] = []
 
     def on_fit_end(self, state: TrainState, result: Result) -> None:
-        if not state.eval_outputs or state.eval_trial is None:
+        if not state.eval_outputs or state.eval_trial is None or state.interrupted:
             return
         plot = getattr(state.task, "plot", None)
         if plot is None:

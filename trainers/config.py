@@ -289,6 +289,15 @@ class TrainConfig(StrictModel):
         except ConfigError as err:
             raise ConfigError(f"{source}: {err}" if source else str(err)) from None
 
+    @field_validator("run_name")
+    @classmethod
+    def _plain_folder_name(cls, value: str) -> str:
+        if value == "":
+            return value
+        from trainers.rundir import check_run_name
+
+        return check_run_name(value)
+
     @property
     def higher_is_better(self) -> bool:
         """Direction of the success metric: False for metrics named *rmse* / *error*."""

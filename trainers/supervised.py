@@ -31,7 +31,14 @@ from trainers.build import build_task
 from trainers.callbacks import Callbacks
 from trainers.types import Result, TrainState
 
-__all__ = ["RunawayGuard", "SupervisedTrainer", "evaluate", "forward", "masked_mse"]
+__all__ = [
+    "RunawayGuard",
+    "Schedule",
+    "SupervisedTrainer",
+    "evaluate",
+    "forward",
+    "masked_mse",
+]
 
 
 class SupervisedTrainer:
@@ -63,6 +70,12 @@ class SupervisedTrainer:
         state = callbacks.begin(model, task, config, optimizer=optimizer, scheduler=scheduler)
         if state.resumed_from is not None:  # a resume with a new train.lr scales the schedule
             rescale_lr(optimizer, scheduler, t.lr / state.resumed_from["train"]["lr"])
+            scheduler.follow()  # a new train.steps: the schedule of the new total, at this step
+            print(
+                f"  learning rate at step {state.step}: {optimizer.param_groups[0]['lr']:.4g} "
+                f"({t.schedule} schedule over train.steps = {t.steps})",
+                flush=True,
+            )
         diagnosis: str | None = None  # half-step check of the first runaway rollout, once
 
         while state.step < t.steps:
@@ -127,7 +140,7 @@ class SupervisedTrainer:
         else:
             state.stop_reason = f"budget of {t.steps} steps spent"
 
-        if not state.diverged and state.eval_step != state.step:
+        if not (state.diverged or state.interrupted) and state.eval_step != state.step:
             evaluate_into(state, eval_trial)  # final metrics of the final weights
         return callbacks.end(state)
 
@@ -343,13 +356,62 @@ def make_optimizer(t, params) -> torch.optim.Optimizer:
     return torch.optim.SGD(params, lr=t.lr, weight_decay=t.weight_decay, momentum=0.9)
 
 
-def make_scheduler(t, optimizer) -> torch.optim.lr_scheduler.LRScheduler:
-    """``train.schedule``: cosine (to 0 at ``steps``) | step (x0.1 every steps/3) | constant."""
-    if t.schedule == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(t.steps, 1))
-    if t.schedule == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(t.steps // 3, 1), gamma=0.1)
-    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda _: 1.0)
+def make_scheduler(t, optimizer) -> Schedule:
+    """``train.schedule`` over ``train.steps``: see :class:`Schedule`."""
+    return Schedule(optimizer, t.schedule, t.steps)
+
+
+class Schedule(torch.optim.lr_scheduler.LambdaLR):
+    """The learning rate as a closed form of the step and the total ``steps``:
+
+    - ``cosine``: ``lr * (1 + cos(pi * step / steps)) / 2`` (to 0 at ``steps``),
+    - ``step``: ``lr * 0.1 ** (step // (steps // 3))``,
+    - ``constant``: ``lr``.
+
+    A checkpoint keeps the step and the base rates, not the total: a run resumed with a larger
+    ``train.steps`` follows the schedule of the new total from the step it resumes at, as if
+    it had been started with it (the cosine horizon moves, the rate does not restart).
+    """
+
+    def __init__(self, optimizer: torch.optim.Optimizer, kind: str, steps: int) -> None:
+        if kind not in ("cosine", "step", "constant"):
+            raise ConfigError(
+                f"train.schedule = {kind!r} is not allowed; allowed: cosine, step, constant"
+            )
+        self.kind = kind
+        self.steps = max(int(steps), 1)
+        super().__init__(optimizer, self.factor)
+
+    def factor(self, step: int) -> float:
+        """Learning rate at ``step`` relative to the base rate."""
+        if self.kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * min(step, self.steps) / self.steps))
+        if self.kind == "step":
+            return 0.1 ** (step // max(self.steps // 3, 1))
+        return 1.0
+
+    def state_dict(self) -> dict:
+        return {
+            "kind": self.kind,
+            "steps": self.steps,
+            "last_epoch": self.last_epoch,
+            "_step_count": self._step_count,
+            "base_lrs": [float(lr) for lr in self.base_lrs],
+        }
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        """Restore the step and base rates; the kind and total stay this schedule's own."""
+        self.last_epoch = int(state_dict["last_epoch"])
+        self._step_count = int(state_dict.get("_step_count", self.last_epoch + 1))
+        self.base_lrs = [float(lr) for lr in state_dict["base_lrs"]]
+        self.follow()
+
+    def follow(self) -> None:
+        """Set the optimizer's rates to this schedule's at the current step."""
+        lrs = [base * self.factor(self.last_epoch) for base in self.base_lrs]
+        for group, lr in zip(self.optimizer.param_groups, lrs, strict=True):
+            group["lr"] = lr
+        self._last_lr = lrs
 
 
 def rescale_lr(optimizer, scheduler, ratio: float) -> None:

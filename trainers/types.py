@@ -36,7 +36,10 @@ class Result:
     diverged: bool = False
     """training stopped on a NaN/inf loss or a diverging rollout"""
     message: str = ""
-    """why training stopped (criterion met, budget spent, divergence, a callback)"""
+    """why training stopped (criterion met, budget spent, divergence, a callback, a signal)"""
+    interrupted: str = ""
+    """the signal that stopped training ("SIGINT", "SIGTERM"; last.pt holds the step it
+    stopped at), else empty"""
 
 
 @runtime_checkable
@@ -108,6 +111,8 @@ class TrainState:
     """a NaN/inf loss or rollout stopped training"""
     stop_reason: str = ""
     """why training stopped"""
+    interrupted: str = ""
+    """the signal that stopped training ("SIGINT", "SIGTERM"), else empty"""
     plot_paths: list = field(default_factory=list)
     """PNG files written by PlotCallback"""
     resumed_from: dict | None = None

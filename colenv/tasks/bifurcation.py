@@ -175,6 +175,31 @@ class Bifurcation(TrialTask):
         )
         self.action_scale = float(math.ceil(largest_radius))
         super().__init__(dt_ms=dt_ms, periods_ms={"trial": trial_ms}, render_mode=render_mode)
+        self._check_reference_is_finite()
+
+    def _check_reference_is_finite(self) -> None:
+        """The reference solution exp(2 M(t)) overflows float64 when mu(t) stays large for long
+        (e.g. mu_amplitude = 100 over 25 s): an error naming the arguments, not NaN targets."""
+        phases = torch.arange(8, dtype=torch.float64) * (math.pi / 4)
+        corner = torch.tensor([[1.0, 1.0], [-1.0, 1.0]], dtype=torch.float64) * self.x0_range
+        probe = {
+            "x0": corner.repeat(4, 1),
+            "mu_amplitude": torch.full((8,), self.mu_amplitude, dtype=torch.float64),
+            "mu_phase": phases,
+            "mu_offset": torch.full((8,), self.mu_offset, dtype=torch.float64),
+        }
+        grid = self.condition_grid()
+        for conditions in (probe, grid):
+            _, target, _, _ = self._build(conditions, torch.default_generator)
+            if not bool(torch.isfinite(target).all()):
+                raise ValueError(
+                    f"mu_amplitude={self.mu_amplitude:g}, mu_offset={self.mu_offset:g} "
+                    f"(mu_frequency_rad_per_s={self.mu_frequency_rad_per_s:g}, "
+                    f"trial_ms={self.n_steps * self.dt_ms:g}) give non-finite targets: the "
+                    "normal form's reference solution overflows float64 when mu(t) stays "
+                    "large for long (its radius grows like exp of the integral of mu); use a "
+                    "smaller mu_amplitude or mu_offset, or a shorter trial_ms"
+                )
 
     def _draw_conditions(self, batch_size: int, generator: torch.Generator) -> dict[str, Tensor]:
         f64 = torch.float64
