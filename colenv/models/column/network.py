@@ -2,7 +2,7 @@
 
 Each column has 8 populations (L2/3e, L2/3i, L4e, L4i, L5e, L5i, L6e, L6i) wired as in the
 Potjans & Diesmann (2014) microcircuit. Per population, with membrane potential v,
-adaptation a and low-pass filtered rate r (the observable), SCIENCE.md §1:
+adaptation a and low-pass filtered rate r (the observable), docs/science.md:
 
     phi   = f(v - a)                                     instantaneous rate (Hz)
     I     = tau_s (W phi + w_bg nu_bg + W_in u(t))       synaptic current
