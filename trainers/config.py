@@ -31,7 +31,7 @@ import re
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SerializeAsAny, field_validator, model_serializer, model_validator
 
@@ -205,13 +205,23 @@ class LoggingConfig(StrictModel):
 
     wandb: bool = Field(True, description="log to Weights & Biases (offline by default)")
     wandb_mode: Literal["offline", "online", "disabled"] = Field(
-        "offline", description="W&B mode; the WANDB_MODE environment variable overrides"
+        "offline",
+        description="W&B mode; a valid WANDB_MODE environment variable overrides it (empty "
+        "counts as unset; an invalid one is ignored with a warning); an online run that cannot "
+        "start logs offline instead",
     )
     project: str = Field("colenv", min_length=1, description="W&B project")
     run_dir: str = Field(
         "runs", min_length=1, description="parent folder of the runs: <run_dir>/<run_name>/"
     )
     plots: bool = Field(True, description="write the task's plots into <run>/plots at the end")
+    group: str = Field(
+        "", max_length=128, description="W&B group of the run (e.g. a sweep's name); empty = none"
+    )
+    tags: list[Annotated[str, Field(min_length=1, max_length=64)]] = Field(
+        default_factory=list, description="W&B tags of the run: a list of strings, 1-64 chars each"
+    )
+    notes: str = Field("", description="W&B notes (a free-text description of the run)")
 
 
 class CheckpointConfig(StrictModel):
