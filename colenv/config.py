@@ -244,7 +244,22 @@ def _one(key: str, e: dict, w: _Where, raw: Mapping) -> str:
     if e["type"] in ("value_error", "assertion_error") and isinstance(value, Mapping | BaseModel):
         # a check of a whole section: no value to show
         return msg if key == "<config>" else f"{key}: {msg}"
+    if e["type"].endswith("_type") and w.annotation is not None:
+        msg = f"{msg}; expected {_expected(w.annotation)}"
     return f"{key} = {_show(e.get('input', value))}: {msg}"
+
+
+def _expected(tp: Any) -> str:
+    """What a field takes, in TOML words: "a list of tables with keys name, n_columns"."""
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin in (tuple, list) and args:
+        inner = args[0]
+        if isinstance(inner, type) and issubclass(inner, BaseModel):
+            return f"a list of tables with keys {', '.join(inner.model_fields)}"
+        return f"a list of {_expected(inner)}".replace("a list of a list of", "a list of lists of")
+    if isinstance(tp, type) and issubclass(tp, BaseModel):
+        return f"a table with keys {', '.join(tp.model_fields)}"
+    return type_name(tp)
 
 
 def _show(value: Any) -> str:

@@ -254,12 +254,10 @@ def _with_run_dir(config, run: RunFolder):
 def resume_message(config, state: TrainState, path: Path, ckpt: dict[str, Any]) -> str:
     """What a resume continues: from which file and step, a changed budget, early stopping."""
     lines = [f"resuming {state.run_dir} from {path} at step {state.step} of {config.train.steps}"]
-    resume = Path(config.resume)
-    if resume.is_dir() and path.name == "best.pt":
+    if path.name == "best.pt" and not (path.parent / "last.pt").is_file():
         lines.append(
-            f"  no checkpoints/last.pt in {resume}: using best.pt, written at step "
-            f"{state.step} (the best {config.success.metric} so far); the steps after it are "
-            "trained again"
+            f"  no last.pt in {path.parent}: using best.pt, written at step {state.step} (the "
+            f"best {config.success.metric} so far); the steps after it are trained again"
         )
     old_steps = ckpt["config"].get("train", {}).get("steps")
     if old_steps is not None and old_steps != config.train.steps:
@@ -275,9 +273,9 @@ def resume_message(config, state: TrainState, path: Path, ckpt: dict[str, Any]) 
         es = stopping[0]
         op = ">=" if higher_is_better(metric) else "<="
         lines.append(
-            f"  early stopping: {metric} {op} {state.threshold:g} held at the last {es.count} "
-            f"evaluation(s) in a row (stops at {es.patience}); best {metric} so far "
-            f"{best_text} (best.pt)"
+            f"  early stopping: {metric} {op} {state.threshold:g} has held at {es.count} "
+            f"evaluation(s) in a row so far; training stops when it holds at {es.patience} "
+            f"(success.patience); best {metric} so far {best_text} (best.pt)"
         )
     else:
         lines.append(f"  best {metric} so far {best_text} (best.pt); no early stopping")
