@@ -496,3 +496,60 @@ def test_train_to_criterion_end_to_end(tmp_path):
     assert result.solved and not result.diverged, result.message
     assert result.metrics["accuracy"] == 1.0 and result.steps < config.train.steps
     assert read_checkpoint(result.checkpoint)["solved"]
+
+
+# ----------------------------------------------------------------------------- tasks
+def test_fractional_binary_conditions_are_refused_not_truncated():
+    import gymnasium as gym
+
+    task = gym.make("colenv/XOR-v0").unwrapped
+    with pytest.raises(ValueError, match=r"conditions\['bits'\] must be whole numbers") as err:
+        task.sample_batch(conditions={"bits": [[0.5, 1.7]]})
+    assert "allowed values: 0, 1" in str(err.value) and "0.5" in str(err.value)
+    with pytest.raises(ValueError, match=r"must be 0 or 1"):
+        task.sample_batch(conditions={"bits": [[0, 2]]})
+    with pytest.raises(ValueError, match="whole numbers"):
+        task.reset(seed=0, options={"conditions": {"bits": [[1.0, float("nan")]]}})
+    trial = task.sample_batch(conditions={"bits": [[1.0, 0.0]]})  # whole floats are fine
+    assert trial.conditions["bits"].tolist() == [[1, 0]]
+
+
+@pytest.mark.parametrize("task_id", ["colenv/XOR-v0", "colenv/Bifurcation-v0"])
+def test_actions_outside_the_action_space_are_refused(task_id):
+    import gymnasium as gym
+
+    env = gym.make(task_id).unwrapped
+    env.reset(seed=0)
+    low, high = env.action_space.low, env.action_space.high
+    for bad in (high + 0.5, low - 0.5):
+        with pytest.raises(ValueError, match="outside the action space"):
+            env.step(bad)
+    env.step(high)  # the bounds themselves are inside
+    env.step(low)
+
+
+def test_a_task_that_builds_nan_names_the_non_finite_input(tmp_path, capsys):
+    """A user's task whose stimulus is NaN for one pattern: sample_batch names the stimulus,
+    the time, the trial and its conditions; training refuses before a run folder exists
+    (not a "use a smaller step_ms" divergence after the first step)."""
+    import gymnasium as gym
+
+    from colenv.tasks.xor import XOR
+
+    class NanXOR(XOR):
+        def _build(self, conditions, generator):
+            stimulus, target, mask, extra = super()._build(conditions, generator)
+            both = conditions["bits"].sum(dim=1) == 2
+            stimulus[-1, both, 0] = float("nan")
+            return stimulus, target, mask, extra
+
+    task_id = "colenv-faults/NanXOR-v0"
+    if task_id not in gym.registry:
+        gym.register(id=task_id, entry_point=NanXOR)
+    task = gym.make(task_id, dt_ms=10.0).unwrapped
+    with pytest.raises(ValueError, match=r"non-finite stimulus \(nan at t = 990 ms, trial 3"):
+        task.sample_batch(conditions="all")
+    code = main(["train", TASK, *_overrides(tmp_path), f"task={task_id}"])
+    err = capsys.readouterr().err
+    assert code == 2 and "non-finite stimulus" in err and "bits=[1, 1]" in err
+    assert "step_ms" not in err and not any(tmp_path.iterdir())

@@ -228,7 +228,10 @@ def train(config, callbacks: list[Callback] | None = None) -> Result:
     prepared = preflight(config)
     if config.train.threads:
         torch.set_num_threads(config.train.threads)
-    callbacks = list(default_callbacks(config) if callbacks is None else callbacks)
+    try:
+        callbacks = list(default_callbacks(config) if callbacks is None else callbacks)
+    except ValueError as err:  # e.g. a W&B mode from the environment that W&B does not know
+        raise ConfigError(str(err)) from None
     run = open_run(config)
     try:
         config = config.model_copy(
