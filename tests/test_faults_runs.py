@@ -206,6 +206,42 @@ def test_a_crafted_checkpoint_runs_no_code(tmp_path, capsys):
     assert not marker.exists()
 
 
+def test_random_bytes_are_always_a_checkpoint_error(tmp_path):
+    """Garbage of every shape (plain, behind a pickle header, behind a zip header) is a
+    CheckpointError naming the file, never another exception from inside torch.load."""
+    path = tmp_path / "garbage.pt"
+    for seed in range(60):
+        rng = random.Random(seed)
+        head = (b"", b"\x80\x02", b"\x80\x04\x95", b"PK\x03\x04")[seed % 4]
+        path.write_bytes(head + rng.randbytes(rng.randint(1, 400)))
+        with pytest.raises(CheckpointError) as err:
+            read_checkpoint(path)
+        assert str(path) in str(err.value)
+
+
+def test_a_checkpoint_with_the_right_header_but_a_wrong_body_is_refused(tmp_path, capsys):
+    train(load_config(TASK, _overrides(tmp_path, "run_name=good", steps=1)))
+    good = read_checkpoint(tmp_path / "good")
+    path = tmp_path / "forged.pt"
+    bad_weights = {**good["state_dict"], "feedforward.weight": torch.zeros(2, 2)}
+    for key, value in (("task", None), ("model", {"kind": "columns"}), ("state_dict", [1])):
+        forged = dict(good)
+        if value is None:
+            del forged[key]
+        else:
+            forged[key] = value
+        torch.save(forged, path)
+        with pytest.raises(CheckpointError, match="damaged") as err:
+            read_checkpoint(path)
+        assert str(path) in str(err.value)
+        assert main(["evaluate", str(path)]) == 2
+        assert capsys.readouterr().err.count("\n") == 1
+    torch.save({**good, "state_dict": bad_weights}, path)  # shapes record and weights disagree
+    assert main(["evaluate", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "feedforward.weight is [2, 2] in the checkpoint" in err and str(path) in err
+
+
 @pytest.mark.parametrize("kind", ["empty", "truncated", "foreign", "garbage"])
 def test_a_broken_checkpoint_is_one_clear_error_naming_it(tmp_path, capsys, kind):
     run = tmp_path / "broken"

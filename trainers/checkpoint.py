@@ -19,10 +19,8 @@ task, kind or parameter shape is a :class:`CheckpointError` naming it.
 from __future__ import annotations
 
 import os
-import pickle
 import random
 import tempfile
-import zipfile
 from pathlib import Path
 from typing import Any
 
@@ -188,7 +186,7 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
         raise CheckpointError(f"checkpoint {p} is empty (0 bytes); was its write interrupted?")
     try:
         ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except (pickle.UnpicklingError, RuntimeError, EOFError, zipfile.BadZipFile, OSError) as err:
+    except Exception as err:  # noqa: BLE001  weights_only runs no code; any failure = damaged
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         raise CheckpointError(
             f"checkpoint {p} cannot be read: it is damaged or not a torch checkpoint ({first})"
@@ -204,7 +202,35 @@ def read_checkpoint(path: str | Path) -> dict[str, Any]:
             f"checkpoint {p} has format version {ckpt.get('version')!r}; this colenv reads "
             f"version {VERSION}"
         )
+    for key, kind in _LAYOUT.items():
+        if not isinstance(ckpt.get(key), kind):
+            what = "lacks" if key not in ckpt else f"has a {type(ckpt[key]).__name__} under"
+            raise CheckpointError(
+                f"checkpoint {p} {what} the key {key!r} (a colenv checkpoint holds "
+                f"{', '.join(_LAYOUT)}); it is damaged or was not written by colenv"
+            )
+    for key in ("kind", "options", "shapes"):
+        if key not in ckpt["model"]:
+            raise CheckpointError(f"checkpoint {p} lacks model.{key}; it is damaged")
     return ckpt
+
+
+_LAYOUT: dict[str, type | tuple[type, ...]] = {
+    "step": int,
+    "task": str,
+    "model": dict,
+    "config": dict,
+    "state_dict": dict,
+    "optimizer": (dict, type(None)),
+    "scheduler": (dict, type(None)),
+    "rng": dict,
+    "callbacks": dict,
+    "metrics": dict,
+    "history": list,
+    "eval_step": int,
+    "solved": bool,
+}
+"""Top-level keys of a checkpoint and their types (``best`` may be None or a float)."""
 
 
 def check_compatible(
@@ -226,8 +252,12 @@ def check_compatible(
     if model is None:
         return
     now = {name: list(t.shape) for name, t in model.state_dict().items()}
-    for name in sorted(set(saved["shapes"]) | set(now)):
-        a, b = saved["shapes"].get(name), now.get(name)
+    tensors = ckpt["state_dict"]
+    if not all(isinstance(t, torch.Tensor) for t in tensors.values()):
+        raise CheckpointError(f"checkpoint {path} has a state_dict entry that is not a tensor")
+    held = {name: list(t.shape) for name, t in tensors.items()}  # what load_state_dict gets
+    for name in sorted(set(held) | set(now)):
+        a, b = held.get(name), now.get(name)
         if a != b:
             here = config.model.options.model_dump(mode="json")
             differ = [
