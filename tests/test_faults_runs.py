@@ -589,3 +589,40 @@ def test_a_task_that_builds_nan_names_the_non_finite_input(tmp_path, capsys):
     err = capsys.readouterr().err
     assert code == 2 and "non-finite stimulus" in err and "bits=[1, 1]" in err
     assert "step_ms" not in err and not any(tmp_path.iterdir())
+
+
+def test_a_budget_below_the_checkpoint_is_refused(tmp_path):
+    train(load_config(TASK, _overrides(tmp_path, "run_name=ahead", steps=3)))
+    with pytest.raises(ConfigError, match="train.steps = 2 but .* is at step 3"):
+        train(resume_config(tmp_path / "ahead", ["train.steps=2"]))
+
+
+def test_a_too_long_run_name_is_refused():
+    with pytest.raises(ConfigError, match="at most 200"):
+        load_config(TASK, [f"run_name={'x' * 300}"])
+
+
+def test_a_full_disk_mid_run_stops_with_an_error_and_keeps_the_last_checkpoint(
+    tmp_path, monkeypatch, capsys
+):
+    import errno
+
+    import trainers.checkpoint as checkpoint_module
+
+    real_save, calls = checkpoint_module.torch.save, []
+
+    def save(obj, fh, *args, **kwargs):
+        calls.append(1)
+        if len(calls) > 3:
+            fh.write(b"partial")
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(obj, fh, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint_module.torch, "save", save)
+    code = main(["train", TASK, *_overrides(tmp_path, "run_name=full", steps=6)])
+    err = capsys.readouterr().err
+    assert code == 1 and "No space left on device" in err and "intact" in err
+    monkeypatch.undo()
+    folder = tmp_path / "full" / "checkpoints"
+    assert read_checkpoint(folder / "last.pt")["step"] >= 1
+    assert not list(folder.glob(".*.tmp"))

@@ -308,6 +308,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CheckpointError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a disk that fills up, a file that cannot be written
+        print(f"error: {err}; checkpoints already written are intact", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:  # outside training (or a second Ctrl-C): nothing half-written
         print("\ninterrupted; checkpoints already written are intact", file=sys.stderr)
         return 130

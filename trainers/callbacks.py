@@ -276,6 +276,12 @@ def resume_message(config, state: TrainState, path: Path, ckpt: dict[str, Any]) 
             f"  early stopping: {metric} {op} {state.threshold:g} has held at {es.count} "
             f"evaluation(s) in a row so far; training stops when it holds at {es.patience} "
             f"(success.patience); best {metric} so far {best_text} (best.pt)"
+            + (
+                "; it already does, so training stops after the next step "
+                "(success.stop_on_success=false trains on)"
+                if es.count >= es.patience
+                else ""
+            )
         )
     else:
         lines.append(f"  best {metric} so far {best_text} (best.pt); no early stopping")

@@ -126,7 +126,13 @@ def preflight(config) -> Prepared:
         _probe(config, model, train_grid, device, dtype, "train.task_kwargs")
     if config.resume:
         path = resolve_checkpoint(config.resume)
-        check_compatible(read_checkpoint(path), config, model, path)
+        ckpt = read_checkpoint(path)
+        check_compatible(ckpt, config, model, path)
+        if ckpt["step"] > config.train.steps:
+            raise ConfigError(
+                f"train.steps = {config.train.steps} but {path} is at step {ckpt['step']}: "
+                f"nothing is left to train; resume with train.steps > {ckpt['step']}"
+            )
     return Prepared(trainer_cls, device, dtype, task, model)
 
 

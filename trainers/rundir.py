@@ -57,6 +57,8 @@ def check_run_name(name: str) -> str:
         problem = "contains a control character"
     elif name != name.strip():
         problem = "starts or ends with white space"
+    elif len(name.encode()) > 200:
+        problem = f"is {len(name.encode())} bytes long (at most 200)"
     if problem:
         raise ValueError(
             f"{problem}; run_name is one plain folder name under logging.run_dir (letters, "
