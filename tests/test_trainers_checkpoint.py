@@ -228,7 +228,8 @@ def test_a_runaway_from_too_large_a_step_says_so(tiny):
     task = "colenv/Decision-v0"
     config = load_config(task, tiny(task, "solver.step_ms=1.0", "train.runaway_hz=1000.0"))
     result = train(config)
-    assert result.diverged and "rates reached" in result.message
+    assert result.diverged  # the runaway guard ("rates reached") or the solver ("ran away")
+    assert "rates reached" in result.message or "ran away" in result.message
     assert (
         "At step 1, the same rollout at half the step (solver.step_ms=0.5) stayed within"
         in result.message
