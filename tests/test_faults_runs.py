@@ -180,6 +180,7 @@ class _CreatesAFile:
         return (Path.touch, (self.path,))
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_a_crafted_checkpoint_runs_no_code(tmp_path, capsys):
     """A pickle whose __reduce__ would create a file: every way of loading it refuses, and
     the file is never created."""
@@ -206,6 +207,7 @@ def test_a_crafted_checkpoint_runs_no_code(tmp_path, capsys):
     assert not marker.exists()
 
 
+@pytest.mark.filterwarnings("ignore:Detected pickle protocol")
 def test_random_bytes_are_always_a_checkpoint_error(tmp_path):
     """Garbage of every shape (plain, behind a pickle header, behind a zip header) is a
     CheckpointError naming the file, never another exception from inside torch.load."""
@@ -626,3 +628,28 @@ def test_a_full_disk_mid_run_stops_with_an_error_and_keeps_the_last_checkpoint(
     folder = tmp_path / "full" / "checkpoints"
     assert read_checkpoint(folder / "last.pt")["step"] >= 1
     assert not list(folder.glob(".*.tmp"))
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("model.network.areas=5", "expected a list of tables with keys name, n_columns"),
+        ('model.params={"connectivity.p"=1.0}', "expected a list of lists of float"),
+        ("train.device=mps", "train.device = 'mps'"),
+    ],
+)
+def test_model_file_and_device_mistakes_are_named(tmp_path, capsys, extra, message):
+    if extra == "train.device=mps" and torch.backends.mps.is_available():
+        pytest.skip("MPS is available here")
+    code = main(["train", TASK, *_overrides(tmp_path), extra])
+    err = capsys.readouterr().err
+    assert code == 2 and message in err, err
+    assert "Traceback" not in err and not any(tmp_path.iterdir())
+
+
+def test_a_config_file_without_a_task_is_an_error(tmp_path, capsys):
+    toml = tmp_path / "mine.toml"
+    toml.write_text("[train]\nsteps = 3\n")
+    assert main(["train", str(toml)]) == 2
+    err = capsys.readouterr().err
+    assert f"{toml}: no task" in err and 'task = "colenv/XOR-v0"' in err

@@ -29,6 +29,11 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(
+            f"train.device = {name!r} but MPS (Apple GPU) is not available here; allowed: "
+            "auto, cpu" + (", cuda" if torch.cuda.is_available() else "")
+        )
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise ConfigError(
