@@ -11,7 +11,8 @@ the task's plots: see :mod:`trainers.callbacks`.
 
 Modules: ``types`` (Result, Trainer, TrainState), ``checkpoint``, ``callbacks``,
 ``wandb_logger``, ``registry`` (trainers by name), ``build`` (device, task, model from a config),
-``supervised`` (the default trainer), ``run`` (train, resume, evaluate), ``config``.
+``supervised`` (the default trainer), ``run`` (preflight, train, resume, evaluate), ``rundir``
+(run folders: names, locks), ``config``. docs/runs.md says what a run guarantees.
 """
 
 from colenv.errors import ConfigError
@@ -27,7 +28,7 @@ from trainers.callbacks import (
 from trainers.checkpoint import CheckpointError, load_checkpoint, read_checkpoint, save_checkpoint
 from trainers.config import TrainConfig, load_config
 from trainers.registry import get_trainer, list_trainers, register_trainer
-from trainers.run import default_callbacks, evaluate_checkpoint, resume_config, train
+from trainers.run import default_callbacks, evaluate_checkpoint, preflight, resume_config, train
 from trainers.supervised import SupervisedTrainer
 from trainers.types import Result, Trainer, TrainState
 
@@ -53,6 +54,7 @@ __all__ = [
     "list_trainers",
     "load_checkpoint",
     "load_config",
+    "preflight",
     "read_checkpoint",
     "register_trainer",
     "resolve_device",

@@ -248,7 +248,9 @@ class TrainConfig(StrictModel):
         "model or task registers itself)",
     )
     run_name: str = Field(
-        "", description="folder of the run under logging.run_dir; empty = <task>-<timestamp>"
+        "",
+        description="the run's folder under logging.run_dir: one plain folder name, never an "
+        "existing run's; empty = <task>-<timestamp>",
     )
     resume: str = Field("", description='a run folder or checkpoint to continue ("" = fresh)')
     task_kwargs: dict[str, Any] = Field(
