@@ -68,8 +68,8 @@ INIT_TIMEOUT_S = 10.0
 online run that cannot connect in time is logged offline instead."""
 
 FINISH_TIMEOUT_S = 60.0
-"""An online run stops waiting for its uploads this long after training ended; what is not
-uploaded stays in ``<run>/wandb`` for ``wandb sync``."""
+"""``run.finish`` stops waiting (for an online run's uploads) this long after training ended;
+what is not uploaded stays in ``<run>/wandb`` for ``wandb sync``."""
 
 FLUSH_INTERVAL_S = 1.0
 """W&B's service writes the run's ``.wandb`` file at least this often."""
@@ -297,8 +297,8 @@ class WandbLogger(Callback):
         return step + self._step_offset
 
     def _settings(self, wandb, mode: str):
-        """``wandb.Settings`` of a run: quiet, no system stats, bounded start (and, online,
-        finish), the ``.wandb`` file written every :data:`FLUSH_INTERVAL_S` seconds."""
+        """``wandb.Settings`` of a run: quiet, no system stats, bounded start and finish, the
+        ``.wandb`` file written every :data:`FLUSH_INTERVAL_S` seconds."""
         timeout = INIT_TIMEOUT_S
         env_timeout = os.environ.get("WANDB_INIT_TIMEOUT", "")
         try:
@@ -313,9 +313,8 @@ class WandbLogger(Callback):
             "disable_git": True,
             "init_timeout": timeout,
             "x_transaction_log_flush_interval": FLUSH_INTERVAL_S,
+            "finish_timeout": FINISH_TIMEOUT_S,
         }
-        if mode in ONLINE_MODES:
-            wanted["finish_timeout"] = FINISH_TIMEOUT_S
         known = getattr(wandb.Settings, "model_fields", None)
         if known is not None:  # settings this wandb version has
             wanted = {k: v for k, v in wanted.items() if k in known}
@@ -574,12 +573,15 @@ def read_offline_run(path: str | Path, timeout_s: float = 60.0) -> dict[str, Any
         RuntimeError: this wandb has no ``leet inspect`` command, or it failed on ``path``.
     """
     path = Path(path)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WANDB_")}
+    env.update(WANDB_MODE="offline", WANDB_ERROR_REPORTING="false")  # no network at all
     proc = subprocess.run(
         [sys.executable, "-m", "wandb", "leet", "inspect", "--json", str(path)],
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,
         timeout=timeout_s,
+        env=env,
     )
     if proc.returncode != 0:
         raise RuntimeError(
