@@ -653,3 +653,18 @@ def test_a_config_file_without_a_task_is_an_error(tmp_path, capsys):
     assert main(["train", str(toml)]) == 2
     err = capsys.readouterr().err
     assert f"{toml}: no task" in err and 'task = "colenv/XOR-v0"' in err
+
+
+def test_bifurcation_refuses_kwargs_whose_reference_overflows_when_made():
+    import gymnasium as gym
+
+    for kwargs, culprit in (
+        ({"mu_amplitude": 100.0}, "mu_amplitude=100"),
+        ({"mu_offset": 50.0}, "mu_offset=50"),
+        ({"trial_ms": 2_000_000.0, "dt_ms": 1000.0}, "trial_ms=2e+06"),
+    ):
+        with pytest.raises(ValueError, match="give non-finite targets") as err:
+            gym.make("colenv/Bifurcation-v0", **kwargs)
+        assert culprit in str(err.value)
+    near = gym.make("colenv/Bifurcation-v0", mu_amplitude=40.0).unwrapped  # still finite
+    assert torch.isfinite(near.sample_batch(32, seed=0).target).all()

@@ -86,8 +86,9 @@ def preflight(config) -> Prepared:
 
     Checks, in order: ``imports``; ``trainer``; ``train.device`` (present here) and ``dtype``;
     ``logging.wandb`` (wandb installed); the task id and ``task_kwargs`` (and
-    ``train.task_kwargs``): the task builds and its evaluation grid and a random batch have
-    finite stimuli and targets; ``success.metric`` is a metric the task's ``evaluate``
+    ``train.task_kwargs``): the task builds and the data of the run (the evaluation grid, the
+    training task's grid or, with ``train.conditions = "random"``, a random batch) has finite
+    stimuli and targets; ``success.metric`` is a metric the task's ``evaluate``
     reports; the model builds for the task's inputs and outputs; a rollout of the task's first
     time steps with ``solver`` (its step divides the task's grid, the method suits the model,
     ``model.initial_state`` names a condition, the output has the task's shape, the network
@@ -110,7 +111,7 @@ def preflight(config) -> Prepared:
             "(pip install wandb) or set logging.wandb=false"
         )
     task = build_task(config)
-    grid = _check_task_data(config, task, "task_kwargs", config.task_kwargs)
+    grid = _check_task_data(config, task, "task_kwargs", config.task_kwargs, "all")
     train_task, train_grid = task, grid
     if config.train.task_kwargs:
         kwargs = {**config.task_kwargs, **config.train.task_kwargs}
@@ -118,7 +119,11 @@ def preflight(config) -> Prepared:
             train_task = build_task(config, kwargs)
         except ConfigError as err:
             raise ConfigError(f"train.task_kwargs: {err}") from None
-        train_grid = _check_task_data(config, train_task, "train.task_kwargs", kwargs)
+        train_grid = _check_task_data(config, train_task, "train.task_kwargs", kwargs, "all")
+    if config.train.conditions == "random":  # the training batches are random draws
+        where = "train.task_kwargs" if train_task is not task else "task_kwargs"
+        kwargs = {**config.task_kwargs, **config.train.task_kwargs}
+        _check_task_data(config, train_task, where, kwargs, None)
     _check_metric(config, task, grid)
     model = build_model(config, task, device, dtype)
     _probe(config, model, grid, device, dtype, "task_kwargs")
@@ -141,16 +146,17 @@ def _kwargs_text(where: str, kwargs) -> str:
     return f"{where} {{{shown}}}" if kwargs else f"the default {where}"
 
 
-def _check_task_data(config, task, where: str, kwargs) -> Trial:
-    """The task's evaluation grid (float64, CPU), after checking that it and a random batch
-    are finite (``TrialTask.sample_batch`` raises on a non-finite stimulus or target)."""
+def _check_task_data(config, task, where: str, kwargs, conditions: str | None) -> Trial:
+    """The task's evaluation grid (``conditions="all"``) or a random batch of 8 (None), float64
+    on the CPU, checked finite (``TrialTask.sample_batch`` raises on a non-finite stimulus or
+    target): the data the run will train and evaluate on."""
     seed = config.train.seed
     try:
-        grid = task.sample_batch(conditions="all", seed=seed, dtype=torch.float64)
-        task.sample_batch(8, seed=seed, dtype=torch.float64)
+        if conditions == "all":
+            return task.sample_batch(conditions="all", seed=seed, dtype=torch.float64)
+        return task.sample_batch(8, seed=seed, dtype=torch.float64)
     except (ValueError, TypeError) as err:
         raise ConfigError(f"{_kwargs_text(where, kwargs)} of {config.task}: {err}") from None
-    return grid
 
 
 def _check_metric(config, task, grid: Trial) -> None:
