@@ -112,6 +112,14 @@ class _ParseOnCall(type(StrictModel)):
         return parse(cls, options, where=where)
 
 
+# default cap of an adaptive rollout's steps: AUTO_STEPS_BASE + AUTO_STEPS_PER_INTERVAL per grid
+# interval (dopri5 takes about 1 step per 1 ms interval on the shipped column networks)
+AUTO_STEPS_BASE = 1000
+AUTO_STEPS_PER_INTERVAL = 20
+# default bound on a model's rates (Hz), SolverConfig.max_rate_hz
+MAX_RATE_HZ = 1e4
+
+
 class AdaptiveOptions(StrictModel, metaclass=_ParseOnCall):
     """``[solver.adaptive]``: error control of torchdiffeq's adaptive methods
     (dopri5, dopri8, bosh3, fehlberg2, adaptive_heun)."""
@@ -120,7 +128,15 @@ class AdaptiveOptions(StrictModel, metaclass=_ParseOnCall):
 
     rtol: float = Field(1e-6, gt=0, description="relative tolerance of the step-size control")
     atol: float = Field(1e-6, gt=0, description="absolute tolerance of the step-size control")
-    max_steps: int = Field(0, ge=0, description="cap on solver steps (0 = torchdiffeq's default)")
+    max_steps: int = Field(
+        0,
+        ge=0,
+        description="cap on the solver's steps (accepted and rejected) over the whole rollout; "
+        "above it the rollout stops with DivergenceError instead of taking ever smaller steps "
+        "(a runaway or stiff network), which bounds time and the memory a gradient keeps; "
+        f"0 = {AUTO_STEPS_BASE} + {AUTO_STEPS_PER_INTERVAL} per grid interval (a column network "
+        "takes about 1 per 1 ms interval)",
+    )
 
 
 class FastOptions(StrictModel, metaclass=_ParseOnCall):
@@ -256,7 +272,20 @@ class SolverConfig(StrictModel, metaclass=_ParseOnCall):
     )
     sde: bool = Field(False, description="integrate the model's SDE (its noise) instead of the ODE")
     check_finite: bool = Field(
-        True, description="raise DivergenceError naming the first NaN/inf state"
+        True,
+        description="raise DivergenceError naming the first NaN/inf state or the first rate "
+        "above max_rate_hz (false: return the raw states)",
+    )
+    max_rate_hz: float = Field(
+        MAX_RATE_HZ,
+        gt=0,
+        allow_inf_nan=False,
+        description="bound on the model's rates (model.rates(states), Hz; models without "
+        "rates are not bounded): a rollout with a rate above it at any time, in any trial, "
+        "ran away and raises DivergenceError (with check_finite). Cortical populations fire "
+        "below ~500 Hz (refractory limit) and the shipped column tasks peak below 200 Hz, so "
+        "1e4 Hz is far beyond any physiological rate; the trainer's train.runaway_hz guards "
+        "below it",
     )
     adjoint: bool = Field(
         False,
@@ -469,16 +498,24 @@ def rollout(
     Raises:
         ConfigError: the model's dynamics lack what the method needs (a fast scheme, a
             diffusion).
-        DivergenceError: NaN/inf in the states (unless ``solver.check_finite`` is False).
+        DivergenceError: a NaN/inf input (stimulus, t_ms, y0, a parameter or buffer of the
+            model, the model's input drive), named before integrating; an adaptive method
+            that needed more than ``solver.adaptive.max_steps`` steps; NaN/inf in the states
+            or a rate above ``solver.max_rate_hz`` (these two unless ``solver.check_finite``
+            is False).
     """
     solver = solver if solver is not None else SolverConfig()
     dt_ms = _check_inputs(stimulus, t_ms)
+    _check_finite_inputs(model, stimulus, t_ms)
     batch = stimulus.shape[1]
+    given_y0 = y0 is not None
     y0 = model.initial_state(batch) if y0 is None else y0
     if y0.dim() != 2 or y0.shape[0] != batch:
         raise ValueError(f"y0 must be [B={batch}, S], got {tuple(y0.shape)}")
+    _check_finite_y0(model, y0, given_y0)
     dyn = model.prepare(stimulus)
     _check_dynamics(model, dyn, solver)
+    _check_finite_drive(model, dyn, t_ms)
     t_s = t_ms.to(dtype=y0.dtype) * 1e-3
     dyn.set_grid(t_s)
     step_s = solver.step_ms * 1e-3
@@ -507,6 +544,7 @@ def rollout(
         else:
             options: dict[str, Any] = {}
             kwargs: dict[str, Any] = {"method": solver.method}
+            func = dyn
             if solver.method in ODE_FIXED:
                 n_sub = _steps_per_interval(dt_ms, solver.step_ms)
                 options["step_size"] = step_s
@@ -516,25 +554,79 @@ def rollout(
                 steps = (t_s.shape[0] - 1) * n_sub
             else:
                 kwargs.update(rtol=solver.adaptive.rtol, atol=solver.adaptive.atol)
-                if solver.adaptive.max_steps:
-                    options["max_num_steps"] = solver.adaptive.max_steps
+                cap = max_adaptive_steps(solver, t_s.shape[0])
+                # torchdiffeq caps the steps between two output times; the whole rollout is
+                # capped by counting evaluations (_StepCounter)
+                options["max_num_steps"] = min(cap, 2**31 - 1)
                 # the input jumps at grid points: tell the step-size controller
                 options["jump_t"] = t_s[1:-1]
+                func = _StepCounter(dyn, cap, _EVALS_PER_STEP[solver.method])
             kwargs["options"] = options
             if solver.adjoint:
                 params = tuple(p for p in model.parameters() if p.requires_grad)
-                states = torchdiffeq.odeint_adjoint(dyn, y0, t_s, adjoint_params=params, **kwargs)
+                states = torchdiffeq.odeint_adjoint(func, y0, t_s, adjoint_params=params, **kwargs)
             else:
-                states = torchdiffeq.odeint(dyn, y0, t_s, **kwargs)
-    except AssertionError as err:  # torchdiffeq's "underflow in dt" on NaN states
+                states = torchdiffeq.odeint(func, y0, t_s, **kwargs)
+    except _TooManySteps as err:
         raise DivergenceError(
-            f"solver {solver.method!r} failed ({err}); the state most likely became NaN/inf. "
-            "Try a smaller step or check the weights."
+            f"{solver.method} took more than {err.cap} steps between t = {float(t_ms[0]):g} "
+            f"and t = {err.t_s * 1e3:.3f} ms (of {float(t_ms[-1]):g} ms); the dynamics are "
+            "too stiff or ran away. Raise solver.adaptive.max_steps, or use a fixed-step "
+            "method (rk4, or rk4exp for column models)"
+        ) from None
+    except AssertionError as err:  # torchdiffeq: "underflow in dt" on NaN states, step cap
+        if "max_num_steps" in str(err):
+            raise DivergenceError(
+                f"{solver.method} took more than {options['max_num_steps']} steps between two "
+                f"grid points ({err}); the dynamics are too stiff or ran away. Raise "
+                "solver.adaptive.max_steps, or use a fixed-step method"
+            ) from err
+        raise DivergenceError(
+            f"solver {solver.method!r} failed ({err}); the state became NaN/inf (the inputs "
+            "and parameters are finite). Check the weights, or use a fixed-step method to see "
+            "where it runs away."
         ) from err
     wall = time.perf_counter() - start
     if solver.check_finite:
-        check_finite(states, t_ms, model)
+        check_states(states, t_ms, model, solver.max_rate_hz)
     return Rollout(states, RolloutStats(solver.method, dyn.nfe, steps, wall))
+
+
+# function evaluations per step of torchdiffeq's adaptive methods (first-same-as-last counted
+# once), for the step cap of the whole rollout
+_EVALS_PER_STEP = {"dopri5": 6, "dopri8": 12, "bosh3": 3, "fehlberg2": 3, "adaptive_heun": 2}
+
+
+def max_adaptive_steps(solver: SolverConfig, n_points: int) -> int:
+    """The step cap of an adaptive rollout over ``n_points`` grid points:
+    ``solver.adaptive.max_steps``, or where it is 0, ``AUTO_STEPS_BASE +
+    AUTO_STEPS_PER_INTERVAL * (n_points - 1)``."""
+    cap = solver.adaptive.max_steps
+    return cap if cap else AUTO_STEPS_BASE + AUTO_STEPS_PER_INTERVAL * (n_points - 1)
+
+
+class _TooManySteps(Exception):
+    def __init__(self, cap: int, t_s: float) -> None:
+        super().__init__(cap, t_s)
+        self.cap, self.t_s = cap, t_s
+
+
+class _StepCounter(torch.nn.Module):
+    """The dynamics, stopping the solver once it evaluated them more often than ``cap`` steps
+    take (plus the initial-step estimate); an integer per evaluation, no synchronisation."""
+
+    def __init__(self, dyn, cap: int, evals_per_step: int) -> None:
+        super().__init__()
+        self.dyn = dyn
+        self.cap = cap
+        self.limit = cap * evals_per_step + 4
+        self.calls = 0
+
+    def forward(self, t, y):
+        self.calls += 1
+        if self.calls > self.limit:
+            raise _TooManySteps(self.cap, float(torch.as_tensor(t).detach()))
+        return self.dyn(t, y)
 
 
 def _noise_seed(seed: int | None, generator: torch.Generator | None) -> int:
@@ -562,7 +654,12 @@ def _sde(dyn, y0, t_s, solver: SolverConfig, step_s, seed, generator, dt_ms):
     )
     kwargs = dict(method=solver.method, dt=step_s, adaptive=opts.adaptive, bm=bm)
     if opts.adaptive:
-        kwargs.update(rtol=opts.rtol, atol=opts.atol)
+        # torchsde accepts a step at dt_min whatever its error: a floor of duration / cap
+        # bounds the steps (and the memory a gradient keeps) at about AUTO_STEPS_BASE +
+        # AUTO_STEPS_PER_INTERVAL per grid interval, as for the ODE methods
+        cap = AUTO_STEPS_BASE + AUTO_STEPS_PER_INTERVAL * (t_s.shape[0] - 1)
+        dt_min = min(step_s, (float(t_s[-1]) - float(t_s[0])) / cap)
+        kwargs.update(rtol=opts.rtol, atol=opts.atol, dt_min=dt_min)
     if solver.adjoint:
         params = tuple(p for p in dyn.parameters() if p.requires_grad)
         states = torchsde.sdeint_adjoint(dyn, y0, t_s, adjoint_params=params, **kwargs)
@@ -571,18 +668,155 @@ def _sde(dyn, y0, t_s, solver: SolverConfig, step_s, seed, generator, dt_ms):
     return states, steps
 
 
+# --------------------------------------------------------------------------- input checks
+def _first_nonfinite(x: torch.Tensor) -> tuple[int, ...] | None:
+    """Index of the first NaN/inf entry of ``x`` (row-major), or None: one reduction pass
+    (the sum is non-finite if any entry is; only an overflowing sum costs the full check)."""
+    if not x.is_floating_point() or x.numel() == 0:
+        return None
+    x = x.detach()
+    if bool(torch.isfinite(x.sum())) or bool(torch.isfinite(x).all()):
+        return None
+    return tuple(int(i) for i in (~torch.isfinite(x)).nonzero()[0])
+
+
+def _describe(x: torch.Tensor) -> str:
+    """'nan', 'inf' or '-inf' for a non-finite scalar tensor."""
+    return str(float(x))
+
+
+def _check_finite_inputs(model, stimulus: torch.Tensor, t_ms: torch.Tensor) -> None:
+    """DivergenceError naming a NaN/inf in t_ms, the stimulus or the model's parameters and
+    floating buffers, before anything is integrated."""
+    bad = _first_nonfinite(t_ms)
+    if bad is not None:
+        raise DivergenceError(f"t_ms has {_describe(t_ms[bad])} at index {bad[0]}")
+    bad = _first_nonfinite(stimulus)
+    if bad is not None:
+        k, b, i = bad
+        raise DivergenceError(
+            f"stimulus has {_describe(stimulus[bad])} at t = {float(t_ms[k]):.3f} ms (index "
+            f"{k}), trial {b}, input {i}; the inputs must be finite"
+        )
+    named = [(f"parameter {n}", p) for n, p in model.named_parameters()]
+    named += [(f"buffer {n}", b) for n, b in model.named_buffers() if b.is_floating_point()]
+    named = [(n, x) for n, x in named if x.is_floating_point() and x.numel()]
+    if not named:
+        return
+    # one synchronisation for all of them
+    finite = torch.stack(
+        [torch.isfinite(x.detach()).all().to(named[0][1].device) for _, x in named]
+    )
+    if bool(finite.all()):
+        return
+    bad_names = []
+    for (name, x), ok in zip(named, finite.tolist(), strict=True):
+        if not ok:
+            n_bad = int((~torch.isfinite(x.detach())).sum())
+            first = _first_nonfinite(x)
+            bad_names.append(
+                f"{name} has {_describe(x.detach()[first])} ({n_bad} of {x.numel()} entries)"
+            )
+    raise DivergenceError(
+        f"model {type(model).__name__}: {'; '.join(bad_names)}; a rollout needs finite "
+        "parameters (reload a checkpoint written while training was finite)"
+    )
+
+
+def _check_finite_y0(model, y0: torch.Tensor, given: bool) -> None:
+    bad = _first_nonfinite(y0)
+    if bad is None:
+        return
+    b, s = bad
+    source = "y0" if given else f"the initial state ({type(model).__name__}.initial_state)"
+    raise DivergenceError(
+        f"{source} has {_describe(y0[bad])} in trial {b}, state {_state_name(model, s)}; the "
+        "initial state must be finite"
+    )
+
+
+def _check_finite_drive(model, dyn, t_ms: torch.Tensor) -> None:
+    """The input drive the model computed from finite weights and stimulus can still overflow
+    (huge weights); name it (models whose dynamics expose ``terms.drive``)."""
+    drive = getattr(getattr(dyn, "terms", None), "drive", None)
+    if not isinstance(drive, torch.Tensor):
+        return
+    bad = _first_nonfinite(drive)
+    if bad is None:
+        return
+    k, b, p = bad
+    raise DivergenceError(
+        f"the input drive (weights x stimulus + background) of {_rate_name(model, drive, p)} "
+        f"is {_describe(drive[bad])} at t = {float(t_ms[min(k, len(t_ms) - 1)]):.3f} ms, trial "
+        f"{b}: the weights overflow {drive.dtype}; check the input and background weights"
+    )
+
+
+def _state_name(model, index: int) -> str:
+    describe = getattr(model, "describe_state_index", None)
+    return describe(index) if describe is not None else str(index)
+
+
+def _rate_name(model, rates: torch.Tensor, index: int) -> str:
+    """Name of entry ``index`` of a model's rates [..., N]: ``describe_rate_index``, its
+    ``population_names``, or its state name where rates and states have the same width."""
+    describe = getattr(model, "describe_rate_index", None)
+    if describe is not None:
+        return describe(index)
+    names = getattr(model, "population_names", None)
+    if names is not None and len(names) == rates.shape[-1]:
+        return str(names[index])
+    if getattr(model, "state_size", None) == rates.shape[-1]:
+        return _state_name(model, index)
+    return f"rate {index}"
+
+
+# --------------------------------------------------------------------------- output checks
+def check_states(states: torch.Tensor, t_ms: torch.Tensor, model, max_rate_hz: float) -> None:
+    """Raise :class:`DivergenceError` at the first NaN/inf state or the first rate
+    (``model.rates(states)``, for models that have rates) whose magnitude exceeds
+    ``max_rate_hz``, whichever comes first in time; the message names the time, the trial and
+    the state or population. Two reductions when all is well."""
+    rates_of = getattr(model, "rates", None)
+    rate_bad = None
+    if rates_of is not None:
+        with torch.no_grad():
+            rates = rates_of(states.detach())
+            lo, hi = torch.aminmax(rates)
+            # NaN anywhere makes the maximum NaN and the comparison False
+            if not bool(torch.maximum(hi, -lo) <= max_rate_hz):
+                over = ~(rates.abs() <= max_rate_hz)
+                rate_bad = tuple(int(i) for i in over.nonzero()[0])
+    state_bad = _first_nonfinite(states)
+    if state_bad is None and rate_bad is None:
+        return
+    if rate_bad is not None and (state_bad is None or rate_bad[0] < state_bad[0]):
+        k, b, p = rate_bad
+        value = float(rates[rate_bad])
+        raise DivergenceError(
+            f"rollout ran away: the rate of {_rate_name(model, rates, p)} in trial {b} is "
+            f"{value:.4g} Hz at t = {float(t_ms[k]):.3f} ms, beyond solver.max_rate_hz = "
+            f"{max_rate_hz:g} (no cortical population fires that fast). Check the weights and "
+            "learning rate, or use a smaller step_ms or a stiffer-stable method; raise "
+            "solver.max_rate_hz if such rates are intended, or pass "
+            "SolverConfig(check_finite=False) to get the raw states."
+        )
+    check_finite(states, t_ms, model)
+
+
 def check_finite(states: torch.Tensor, t_ms: torch.Tensor, model) -> None:
     """Raise :class:`DivergenceError` naming the first time and state entry that is NaN/inf."""
     # one reduction pass: any NaN/inf makes the sum non-finite (an overflow of the sum of finite
     # states only costs the full check); isfinite(states).all() took 0.5 s at batch 256
-    if bool(torch.isfinite(states.sum())) or bool(torch.isfinite(states).all()):
+    bad = _first_nonfinite(states)
+    if bad is None:
         return
-    bad = (~torch.isfinite(states)).nonzero()
-    k, b, s = (int(x) for x in bad[0])
-    name = model.describe_state_index(s) if hasattr(model, "describe_state_index") else str(s)
+    n_bad = int((~torch.isfinite(states.detach())).sum())
+    k, b, s = bad
     value = float(states[k, b, s].detach())
     raise DivergenceError(
-        f"rollout diverged: state {name} of trial {b} is {value} at t = {float(t_ms[k]):.3f} ms "
-        f"(first of {bad.shape[0]} non-finite entries). Use a smaller step_ms or a stiffer-stable "
+        f"rollout diverged: state {_state_name(model, s)} of trial {b} is {value} at t = "
+        f"{float(t_ms[k]):.3f} ms (first of {n_bad} non-finite entries; the inputs, initial "
+        "state and parameters were finite). Use a smaller step_ms or a stiffer-stable "
         "method, or pass SolverConfig(check_finite=False) to get the raw states."
     )

@@ -2,6 +2,7 @@
 
 import bisect
 import math
+import sys
 
 import pytest
 import torch
@@ -207,8 +208,14 @@ def test_divergence_guard_names_time_and_population():
     with torch.no_grad():
         net.recurrent.weight[0:8:2, 0:8:2] *= 50.0  # runaway excitation in column a[0]
     stim, t = column_trial(T=200)
-    cfg = SolverConfig("euler", step_ms=1.0)
     y0 = torch.zeros(4, net.state_size, dtype=torch.float64)
+    # the rate bound (default 1e4 Hz) stops it first, naming the population
+    with pytest.raises(
+        DivergenceError, match=r"rate of a\[0\]\.L\w+ in trial \d+ is .* Hz at t = .* 10000"
+    ):
+        rollout(net, stim, t, SolverConfig("euler", step_ms=1.0), y0=y0)
+    # with the bound out of reach, the first NaN/inf state is named
+    cfg = SolverConfig("euler", step_ms=1.0, max_rate_hz=sys.float_info.max)
     with pytest.raises(
         DivergenceError, match=r"state a\[0\]\.L\w+ [var] of trial \d+ is .* at t = "
     ):
