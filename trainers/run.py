@@ -300,6 +300,19 @@ def _config_from(ckpt: dict[str, Any], overrides: list[str], path: Path):
     return TrainConfig.from_dict(raw, source=f"checkpoint {path}")
 
 
+def _code_named(raw: dict[str, Any]) -> list[str]:
+    """Modules a saved config makes Python import: ``imports`` and ``module:Class`` names
+    (installed code, never code stored in the checkpoint)."""
+    named = [f"imports {m!r}" for m in raw.get("imports") or [] if isinstance(m, str)]
+    for key, value in (
+        ("trainer", raw.get("trainer")),
+        ("model.kind", (raw.get("model") or {}).get("kind")),
+    ):
+        if isinstance(value, str) and ":" in value:
+            named.append(f"{key} {value!r}")
+    return named
+
+
 def run_folder_of(resume: str | Path, checkpoint: Path) -> Path | None:
     """The run folder a resume continues in: ``resume`` itself when it is a folder, the
     folder above ``checkpoints/`` for a file there; None for a loose checkpoint file."""
@@ -351,6 +364,9 @@ def resume_config(
                 f"{want!r}. Continue it with `python -m trainers resume {resume}`, or train "
                 f"{want} without resume="
             )
+    named = _code_named(ckpt["config"])
+    if named:
+        print(f"the run in {path} names code to import: {', '.join(named)}", flush=True)
     config = _config_from(ckpt, overrides, path)
     check_compatible(ckpt, config, None, path)
     keys = {o.split("=", 1)[0].strip() for o in overrides}
