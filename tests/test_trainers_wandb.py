@@ -9,7 +9,14 @@ import pytest
 
 from colenv.errors import ConfigError
 from trainers import load_config, train
-from trainers.wandb_logger import WANDB_MODES, read_metrics, read_offline_run, resolve_mode
+from trainers.wandb_logger import (
+    WANDB_MODES,
+    MetricsLog,
+    WandbLogger,
+    read_metrics,
+    read_offline_run,
+    resolve_mode,
+)
 
 TASK = "colenv/XOR-v0"
 
@@ -92,3 +99,67 @@ def test_wandb_mode_comes_from_the_environment_when_valid():
 def test_bad_group_tags_notes_name_the_key(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
         load_config(TASK, [override])
+
+
+class _RecordingRun:
+    """Stands in for a wandb run: records each ``log`` call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[int, bool, dict]] = []
+
+    def log(self, data, step, commit):
+        self.calls.append((step, commit, dict(data)))
+
+
+def test_wandb_steps_only_increase_when_a_step_is_trained_again():
+    """A rejected update redoes a step (1, 2, 3, 3, 4): W&B refuses a step it has committed,
+    so the redone step moves on, and train/step keeps the training step."""
+    from types import SimpleNamespace
+
+    logger = WandbLogger(metrics_file=False)
+    logger.run = _RecordingRun()
+    for step in (1, 2, 3, 3, 4):
+        state = SimpleNamespace(step=step, loss=1.0, lr=0.1, nfe=10, trials_per_s=5.0, solved=False)
+        logger.on_eval_end(state, {"accuracy": 0.5})
+        logger.on_step_end(state)
+    committed = [(step, data["train/step"]) for step, commit, data in logger.run.calls if commit]
+    assert committed == [(1, 1), (2, 2), (3, 3), (4, 3), (5, 4)]
+    # each evaluation goes into the row of its step, before that row is committed
+    evals = [step for step, commit, data in logger.run.calls if "eval/accuracy" in data]
+    assert evals == [1, 2, 3, 4, 5]
+    assert all(not commit for _, commit, data in logger.run.calls if "eval/accuracy" in data)
+
+
+def test_metrics_file_that_cannot_be_written_is_one_warning(tmp_path, capsys):
+    from types import SimpleNamespace
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    log = MetricsLog()
+    log.on_fit_start(SimpleNamespace(run_dir=blocker / "run"))  # under a file: never writable
+    state = SimpleNamespace(step=1, loss=1.0, solved=False)
+    log.on_eval_end(state, {"accuracy": 0.5})
+    log.on_eval_end(state, {"accuracy": 0.5})
+    err = capsys.readouterr().err
+    assert err.count("warning: W&B:") == 1
+    assert "cannot append to" in err and "metrics.jsonl" in err and "To fix:" in err
+
+
+def test_metrics_file_rows_and_a_line_cut_by_a_kill(tmp_path):
+    from types import SimpleNamespace
+
+    log = MetricsLog()
+    log.on_fit_start(SimpleNamespace(run_dir=tmp_path))
+    for step in (1, 2):
+        log.on_eval_end(
+            SimpleNamespace(step=step, loss=float(step), solved=step == 2),
+            {"accuracy": step / 2, "loss": float("nan")},
+        )
+    with open(tmp_path / "metrics.jsonl", "a") as f:
+        f.write('{"step": 3, "eval/acc')  # a write cut short
+    rows = read_metrics(tmp_path)
+    assert [(r["step"], r["train/loss"], r["eval/accuracy"], r["eval/solved"]) for r in rows] == [
+        (1, 1.0, 0.5, False),
+        (2, 2.0, 1.0, True),
+    ]
+    assert all(r["eval/loss"] != r["eval/loss"] for r in rows)  # NaN kept as NaN

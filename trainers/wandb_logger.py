@@ -40,6 +40,7 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -98,7 +99,7 @@ def _first_line(err: BaseException) -> str:
     return f"{type(err).__name__}: {'; '.join(lines[:keep])}"
 
 
-def resolve_mode(config_mode: str, environ: dict[str, str] | None = None) -> tuple[str, str]:
+def resolve_mode(config_mode: str, environ: Mapping[str, str] | None = None) -> tuple[str, str]:
     """The W&B mode of a run and, when ``WANDB_MODE`` was ignored, why.
 
     ``WANDB_MODE`` wins when it is one of :data:`WANDB_MODES`; unset or empty, the config's
@@ -356,6 +357,7 @@ class WandbLogger(Callback):
     # ------------------------------------------------------------------ hooks
     def on_fit_start(self, state: TrainState) -> None:
         state.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run, self.local_dir, self._last_step, self._step_offset = None, None, -1, 0
         if self.metrics is not None:
             self.metrics.on_fit_start(state)
         local = self._local_files(state)
