@@ -141,7 +141,7 @@ def test_metrics_file_that_cannot_be_written_is_one_warning(tmp_path, capsys):
     log.on_eval_end(state, {"accuracy": 0.5})
     log.on_eval_end(state, {"accuracy": 0.5})
     err = capsys.readouterr().err
-    assert err.count("warning: W&B:") == 1
+    assert err.count("warning: metrics.jsonl:") == 1
     assert "cannot append to" in err and "metrics.jsonl" in err and "To fix:" in err
 
 

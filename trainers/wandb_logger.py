@@ -35,7 +35,6 @@ What is guaranteed:
 from __future__ import annotations
 
 import json
-import math
 import os
 import subprocess
 import sys
@@ -82,9 +81,9 @@ _DIRS = ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR")
 """W&B's folders outside the run folder (default under HOME)."""
 
 
-def _warn(what: str, instead: str, fix: str) -> str:
+def _warn(what: str, instead: str, fix: str, subject: str = "W&B") -> str:
     """Print one warning to stderr: what failed, what happens instead, how to fix it."""
-    message = f"warning: W&B: {what}. {instead[:1].upper()}{instead[1:]}. To fix: {fix}."
+    message = f"warning: {subject}: {what}. {instead[:1].upper()}{instead[1:]}. To fix: {fix}."
     print(message, file=sys.stderr, flush=True)
     return message
 
@@ -155,9 +154,7 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _plain(value: Any) -> Any:
-    """JSON for tensors and numpy scalars."""
-    if hasattr(value, "item"):
-        return value.item()
+    """JSON for tensors and numpy values."""
     if hasattr(value, "tolist"):
         return value.tolist()
     return str(value)
@@ -169,8 +166,8 @@ class MetricsLog(Callback):
     goes on: the record of a run that survives a ``kill -9`` up to its last evaluation.
 
     The file is append-only: a resumed run adds its evaluations after the earlier ones (a step
-    that appears twice was trained again after the resume; the later line is the one that
-    counts). Non-finite values are written as ``NaN`` / ``Infinity`` (Python's ``json`` reads
+    that appears twice was trained again, after a resume or a rejected update; the later line
+    is the one that counts). Non-finite values are written as ``NaN`` / ``Infinity`` (Python's ``json`` reads
     them; :func:`read_metrics` returns the rows).
     """
 
@@ -185,9 +182,7 @@ class MetricsLog(Callback):
     def on_eval_end(self, state: TrainState, metrics: dict[str, float]) -> None:
         if self.path is None or self.failed:
             return
-        row: dict[str, Any] = {"step": state.step, "time": time.time()}
-        if not (isinstance(state.loss, float) and math.isnan(state.loss)):
-            row["train/loss"] = state.loss
+        row: dict[str, Any] = {"step": state.step, "time": time.time(), "train/loss": state.loss}
         row.update({f"eval/{k}": v for k, v in metrics.items()})
         row["eval/solved"] = bool(state.solved)
         line = json.dumps(row, default=_plain) + "\n"
@@ -206,6 +201,7 @@ class MetricsLog(Callback):
                 "training goes on; the metrics are in the checkpoints' history and, when W&B "
                 "logs, in W&B",
                 f"make {self.path.parent} writable (or free disk space)",
+                subject=METRICS_FILE,
             )
 
 
