@@ -11,10 +11,16 @@ weights (:func:`rk4exp_rollout`; a kappa gradient takes the torch path).
 
 Built on first use with the system C compiler (``$CC``, else ``cc``; ``-O3 -march=native``,
 fused multiply-adds, no ``-ffast-math``), cached per source, compiler and CPU in
-``$COLENV_CACHE_DIR`` (default ``~/.cache/colenv``); written to a temporary name and renamed,
-so concurrent builds do not clash; the build says so in one line on stderr. Where no compiler
-works, or with ``COLENV_NATIVE=0`` in the environment, :func:`available` is False (the reason in
-:func:`unavailable_reason`) and callers use the torch path.
+``$COLENV_CACHE_DIR`` (default ``~/.cache/colenv``); the build says so in one line on stderr.
+The cache fails safe: the library is compiled to a temporary name and renamed into place, and
+its size and sha256 are then recorded beside it (``rk4exp-<key>.so.sha256``, also written
+atomically); a library that does not match its record (truncated, damaged, or from before the
+record) is rebuilt, never loaded. A cache folder that cannot be written, or that other users
+can write (its library would run as our code), is passed over for a private temporary folder
+(``$TMPDIR/colenv-<uid>``, mode 0700). Where no compiler works or neither folder can be used,
+:func:`available` is False (the reason in :func:`unavailable_reason`), callers use the torch
+path, and one :class:`NativeKernelWarning` per process says why, what it costs and how to fix
+it; with ``COLENV_NATIVE=0`` in the environment the kernel is off without a warning.
 
 The entry points (:func:`rk4exp_forward`, :func:`rk4exp_rollout`) hand raw memory to C, so they
 check every tensor first: float32, on the CPU, contiguous where C reads it directly (y0, drive,
@@ -35,6 +41,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import warnings
 from pathlib import Path
 
 import torch
@@ -55,6 +62,7 @@ FLAGS = (
 
 _lock = threading.Lock()
 _lib: ctypes.CDLL | None = None
+_lib_path: Path | None = None
 _error: str | None = None
 
 
@@ -118,37 +126,94 @@ def _compiler() -> list[str]:
 
 
 def cache_dir() -> Path:
+    """Where the built kernel is cached: ``$COLENV_CACHE_DIR``, else ``~/.cache/colenv``."""
     return Path(os.environ.get("COLENV_CACHE_DIR", Path.home() / ".cache" / "colenv"))
 
 
-def _build() -> ctypes.CDLL:
-    cc = _compiler()
-    version = subprocess.run([*cc, "--version"], capture_output=True, text=True, check=True)
-    src = SOURCE.read_bytes() + b"".join(h.read_bytes() for h in HEADERS)
-    key = hashlib.sha256(
-        src + " ".join(FLAGS).encode() + version.stdout.encode() + _cpu_tag().encode()
-    ).hexdigest()[:16]
-    lib_path = cache_dir() / f"rk4exp-{key}.so"
-    if not lib_path.exists():
-        lib_path.parent.mkdir(parents=True, exist_ok=True)
-        print(
-            f"colenv: building the native rk4exp kernel (once per machine and compiler, "
-            f"about 15 s) in {lib_path.parent}",
-            file=sys.stderr,
-            flush=True,
+def _fallback_dir() -> Path:
+    """The private temporary folder tried when :func:`cache_dir` cannot be written."""
+    uid = os.getuid() if hasattr(os, "getuid") else os.getpid()
+    return Path(tempfile.gettempdir()) / f"colenv-{uid}"
+
+
+class NativeKernelWarning(UserWarning):
+    """The native kernel cannot be built or loaded here; rk4exp runs on the torch path."""
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _record(lib: Path) -> Path:
+    """The sidecar of a built library: its size and sha256, written after a successful build."""
+    return lib.with_name(lib.name + ".sha256")
+
+
+def _verified(lib: Path) -> bool:
+    """Whether ``lib`` is complete: its size and sha256 are those its build recorded (a
+    truncated or damaged library must never be dlopen'ed: that is a bus error, not an
+    exception)."""
+    try:
+        size, digest = _record(lib).read_text().split()
+        return lib.stat().st_size == int(size) and _sha256(lib) == digest
+    except (OSError, ValueError):
+        return False
+
+
+def _private(folder: Path) -> None:
+    """OSError unless ``folder`` exists (created 0700) and only this user can write to it:
+    the library loaded from it runs as our code."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = folder.stat()
+    if hasattr(os, "getuid") and (st.st_uid != os.getuid() or st.st_mode & 0o022):
+        raise PermissionError(
+            f"{folder} is writable by other users or not ours (mode {oct(st.st_mode & 0o777)}); "
+            "a library loaded from it would run their code"
         )
-        fd, tmp = tempfile.mkstemp(suffix=".so", dir=lib_path.parent)
-        os.close(fd)
-        try:
-            out = subprocess.run(
-                [*cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True
-            )
-            if out.returncode:
-                raise RuntimeError(f"{' '.join(cc)} failed: {out.stderr.strip()[-1000:]}")
-            os.replace(tmp, lib_path)
-        finally:
-            if os.path.exists(tmp):
-                os.remove(tmp)
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"{folder} is not writable")
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _compile(cc: list[str], lib_path: Path) -> None:
+    """Build the library into a temporary file beside ``lib_path``, then rename it into place
+    and record its size and hash (each step atomic: a reader sees no library, or a complete
+    one)."""
+    print(
+        f"colenv: building the native rk4exp kernel (once per machine and compiler, "
+        f"about 15 s) in {lib_path.parent}",
+        file=sys.stderr,
+        flush=True,
+    )
+    fd, tmp = tempfile.mkstemp(prefix=lib_path.name + ".", suffix=".tmp", dir=lib_path.parent)
+    os.close(fd)
+    try:
+        out = subprocess.run(
+            [*cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True
+        )
+        if out.returncode:
+            raise RuntimeError(f"{' '.join(cc)} failed: {out.stderr.strip()[-1000:]}")
+        record = f"{os.path.getsize(tmp)} {_sha256(Path(tmp))}\n".encode()
+        os.replace(tmp, lib_path)
+        _atomic_write(_record(lib_path), record)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _open(lib_path: Path) -> ctypes.CDLL:
     lib = ctypes.CDLL(str(lib_path))
     for fn in (lib.colenv_rk4exp_forward, lib.colenv_rk4exp_backward):
         fn.argtypes = [ctypes.POINTER(_Problem)]
@@ -156,8 +221,40 @@ def _build() -> ctypes.CDLL:
     return lib
 
 
+def _build() -> ctypes.CDLL:
+    """Load the cached library, (re)building it where it is missing or damaged; in
+    :func:`cache_dir`, else in a private temporary folder. Raises RuntimeError saying why
+    neither works."""
+    cc = _compiler()
+    try:
+        version = subprocess.run(
+            [*cc, "--version"], capture_output=True, text=True, check=True, timeout=60
+        )
+    except (OSError, subprocess.SubprocessError) as err:
+        raise RuntimeError(f"no working C compiler ({' '.join(cc) or '$CC'}: {err})") from err
+    src = SOURCE.read_bytes() + b"".join(h.read_bytes() for h in HEADERS)
+    key = hashlib.sha256(
+        src + " ".join(FLAGS).encode() + version.stdout.encode() + _cpu_tag().encode()
+    ).hexdigest()[:16]
+    problems = []
+    for folder in dict.fromkeys((cache_dir(), _fallback_dir())):
+        lib_path = folder / f"rk4exp-{key}.so"
+        try:
+            _private(folder)
+            if not _verified(lib_path):
+                _compile(cc, lib_path)
+            lib = _open(lib_path)
+            global _lib_path
+            _lib_path = lib_path
+            return lib
+        except OSError as err:
+            problems.append(f"{folder}: {err}")
+    raise RuntimeError("cannot build or cache it in " + "; ".join(problems))
+
+
 def _load() -> ctypes.CDLL | None:
     global _lib, _error
+    warn = None
     with _lock:
         if _lib is None and _error is None:
             if os.environ.get("COLENV_NATIVE", "1") == "0":
@@ -167,7 +264,23 @@ def _load() -> ctypes.CDLL | None:
                     _lib = _build()
                 except (OSError, RuntimeError, subprocess.SubprocessError) as err:
                     _error = f"{type(err).__name__}: {err}"
-        return _lib
+                    warn = _error
+    if warn is not None:  # once per process: the outcome is kept in _lib / _error
+        warnings.warn(
+            f"colenv: the native rk4exp kernel is unavailable ({warn}). rk4exp on CPU runs on "
+            "the torch path instead, about 15x slower for training. To fix: install a C "
+            "compiler (or set CC to one), and set COLENV_CACHE_DIR to a folder only you can "
+            "write; COLENV_NATIVE=0 silences this.",
+            NativeKernelWarning,
+            stacklevel=2,
+        )
+    return _lib
+
+
+def library_path() -> Path | None:
+    """The file the kernel was loaded from (None where it is not loaded)."""
+    _load()
+    return _lib_path
 
 
 def available() -> bool:
