@@ -434,8 +434,21 @@ class ColumnNetwork(nn.Module):
         implicit-Euler steps (I/ds - F'(u)) du = F(u) of the relaxation du/ds = F(u), with ds
         growing as the residual falls, so it follows the dynamics into a stable fixed point and
         ends in Newton's quadratic convergence. Float64. v = u + a, a = kappa f(u), r = f(u).
-        Raises :class:`colenv.DivergenceError` if it does not converge.
+        Raises :class:`colenv.DivergenceError` naming a NaN/inf parameter, buffer or drive,
+        or if it does not converge.
         """
+        named = [*self.named_parameters(), *self.named_buffers()]
+        named += [] if drive is None else [("drive (argument)", drive)]
+        bad = [
+            f"{name} ({int((~torch.isfinite(x)).sum())} of {x.numel()} entries)"
+            for name, x in named
+            if x.is_floating_point() and not bool(torch.isfinite(x).all())
+        ]
+        if bad:
+            raise DivergenceError(
+                f"rest_state: {', '.join(bad)} not finite (NaN/inf); the rest state needs "
+                "finite weights and drive (reload a checkpoint written while training was finite)"
+            )
         c = self.constants()
         w = (self.weight_matrix() * c["gain"] * c["tau_m"]).double()
         b = (self.bg_drive if drive is None else drive).double() * c["gain"] * c["tau_m"]
@@ -472,8 +485,9 @@ class ColumnNetwork(nn.Module):
             u, res, norm = u_new, res_new, norm_new
         if not norm < 1e-6:
             raise DivergenceError(
-                f"rest_state did not converge (max residual {norm:.3g}); the network may have "
-                "no stable resting state with these weights"
+                f"rest_state did not converge (max residual {norm:.3g}, largest rate "
+                f"{float(_rate(u, c).abs().max()):.4g} Hz); the network may have no stable "
+                "resting state with these weights and background drive"
             )
         phi = _rate(u, c)
         a = kappa * phi
