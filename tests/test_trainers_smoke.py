@@ -7,6 +7,7 @@ import torch
 
 from trainers import build_model, build_task, evaluate_checkpoint, load_config, train
 from trainers.__main__ import main
+from trainers.wandb_logger import read_metrics
 
 TASKS = ["colenv/XOR-v0", "colenv/Parity-v0", "colenv/Decision-v0", "colenv/Bifurcation-v0"]
 PLOTS = {
@@ -27,6 +28,10 @@ def test_each_task_trains_and_writes_checkpoint_and_plots(task, tmp_path, tiny):
     assert ckpt["step"] == 2 and ckpt["task"] == task and ckpt["config"]["task"] == task
     plots = {p.name for p in (tmp_path / result.run_dir.split("/")[-1] / "plots").iterdir()}
     assert plots == PLOTS[task]
+    # the local metrics record is kept without W&B too (tiny runs turn W&B off)
+    rows = read_metrics(result.run_dir)
+    assert [r["step"] for r in rows] == [1, 2]
+    assert rows[-1]["eval/accuracy"] == result.metrics["accuracy"]
 
 
 def test_weights_change_and_constraints_hold(tiny):

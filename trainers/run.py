@@ -44,6 +44,7 @@ from trainers.registry import get_trainer, import_modules
 from trainers.rundir import RunFolder, fresh_run_name
 from trainers.supervised import evaluate, forward, step_seed
 from trainers.types import Result
+from trainers.wandb_logger import MetricsLog, WandbLogger
 
 __all__ = [
     "Prepared",
@@ -56,16 +57,19 @@ __all__ = [
 
 
 def default_callbacks(config) -> list[Callback]:
-    """Progress, checkpoints, early stopping, plots and W&B, as the config asks."""
+    """Progress, checkpoints, early stopping, plots, the metrics file and W&B, as the config
+    asks."""
     callbacks: list[Callback] = [ProgressBar(), CheckpointCallback(config.checkpoint.every)]
     if config.success.stop_on_success:
         callbacks.append(EarlyStopping(config.success.patience))
     if config.logging.plots:
         callbacks.append(PlotCallback())
+    # metrics.jsonl: the local, fsync'd record of every evaluation, with or without W&B
+    callbacks.append(MetricsLog())
     if config.logging.wandb and config.logging.wandb_mode != "disabled":
-        from trainers.wandb_logger import WandbLogger
-
-        callbacks.append(WandbLogger(config.logging.project, config.logging.wandb_mode))
+        callbacks.append(
+            WandbLogger(config.logging.project, config.logging.wandb_mode, metrics_file=False)
+        )
     return callbacks
 
 
