@@ -116,7 +116,7 @@ def test_wandb_steps_only_increase_when_a_step_is_trained_again():
     so the redone step moves on, and train/step keeps the training step."""
     from types import SimpleNamespace
 
-    logger = WandbLogger(metrics_file=False)
+    logger = WandbLogger()
     logger.run = _RecordingRun()
     for step in (1, 2, 3, 3, 4):
         state = SimpleNamespace(step=step, loss=1.0, lr=0.1, nfe=10, trials_per_s=5.0, solved=False)

@@ -67,9 +67,7 @@ def default_callbacks(config) -> list[Callback]:
     # metrics.jsonl: the local, fsync'd record of every evaluation, with or without W&B
     callbacks.append(MetricsLog())
     if config.logging.wandb and config.logging.wandb_mode != "disabled":
-        callbacks.append(
-            WandbLogger(config.logging.project, config.logging.wandb_mode, metrics_file=False)
-        )
+        callbacks.append(WandbLogger(config.logging.project, config.logging.wandb_mode))
     return callbacks
 
 

@@ -221,7 +221,8 @@ def read_metrics(run: str | Path) -> list[dict[str, Any]]:
 
 
 class WandbLogger(Callback):
-    """Logs a run to W&B (offline unless configured otherwise) and keeps ``metrics.jsonl``.
+    """Logs a run to W&B (offline unless configured otherwise); the local metrics record is
+    :class:`MetricsLog`, a callback of its own that every run gets.
 
     Args:
         project: W&B project.
@@ -229,7 +230,6 @@ class WandbLogger(Callback):
             overrides it when it holds a W&B mode.
         group, tags, notes: W&B group, tags and notes; None = ``logging.group`` /
             ``logging.tags`` / ``logging.notes`` of the run's config.
-        metrics_file: also keep ``<run>/metrics.jsonl`` (:class:`MetricsLog`).
 
     Every W&B failure is one warning on stderr (see the module's docstring); ``warnings``
     keeps their texts and ``mode`` the mode the run was logged in (``""`` when W&B is off).
@@ -243,13 +243,11 @@ class WandbLogger(Callback):
         group: str | None = None,
         tags: list[str] | None = None,
         notes: str | None = None,
-        metrics_file: bool = True,
     ) -> None:
         self.project = project
         self.config_mode = mode
         self.mode = mode
         self.group, self.tags, self.notes = group, tags, notes
-        self.metrics = MetricsLog() if metrics_file else None
         self.run = None
         self.local_dir: Path | None = None
         """folder of the local W&B run (``<run>/wandb/offline-run-*``), once started"""
@@ -354,8 +352,6 @@ class WandbLogger(Callback):
     def on_fit_start(self, state: TrainState) -> None:
         state.run_dir.mkdir(parents=True, exist_ok=True)
         self.run, self.local_dir, self._last_step, self._step_offset = None, None, -1, 0
-        if self.metrics is not None:
-            self.metrics.on_fit_start(state)
         local = self._local_files(state)
         self.mode, problem = resolve_mode(self.config_mode)
         if problem:
@@ -494,8 +490,6 @@ class WandbLogger(Callback):
         )
 
     def on_eval_end(self, state: TrainState, metrics: dict[str, float]) -> None:
-        if self.metrics is not None:
-            self.metrics.on_eval_end(state, metrics)
         logged: dict[str, Any] = {f"eval/{k}": v for k, v in metrics.items()}
         logged["eval/solved"] = float(state.solved)
         self._log(logged, state.step, commit=False)  # joins the step's row
