@@ -172,7 +172,7 @@ def test_docs_links_exist():
 
 def test_extending_trainer_example_is_the_tested_one():
     """docs/extending.md prints the trainer that tests/test_trainers_plugin.py runs."""
-    from tests.test_trainers_plugin import README_EXAMPLE
+    from tests.test_trainers_plugin import EXTENDING_EXAMPLE
 
     extending = (ROOT / "docs" / "extending.md").read_text()
-    assert f"```python\n{README_EXAMPLE}```" in extending
+    assert f"```python\n{EXTENDING_EXAMPLE}```" in extending

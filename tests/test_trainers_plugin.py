@@ -1,5 +1,6 @@
 """Third-party trainers and models plug in by name, by entry point, or as module:Class; the
-README's example trainer gets the run folder, checkpoints, progress, W&B and plots for free."""
+example trainer of docs/extending.md gets the run folder, checkpoints, progress, W&B and plots
+for free."""
 
 from __future__ import annotations
 
@@ -20,7 +21,7 @@ from trainers.__main__ import main
 TASK = "colenv/XOR-v0"
 ROOT = Path(__file__).resolve().parents[1]
 
-README_EXAMPLE = '''\
+EXTENDING_EXAMPLE = '''\
 # my_pkg/train.py
 import torch
 
@@ -68,7 +69,7 @@ class RandomSearch:
 
 register_trainer("random", RandomSearch)
 '''
-"""The example of the README section "Plug in your own trainer", as printed there."""
+"""The trainer example of docs/extending.md, as printed there (tests/test_readme.py checks)."""
 
 
 def test_readme_example_trainer_gets_run_folder_checkpoints_plots_wandb_and_progress(
@@ -77,7 +78,7 @@ def test_readme_example_trainer_gets_run_folder_checkpoints_plots_wandb_and_prog
     package = tmp_path / "pkgs" / "my_pkg"
     package.mkdir(parents=True)
     (package / "__init__.py").write_text("")
-    (package / "train.py").write_text(README_EXAMPLE)
+    (package / "train.py").write_text(EXTENDING_EXAMPLE)
     monkeypatch.syspath_prepend(str(tmp_path / "pkgs"))
     overrides = tiny(TASK, "logging.wandb=true", "logging.plots=true", "run_name=rs", steps=3)
     code = main(["train", TASK, *overrides, "trainer=random", "--import", "my_pkg.train"])
