@@ -113,9 +113,13 @@ class _ParseOnCall(type(StrictModel)):
 
 
 # default cap of an adaptive rollout's steps: AUTO_STEPS_BASE + AUTO_STEPS_PER_INTERVAL per grid
-# interval (dopri5 takes about 1 step per 1 ms interval on the shipped column networks)
+# interval (dopri5 takes about 1 step per 1 ms interval on the shipped column networks); where
+# autograd records every step (a gradient without the adjoint) the GRAD_ values, which keep a
+# runaway XOR network at batch 16 over a 1 s trial under 2 GB
 AUTO_STEPS_BASE = 1000
 AUTO_STEPS_PER_INTERVAL = 20
+GRAD_STEPS_BASE = 100
+GRAD_STEPS_PER_INTERVAL = 4
 # default bound on a model's rates (Hz), SolverConfig.max_rate_hz
 MAX_RATE_HZ = 1e4
 
@@ -134,8 +138,10 @@ class AdaptiveOptions(StrictModel, metaclass=_ParseOnCall):
         description="cap on the solver's steps (accepted and rejected) over the whole rollout; "
         "above it the rollout stops with DivergenceError instead of taking ever smaller steps "
         "(a runaway or stiff network), which bounds time and the memory a gradient keeps; "
-        f"0 = {AUTO_STEPS_BASE} + {AUTO_STEPS_PER_INTERVAL} per grid interval (a column network "
-        "takes about 1 per 1 ms interval)",
+        f"0 = {AUTO_STEPS_BASE} + {AUTO_STEPS_PER_INTERVAL} per grid interval, or where autograd "
+        f"records the steps (a gradient without solver.adjoint) {GRAD_STEPS_BASE} + "
+        f"{GRAD_STEPS_PER_INTERVAL} per grid interval (a column network takes about 1 per 1 ms "
+        "interval)",
     )
 
 
@@ -228,7 +234,9 @@ class TorchsdeOptions(StrictModel, metaclass=_ParseOnCall):
         description="bound on the adaptive step's steps over the whole rollout: its smallest "
         "step is the trial's duration / max_steps (torchsde steps on at that size where the "
         "error control wants less, with a warning), which bounds time and the memory a "
-        f"gradient keeps; 0 = {AUTO_STEPS_BASE} + {AUTO_STEPS_PER_INTERVAL} per grid interval",
+        f"gradient keeps; 0 = as solver.adaptive.max_steps: {AUTO_STEPS_BASE} + "
+        f"{AUTO_STEPS_PER_INTERVAL} per grid interval, {GRAD_STEPS_BASE} + "
+        f"{GRAD_STEPS_PER_INTERVAL} where autograd records the steps",
     )
 
 
@@ -562,7 +570,7 @@ def rollout(
                 steps = (t_s.shape[0] - 1) * n_sub
             else:
                 kwargs.update(rtol=solver.adaptive.rtol, atol=solver.adaptive.atol)
-                cap = max_adaptive_steps(solver, t_s.shape[0])
+                cap = max_adaptive_steps(solver, t_s.shape[0], _records_steps(model, y0, solver))
                 # the whole rollout is capped by counting evaluations (_StepCounter);
                 # torchdiffeq's own cap (steps between two output times) stays out of its way
                 options["max_num_steps"] = min(2 * cap + 10, 2**31 - 1)
@@ -606,12 +614,25 @@ def rollout(
 _EVALS_PER_STEP = {"dopri5": 6, "dopri8": 12, "bosh3": 3, "fehlberg2": 3, "adaptive_heun": 2}
 
 
-def max_adaptive_steps(solver: SolverConfig, n_points: int) -> int:
-    """The step cap of an adaptive rollout over ``n_points`` grid points:
-    ``solver.adaptive.max_steps``, or where it is 0, ``AUTO_STEPS_BASE +
-    AUTO_STEPS_PER_INTERVAL * (n_points - 1)``."""
-    cap = solver.adaptive.max_steps
-    return cap if cap else AUTO_STEPS_BASE + AUTO_STEPS_PER_INTERVAL * (n_points - 1)
+def max_adaptive_steps(solver: SolverConfig, n_points: int, records: bool = False) -> int:
+    """The step cap of an adaptive rollout over ``n_points`` grid points: the method's
+    ``max_steps`` option (``solver.adaptive`` or, with sde, ``solver.torchsde``), or where it
+    is 0, ``AUTO_STEPS_BASE + AUTO_STEPS_PER_INTERVAL * (n_points - 1)``, or
+    ``GRAD_STEPS_BASE + GRAD_STEPS_PER_INTERVAL * (n_points - 1)`` where autograd ``records``
+    every step."""
+    cap = solver.torchsde.max_steps if solver.sde else solver.adaptive.max_steps
+    if cap:
+        return cap
+    if records:
+        return GRAD_STEPS_BASE + GRAD_STEPS_PER_INTERVAL * (n_points - 1)
+    return AUTO_STEPS_BASE + AUTO_STEPS_PER_INTERVAL * (n_points - 1)
+
+
+def _records_steps(model, y0: torch.Tensor, solver: SolverConfig) -> bool:
+    """Whether autograd keeps every solver step (a gradient, without the adjoint)."""
+    if solver.adjoint or not torch.is_grad_enabled():
+        return False
+    return y0.requires_grad or any(p.requires_grad for p in model.parameters())
 
 
 class _TooManySteps(Exception):
@@ -666,7 +687,7 @@ def _sde(dyn, y0, t_s, solver: SolverConfig, step_s, seed, generator, dt_ms):
         # torchsde accepts a step at dt_min whatever its error: a floor of duration / cap
         # bounds the steps (and the memory a gradient keeps), as max_steps does for the ODE
         # methods
-        cap = opts.max_steps or AUTO_STEPS_BASE + AUTO_STEPS_PER_INTERVAL * (t_s.shape[0] - 1)
+        cap = max_adaptive_steps(solver, t_s.shape[0], _records_steps(dyn, y0, solver))
         dt_min = min(step_s, (float(t_s[-1]) - float(t_s[0])) / cap)
         kwargs.update(rtol=opts.rtol, atol=opts.atol, dt_min=dt_min)
     if solver.adjoint:

@@ -228,7 +228,10 @@ def test_overflowing_drive_is_named():
 # ------------------------------------------------------------------ 3. adaptive step cap
 def test_default_adaptive_cap_follows_the_grid():
     assert max_adaptive_steps(SolverConfig("dopri5"), 1001) == 1000 + 20 * 1000
+    assert max_adaptive_steps(SolverConfig("dopri5"), 1001, records=True) == 100 + 4 * 1000
     assert max_adaptive_steps(SolverConfig("dopri5", adaptive={"max_steps": 7}), 1001) == 7
+    sde = SolverConfig("euler", sde=True, torchsde={"adaptive": True, "max_steps": 9})
+    assert max_adaptive_steps(sde, 1001, records=True) == 9
 
 
 @pytest.mark.parametrize("method", ["dopri5", "bosh3", "adaptive_heun"])
@@ -285,9 +288,10 @@ def test_adaptive_runaway_with_gradient_stays_in_memory():
 
 @pytest.mark.slow
 def test_adaptive_runaway_default_cap_over_a_full_trial_stays_in_memory():
-    """The default cap (1000 + 20 per grid interval) over a 1 s trial, batch 16."""
+    """The default cap with a gradient (100 + 4 per grid interval) over a 1 s trial, batch 16
+    (the no-gradient default, 1000 + 20 per interval, took 4.8 GB here)."""
     message, rss = _memory_run("dopri5", 1001, 16, 1200)
-    assert "dopri5 took more than 21000 steps" in message
+    assert "dopri5 took more than 4100 steps" in message
     assert rss < 2048, f"peak RSS {rss:.0f} MB"
 
 
