@@ -89,6 +89,10 @@ def test_decision_psychometric_shows_network_and_wong_wang(tmp_path, figures):
     assert len(ww.get_xdata()) == trial.batch_size
     # the output follows the targets here, so the network chooses as Wong-Wang does
     assert list(net.get_ydata()) == list(ww.get_ydata())
+    # a gap inside the margin is no choice (0.5), not a choice of either pool: Wong-Wang's
+    # noise-free pools stay symmetric at c' = 0
+    zero = list(ww.get_xdata()).index(0.0)
+    assert set(ww.get_ydata()) <= {0.0, 0.5, 1.0} and ww.get_ydata()[zero] == 0.5
     # populations: the strongest pool-1 trial, winner and loser columns in separate panels
     assert titles(figures["populations.png"]) == [
         "a1[0]: output 1 (pool 1), winner",

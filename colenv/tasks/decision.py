@@ -340,9 +340,13 @@ class Decision(TrialTask):
             mean = x[window].mean(dim=0)
             return (mean[:, 0] - mean[:, 1])[order]
 
+        def choice(gap: Tensor) -> Tensor:  # 1 pool 1, 0 pool 2, 0.5 no choice (|gap| < margin)
+            chose1 = (gap >= self.choice_margin_hz).double()
+            return chose1 + 0.5 * (gap.abs() < self.choice_margin_hz).double()
+
         ww = pool1_gap(target, windows["stimulus end"])
         reference = {"ms": 9, "mfc": "none", "mew": 1.5, "color": "black", "zorder": 3}
-        ax_choice.plot(c, (ww > 0).double().numpy(), "s--", label="Wong-Wang", **reference)
+        ax_choice.plot(c, choice(ww).numpy(), "s--", label="Wong-Wang", **reference)
         ax_gap.plot(c, ww.numpy(), "s--", label="Wong-Wang", **reference)
         styles = {"stimulus end": ("o-", "tab:blue"), "hold": ("^:", "tab:orange")}
         for name, window in windows.items():
@@ -350,14 +354,14 @@ class Decision(TrialTask):
             gap = pool1_gap(output, window)
             where = "end of stimulus" if name == "stimulus end" else "end of trial (hold)"
             kw = {"color": color, "ms": 5, "zorder": 4, "label": f"network, {where}"}
-            ax_choice.plot(c, (gap > 0).double().numpy(), style, **kw)
+            ax_choice.plot(c, choice(gap).numpy(), style, **kw)
             ax_gap.plot(c, gap.numpy(), style, **kw)
         ax_gap.axhspan(-self.choice_margin_hz, self.choice_margin_hz, color="0.9", zorder=0)
         for ax in (ax_choice, ax_gap):
             ax.set_xscale("symlog", linthresh=1.0)
             ax.set_xlabel("signed coherence c' (%)")
             ax.tick_params(labelsize=7)
-        ax_choice.set_ylabel("choice of pool 1")
+        ax_choice.set_ylabel("choice (1 pool 1, 0.5 none, 0 pool 2)")
         ax_choice.set_ylim(-0.08, 1.08)
         ax_gap.set_ylabel("pool 1 - pool 2 output (Hz)")
         ax_gap.set_title(f"grey: |gap| < {self.choice_margin_hz:g} Hz (no choice)", fontsize=8)
