@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -13,7 +12,7 @@ from colenv.errors import ConfigError
 from colenv.models.column.params import load_params
 from colenv.models.column.spec import NetworkSpec
 
-__all__ = ["ColumnsConfig", "columns_from_config", "flat_params"]
+__all__ = ["ColumnsConfig", "columns_from_config"]
 
 
 class ColumnsConfig(StrictModel):
@@ -25,32 +24,14 @@ class ColumnsConfig(StrictModel):
     )
     network: NetworkSpec = Field(
         default_factory=NetworkSpec,
-        description="the layout (areas, connections, readout), read by NetworkSpec.from_dict",
+        description="the layout (areas, connections, readout, initial weights): a NetworkSpec",
     )
-
-    @field_validator("network", mode="before")
-    @classmethod
-    def _network(cls, value: Any) -> Any:
-        if isinstance(value, Mapping) and hasattr(NetworkSpec, "from_dict"):
-            return NetworkSpec.from_dict(dict(value))
-        return value
 
     @field_validator("params")
     @classmethod
     def _params(cls, value: dict[str, Any]) -> dict[str, Any]:
-        load_params(overrides=flat_params(value))  # unknown keys and bad values fail here
+        load_params(overrides=value)  # unknown keys and bad values fail here
         return value
-
-
-def flat_params(params: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"neuron": {"tau_m_ms": 20}}`` or ``{"neuron.tau_m_ms": 20}`` -> ``{"neuron.tau_m_ms": 20}``."""
-    out: dict[str, Any] = {}
-    for key, value in params.items():
-        if isinstance(value, Mapping):
-            out.update(flat_params(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def columns_from_config(
@@ -74,7 +55,7 @@ def columns_from_config(
             f"model.network.n_inputs = {spec.n_inputs} but the task has {n_inputs} inputs; "
             "set model.network.n_inputs to match"
         )
-    model = cls(load_params(overrides=flat_params(config.params)), spec)
+    model = cls(load_params(overrides=config.params), spec)
     if model.n_outputs != n_outputs:
         raise ConfigError(
             f"the network reads out {model.n_outputs} column(s) (last area "
