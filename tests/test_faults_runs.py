@@ -121,7 +121,7 @@ def test_sigint_saves_last_pt_and_resume_reproduces_the_run_bit_for_bit(tmp_path
     with pytest.raises(ConfigError, match=f"run folder {run} already holds a run"):
         train(load_config(TASK, _overrides(tmp_path, "run_name=sig")))
     with pytest.raises(ConfigError, match="is in use"):
-        train(resume_config(run))
+        train(resume_config(run, imports=[__name__]))
 
     proc.send_signal(signal.SIGINT)
     out, err = proc.communicate(timeout=60)

@@ -12,6 +12,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+import torch
 
 import trainers.registry as registry
 from colenv.errors import ConfigError
@@ -90,12 +91,45 @@ def test_readme_example_trainer_gets_run_folder_checkpoints_plots_wandb_and_prog
     assert list((run / "wandb").glob("offline-run-*"))
     assert "step 1/3" in out and "step 3/3" in out  # progress lines
     assert "budget of 3 steps spent" in out
-    # the import is saved with the run: resume finds the trainer again
+    # the import is saved with the run; resume imports it only when the user names it again
     from trainers.checkpoint import read_checkpoint
 
     assert read_checkpoint(run)["config"]["imports"] == ["my_pkg.train"]
-    assert main(["resume", str(run), "train.steps=4", "logging.wandb=false"]) == 0
+    resumed = ["resume", str(run), "train.steps=4", "logging.wandb=false"]
+    assert main(resumed) == 2
+    assert "add --import my_pkg.train" in capsys.readouterr().err
+    assert main([*resumed, "--import", "my_pkg.train"]) == 0
     assert "steps       4" in capsys.readouterr().out
+
+
+def test_a_checkpoint_naming_code_imports_nothing_unless_the_user_names_it(
+    tmp_path, tiny, monkeypatch
+):
+    """A checkpoint is data: the modules its config names (``imports``, ``module:Class``) are
+    not imported by resume or evaluate until the user names them."""
+    from trainers.checkpoint import read_checkpoint
+    from trainers.run import evaluate_checkpoint, resume_config
+
+    pkgs = tmp_path / "pkgs"
+    pkgs.mkdir()
+    marker = tmp_path / "imported"
+    (pkgs / "side_effect_mod.py").write_text(f"open({str(marker)!r}, 'w').close()\n")
+    monkeypatch.syspath_prepend(str(pkgs))
+    result = __import__("trainers").train(
+        __import__("trainers").load_config(TASK, tiny(TASK, "run_name=plain", steps=1))
+    )
+    ckpt = read_checkpoint(result.checkpoint)
+    for key, value in (("imports", ["side_effect_mod"]), ("trainer", "side_effect_mod:T")):
+        forged = {**ckpt, "config": {**ckpt["config"], key: value}}
+        path = tmp_path / f"forged_{key}.pt"
+        torch.save(forged, path)
+        for call in (evaluate_checkpoint, resume_config):
+            with pytest.raises(ConfigError, match=r"'side_effect_mod' \(" + key):
+                call(path)
+        assert not marker.exists() and "side_effect_mod" not in sys.modules
+    # named by the user: imported
+    evaluate_checkpoint(tmp_path / "forged_imports.pt", imports=["side_effect_mod"])
+    assert marker.exists()
 
 
 class MyTrainer:
@@ -256,10 +290,12 @@ def test_a_users_own_model_trains_resumes_and_evaluates_from_the_cli(tmp_path, t
     assert done.returncode == 0, done.stderr
     run = tmp_path / "leaky"
     done = cli("resume", str(run), "train.steps=3")
+    assert done.returncode == 2 and "--import my_models" in done.stderr
+    done = cli("resume", str(run), "train.steps=3", "--import", "my_models")
     assert done.returncode == 0, done.stderr
-    done = cli("evaluate", str(run))
+    done = cli("evaluate", str(run), "--import", "my_models")
     assert done.returncode == 0, done.stderr
     assert "accuracy" in done.stdout
-    done = cli("evaluate", str(run), "model.n_units=5")
+    done = cli("evaluate", str(run), "model.n_units=5", "--import", "my_models")
     assert done.returncode == 2
     assert "w_in is [4, 2] in the checkpoint and [5, 2] in the model" in done.stderr

@@ -88,7 +88,7 @@ def cmd_train(args) -> int:
     resume, args.overrides = _split_overrides(args.overrides)
     if resume:
         import_modules(args.imports)
-        config = resume_config(resume, args.overrides, task=args.task)
+        config = resume_config(resume, args.overrides, task=args.task, imports=args.imports)
         config = _with_imports(config, args.imports)
     else:
         config = _load(args)
@@ -100,7 +100,9 @@ def cmd_resume(args) -> int:
     from trainers.run import resume_config, train
 
     import_modules(args.imports)
-    config = _with_imports(resume_config(args.run, args.overrides), args.imports)
+    config = _with_imports(
+        resume_config(args.run, args.overrides, imports=args.imports), args.imports
+    )
     return _report(config, train(config))
 
 
@@ -116,7 +118,7 @@ def cmd_evaluate(args) -> int:
             "" if path.name == "last.pt" else f" (no checkpoints/last.pt there; using {path.name})"
         )
         print(f"checkpoint {path}{note}")
-    metrics = evaluate_checkpoint(path, args.overrides)
+    metrics = evaluate_checkpoint(path, args.overrides, imports=args.imports)
     width = max(len(k) for k in metrics)
     print(f"{'metric':<{width}}  value")
     print(f"{'-' * width}  -----")

@@ -21,6 +21,7 @@ import signal
 import sys
 import threading
 import tomllib
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -302,17 +303,41 @@ def _config_from(ckpt: dict[str, Any], overrides: list[str], path: Path):
     return TrainConfig.from_dict(raw, source=f"checkpoint {path}")
 
 
-def _code_named(raw: dict[str, Any]) -> list[str]:
-    """Modules a saved config makes Python import: ``imports`` and ``module:Class`` names
-    (installed code, never code stored in the checkpoint)."""
-    named = [f"imports {m!r}" for m in raw.get("imports") or [] if isinstance(m, str)]
+def _code_named(raw: dict[str, Any]) -> dict[str, str]:
+    """Modules a saved config would make Python import, each with the key that names it:
+    ``imports`` and the module of ``module:Class`` names (installed code, never code stored
+    in the checkpoint)."""
+    named = {m: "imports" for m in raw.get("imports") or [] if isinstance(m, str)}
     for key, value in (
         ("trainer", raw.get("trainer")),
         ("model.kind", (raw.get("model") or {}).get("kind")),
     ):
         if isinstance(value, str) and ":" in value:
-            named.append(f"{key} {value!r}")
+            named.setdefault(value.split(":", 1)[0], key)
     return named
+
+
+def check_imports(
+    raw: dict[str, Any], allowed: Sequence[str], path: Path, overrides: Sequence[str] = ()
+) -> None:
+    """A checkpoint is data: the modules its config names are imported only when the user
+    names them too (``--import``, or ``imports=`` in Python); a name an override replaces
+    (``trainer=supervised``) is not imported and needs nothing. Raises ConfigError listing
+    the missing ones and the exact flags, before anything is imported."""
+    from trainers.config import apply_overrides
+
+    still = _code_named(apply_overrides(raw, list(overrides)))
+    missing = {
+        m: key for m, key in _code_named(raw).items() if m in still and m not in set(allowed)
+    }
+    if missing:
+        listed = ", ".join(f"{m!r} ({key})" for m, key in missing.items())
+        flags = " ".join(f"--import {m}" for m in missing)
+        raise ConfigError(
+            f"checkpoint {path}: its config names code to import: {listed}. A checkpoint is "
+            f"data; colenv imports only modules you name. If you trust them, add {flags} "
+            "(Python: imports=[...])"
+        )
 
 
 def run_folder_of(resume: str | Path, checkpoint: Path) -> Path | None:
@@ -337,7 +362,11 @@ def _task_of(task_arg: str) -> str:
 
 
 def resume_config(
-    resume: str | Path, overrides: list[str] | None = None, *, task: str | None = None
+    resume: str | Path,
+    overrides: list[str] | None = None,
+    *,
+    task: str | None = None,
+    imports: Sequence[str] = (),
 ):
     """The config saved in a checkpoint (or run folder), ``overrides`` applied on top, with
     ``resume`` pointing at that checkpoint.
@@ -350,10 +379,13 @@ def resume_config(
     Args:
         task: the task id (or TOML path) named on the command line, if any; it must be the
             checkpoint's task.
+        imports: modules the user allows to be imported (``--import``); every module the
+            checkpoint's config names (``imports``, ``module:Class``) must be one of them.
 
     Raises:
         CheckpointError: no usable checkpoint there.
-        ConfigError: ``task`` is not the checkpoint's task (naming both), or a bad override.
+        ConfigError: ``task`` is not the checkpoint's task (naming both), the checkpoint
+            names a module not in ``imports``, or a bad override.
     """
     path = resolve_checkpoint(resume)
     overrides = [o for o in overrides or [] if not o.startswith("resume=")]
@@ -366,9 +398,7 @@ def resume_config(
                 f"{want!r}. Continue it with `python -m trainers resume {resume}`, or train "
                 f"{want} without resume="
             )
-    named = _code_named(ckpt["config"])
-    if named:
-        print(f"the run in {path} names code to import: {', '.join(named)}", flush=True)
+    check_imports(ckpt["config"], imports, path, overrides)
     config = _config_from(ckpt, overrides, path)
     check_compatible(ckpt, config, None, path)
     keys = {o.split("=", 1)[0].strip() for o in overrides}
@@ -384,9 +414,12 @@ def resume_config(
     return config.model_copy(update=update)
 
 
-def evaluate_checkpoint(path: str | Path, overrides: list[str] | None = None) -> dict[str, Any]:
+def evaluate_checkpoint(
+    path: str | Path, overrides: list[str] | None = None, *, imports: Sequence[str] = ()
+) -> dict[str, Any]:
     """Rebuild a checkpoint's task and model (any registered kind), load its weights and return
-    ``{"step", metrics...}`` on the task's evaluation grid.
+    ``{"step", metrics...}`` on the task's evaluation grid. ``imports``: as for
+    :func:`resume_config`.
 
     Raises:
         CheckpointError: a missing, damaged or foreign file, or a config (after
@@ -394,6 +427,7 @@ def evaluate_checkpoint(path: str | Path, overrides: list[str] | None = None) ->
     """
     p = resolve_checkpoint(path)
     ckpt = read_checkpoint(p)
+    check_imports(ckpt["config"], imports, p, overrides or [])
     config = _config_from(ckpt, overrides or [], p)
     check_compatible(ckpt, config, None, p)
     if config.train.threads:  # as train() does: the same thread count as the run
