@@ -173,6 +173,13 @@ class TrainLoopConfig(StrictModel):
     eval_every: int = Field(
         10, ge=1, description="evaluate on the task's grid every this many steps (and at the end)"
     )
+    step_check: float = Field(
+        0.5,
+        ge=0,
+        allow_inf_nan=False,
+        description="at the first evaluation, warn when the rollout differs from one at half "
+        "solver.step_ms by more than this (output units: Hz for rate tasks); 0 = off",
+    )
 
     @field_validator("device")
     @classmethod
