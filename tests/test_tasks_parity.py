@@ -39,3 +39,12 @@ def test_evaluate():
     flipped = 20.0 - trial.target
     assert task.evaluate(trial.target, trial)["accuracy"] == 1.0
     assert task.evaluate(flipped, trial)["accuracy"] == 0.0
+
+
+def test_evaluate_scores_the_window_mean():
+    task = Parity(n_bits=3)
+    trial = task.sample_batch(conditions="all")
+    n = trial.n_steps
+    sign = torch.where(torch.arange(n) % 2 == 0, 1.0, -1.0)[:, None, None]
+    assert task.evaluate(trial.target + 9.0 * sign, trial)["accuracy"] == 1.0  # mean exact
+    assert task.evaluate(trial.target - 6.0, trial)["accuracy"] == 0.0  # steady offset

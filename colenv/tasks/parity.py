@@ -45,8 +45,12 @@ draw each bit with probability 1/2.
 
 ## Success
 
-A trial is correct when ``|output - target| <= 5 Hz`` over the whole masked
-window; solved when all trials are correct (``success_threshold = 1.0``).
+A trial is correct when the output's mean over the masked window is within
+5 Hz of the target (``|mean(output) - target| <= 5 Hz``: a noisy rate that
+fluctuates around the target counts, a steady offset does not); solved when all
+trials are correct (``success_threshold = 1.0``). With ``eval.noise_draws = K``
+and ``solver.sde = true`` every pattern is scored on K noisy trials and all of
+them must be correct.
 
 ## Gymnasium face
 
