@@ -44,6 +44,7 @@ from colenv.solve import SolverConfig
 __all__ = [
     "CheckpointConfig",
     "ConfigError",
+    "EvalConfig",
     "LoggingConfig",
     "ModelConfig",
     "SuccessConfig",
@@ -231,6 +232,19 @@ class LoggingConfig(StrictModel):
     notes: str = Field("", description="W&B notes (a free-text description of the run)")
 
 
+class EvalConfig(StrictModel):
+    """``[eval]``: how the evaluation grid is scored."""
+
+    noise_draws: int = Field(
+        1,
+        ge=1,
+        description="with solver.sde = true: noisy trials per condition of the evaluation grid "
+        "(independent noise, seeded by train.seed and the step); accuracy is the fraction of "
+        "all of them that are correct. Ignored (1) without sde: a noise-free rollout is "
+        "deterministic",
+    )
+
+
 class CheckpointConfig(StrictModel):
     """``[checkpoint]``: checkpoint cadence."""
 
@@ -278,6 +292,9 @@ class TrainConfig(StrictModel):
     )
     checkpoint: CheckpointConfig = Field(
         default_factory=CheckpointConfig, description="checkpoint cadence"
+    )
+    eval: EvalConfig = Field(
+        default_factory=EvalConfig, description="how the evaluation grid is scored"
     )
 
     @model_validator(mode="before")

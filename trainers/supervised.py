@@ -9,7 +9,9 @@ trials, a wider condition distribution) while evaluation stays on the task of ``
 
 Every random number comes from ``config.train.seed``: the model init, and each step's trials,
 drawn from a generator seeded by (seed, step) so that a resumed run sees exactly the batches an
-uninterrupted one would. A NaN/inf loss or a diverging rollout stops training with a message
+uninterrupted one would. With ``solver.sde = true`` the evaluation at step k integrates
+``eval.noise_draws`` noisy copies of every grid condition, its noise seeded by (seed, k)
+(:func:`eval_seed`): the same run evaluates the same way every time. A NaN/inf loss or a diverging rollout stops training with a message
 naming the step and the last good checkpoint (which is left as it was); with
 ``train.max_rejections`` the :class:`RunawayGuard` first undoes the update that caused it and
 retries at half the learning rate.
@@ -35,8 +37,10 @@ __all__ = [
     "RunawayGuard",
     "Schedule",
     "SupervisedTrainer",
+    "eval_seed",
     "evaluate",
     "forward",
+    "noise_draws",
     "masked_mse",
 ]
 
@@ -283,13 +287,43 @@ def clip_gradients(model, params, grad_clip: float, loss: float) -> str | None:
     return f"gradient norm is {float(norm)} ({where}) at loss {loss:.6g}"
 
 
-def evaluate(model, task, config, trial: Trial, solver):
-    """Metrics on ``trial`` (task.evaluate + ``loss``), the output and the rates (or None)."""
+def eval_seed(seed: int, step: int) -> int:
+    """The SDE noise seed of the evaluation at ``step`` (0 before training): distinct from
+    every training step's (:func:`step_seed` of a step >= 0) and fixed for a (seed, step)."""
+    return step_seed(seed, -1 - step)
+
+
+def noise_draws(config, solver) -> int:
+    """Noisy trials per grid condition an evaluation integrates: ``eval.noise_draws`` with
+    ``solver.sde``; 1 without (a noise-free rollout is deterministic, so more would repeat
+    the same trial)."""
+    return config.eval.noise_draws if solver.sde else 1
+
+
+def evaluate(model, task, config, trial: Trial, solver, *, step: int = 0):
+    """Metrics on ``trial`` (task.evaluate + ``loss``), the output and the rates (or None).
+
+    With ``solver.sde`` and ``eval.noise_draws = K > 1`` the grid is integrated K times in one
+    batch (draw d of condition i is trial d * G + i), each copy with its own noise from
+    :func:`eval_seed` (``train.seed``, ``step``). The task scores all K * G trials, so
+    ``accuracy`` is the fraction of noisy trials that are correct (each scored by its own
+    window mean), ``loss`` the masked MSE over all of them, and the metrics gain
+    ``noise_draws`` = K. The output and rates returned are those of the first draw ([T, G, .],
+    aligned with ``trial``, for plots).
+    """
+    draws = noise_draws(config, solver)
+    grid = trial.batch_size
+    batch = trial if draws == 1 else trial[torch.arange(draws * grid) % grid]
     with torch.no_grad():
-        output, states, _ = forward(model, trial, config, solver, step_seed(config.train.seed, -1))
-        metrics = dict(task.evaluate(output, trial))
-        metrics["loss"] = float(masked_mse(output, trial.target, trial.mask))
-        return metrics, output, rates_of(model, states)
+        output, states, _ = forward(
+            model, batch, config, solver, eval_seed(config.train.seed, step)
+        )
+        metrics = dict(task.evaluate(output, batch))
+        metrics["loss"] = float(masked_mse(output, batch.target, batch.mask))
+        if draws > 1:
+            metrics["noise_draws"] = draws
+        rates = rates_of(model, states[:, :grid])
+        return metrics, output[:, :grid], rates
 
 
 def evaluate_into(state: TrainState, eval_trial: Trial) -> None:
@@ -298,7 +332,7 @@ def evaluate_into(state: TrainState, eval_trial: Trial) -> None:
     config = state.config
     try:
         metrics, output, rates = evaluate(
-            state.model, state.task, config, eval_trial, config.solver
+            state.model, state.task, config, eval_trial, config.solver, step=state.step
         )
     except DivergenceError as err:
         print(f"evaluation at step {state.step} diverged: {err}", flush=True)
