@@ -296,6 +296,27 @@ class TrainConfig(StrictModel):
     eval: EvalConfig = Field(
         default_factory=EvalConfig, description="how the evaluation grid is scored"
     )
+    trainer_options: dict[str, Any] = Field(
+        default_factory=dict,
+        description="the trainer's own options ([trainer_options]); a trainer class with an "
+        "Options model (e.g. curriculum) has them checked when the config is read",
+    )
+
+    @model_validator(mode="after")
+    def _trainer_options(self) -> TrainConfig:
+        """Check ``trainer_options`` against the trainer's ``Options`` model (if it has one)."""
+        if not self.trainer_options:
+            return self
+        from trainers.registry import get_trainer
+
+        options_cls = getattr(get_trainer(self.trainer), "Options", None)
+        if options_cls is None:
+            raise ConfigError(
+                f"trainer_options: trainer {self.trainer!r} takes no options (it has no Options "
+                "model); remove the [trainer_options] table"
+            )
+        parse(options_cls, self.trainer_options, where="trainer_options")
+        return self
 
     @model_validator(mode="before")
     @classmethod
