@@ -40,7 +40,7 @@ from torch import nn
 
 from colenv.config import parse
 from colenv.errors import DivergenceError
-from colenv.models.column.config import ColumnsConfig, columns_from_config
+from colenv.models.column.config import ColumnsConfig, columns_from_config, jitter_weights_
 from colenv.models.column.params import (
     EXCITATORY,
     N_POP,
@@ -122,6 +122,8 @@ class ColumnNetwork(nn.Module):
     Args:
         params: column parameters (:func:`colenv.models.load_params`); default config/model.toml.
         spec: the network layout (:class:`NetworkSpec`, or a dict of its keys, as in TOML).
+        seed: seed of the jitter of the trainable initial weights (``spec.init_jitter``) unless
+            ``spec.init_seed`` overrides it; a training run passes ``train.seed``.
         device, dtype: where the weights live.
 
     Shapes: state y [B, S] with S = 3P, P = 8 x n_columns; input u [T, B, n_inputs];
@@ -138,6 +140,7 @@ class ColumnNetwork(nn.Module):
         params: ColumnParams | None = None,
         spec: NetworkSpec | dict | None = None,
         *,
+        seed: int = 0,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> None:
@@ -279,21 +282,10 @@ class ColumnNetwork(nn.Module):
         self.register_buffer("readout_index", readout_idx.flatten(), persistent=False)
         self.n_outputs = int(self.readout_index.numel())
         if spec.init_jitter > 0:
-            self._jitter_(spec.init_jitter, spec.init_seed)
+            jitter_seed = seed if spec.init_seed is None else spec.init_seed
+            jitter_weights_(self, spec.init_jitter, jitter_seed)
 
         self.to(device=device, dtype=dtype)
-
-    @torch.no_grad()
-    def _jitter_(self, std: float, seed: int) -> None:
-        """Multiply every trainable initial weight by exp(std * N(0, 1)), seeded, on CPU."""
-        gen = torch.Generator().manual_seed(seed)
-        for conn in self.connections().values():  # fixed order: same seed, same network
-            noise = torch.randn(conn.weight.shape, generator=gen, dtype=torch.float64)
-            factor = std * noise * conn.train_mask.double()
-            if conn.log:  # the weight is the log magnitude
-                conn.weight.add_(factor.to(conn.weight.dtype))
-            else:
-                conn.weight.mul_(torch.exp(factor).to(conn.weight.dtype))
 
     def _edges(
         self, kind: str, conn: ConnectionSpec, allowed: torch.Tensor

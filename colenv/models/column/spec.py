@@ -157,11 +157,15 @@ class NetworkSpec(StrictModel):
             the SDE (model units, "mV"); the diffusion is noise_std * sqrt(2 / tau_m) on v.
         parametrization: "linear" (weights in units of their initial value, Dale by
             projection) or "log" (log magnitudes: multiplicative learning, Dale built in).
-        init_jitter: std of a log-normal factor exp(jitter * N(0, 1)) on every trainable initial
-            weight (0 = none). Identical columns fed the same input get identical gradients and
-            stay identical forever; the jitter breaks that symmetry (e.g. Parity's 8 first-area
-            columns must come to respond to different numbers of active bits).
-        init_seed: seed of that jitter (same seed, same initial network).
+        init_jitter: std of a seeded log-normal factor exp(jitter * N(0, 1)) on every
+            trainable initial weight, tilted per target population so that the anatomical rest
+            state stays a fixed point (:func:`colenv.models.column.config.jitter_weights_`);
+            0 = the anatomical weights. Identical columns fed the same input get identical
+            gradients and stay identical forever; the jitter breaks that symmetry, and it is
+            what makes two seeds of a column run differ (fixed weights are never jittered).
+        init_seed: an explicit seed of that jitter; None (the default) = the model's seed,
+            which in a training run is ``train.seed``. Set it only to hold the initial network
+            fixed while ``train.seed`` varies the rest of a run.
     """
 
     areas: tuple[AreaSpec, ...] = Field(
@@ -187,9 +191,14 @@ class NetworkSpec(StrictModel):
         "linear", description="trainable weights: linear (Dale by projection) or log magnitudes"
     )
     init_jitter: float = Field(
-        0.0, ge=0, le=1, description="std of a log-normal factor on trainable initial weights"
+        0.1,
+        ge=0,
+        le=1,
+        description="std of a seeded log-normal factor on trainable initial weights (rest kept)",
     )
-    init_seed: int = Field(0, description="seed of the initial-weight jitter")
+    init_seed: int | None = Field(
+        None, description="seed of the jitter; None = the model's seed (train.seed)"
+    )
 
     @model_validator(mode="before")
     @classmethod
