@@ -26,7 +26,7 @@ implements ``state_dict()`` / ``load_state_dict()``; the checkpoint stores it, s
 continues with the same callback state.
 
 Callbacks here: :class:`ProgressBar`, :class:`CheckpointCallback`, :class:`EarlyStopping`,
-:class:`PlotCallback`; W&B lives in :mod:`trainers.wandb_logger` (imported only when used).
+:class:`PlotCallback`, :class:`StepCheck`; W&B lives in :mod:`trainers.wandb_logger` (imported only when used).
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -56,6 +57,8 @@ __all__ = [
     "EarlyStopping",
     "PlotCallback",
     "ProgressBar",
+    "StepCheck",
+    "StepSizeWarning",
     "claim_run_name",
     "resumes_in_place",
 ]
@@ -424,3 +427,93 @@ class PlotCallback(Callback):
             )
         )
         state.plot_paths = list(self.paths)
+
+
+class StepSizeWarning(UserWarning):
+    """The solver's step is too large for the network being trained (see :class:`StepCheck`)."""
+
+
+class StepCheck(Callback):
+    """At the first evaluation of a run, roll the evaluation trials out again at half
+    ``solver.step_ms`` and warn (:class:`StepSizeWarning`) when the outputs differ by more
+    than ``tol`` (``train.step_check``; Hz for rate tasks), naming the difference and the
+    step to use: the largest of step/2, step/4, step/8 that agrees with its own half, or "below
+    step/8". The check runs noise-free (an SDE run's fixed-step drift is checked) and only
+    for fixed-step solvers; adaptive solvers control their own error.
+
+    Runaways are caught elsewhere (``solver.max_rate_hz``); this catches a step that is stable
+    but inaccurate, which training would otherwise fit to."""
+
+    levels = 3
+
+    def __init__(self, tol: float) -> None:
+        self.tol = float(tol)
+        self.done = False
+        self.report: dict[str, Any] | None = None
+        """what the check found: ``{"step_ms", "diff", "suggest_ms"}`` (None before it ran)"""
+
+    def on_eval_end(self, state: TrainState, metrics: dict[str, float]) -> None:
+        if self.done or state.eval_trial is None:
+            return
+        self.done = True
+        solver = state.config.solver
+        if "adaptive" in type(solver).families(solver.method, solver.sde):
+            return
+        if solver.sde and "fast" not in type(solver).families(solver.method, True):
+            return  # a torchsde scheme: no noise-free twin of the same method
+        from colenv import DivergenceError
+        from trainers.supervised import forward
+
+        param = next(iter(state.model.parameters()), None)
+        trial = state.eval_trial.to(param.device if param is not None else None)
+
+        def run(step_ms: float) -> torch.Tensor | None:
+            try:
+                with torch.no_grad():
+                    out, _, _ = forward(
+                        state.model,
+                        trial,
+                        state.config,
+                        solver.replace(step_ms=step_ms, sde=False),
+                        0,
+                    )
+                return out
+            except DivergenceError:
+                return None
+
+        h = solver.step_ms
+        coarse, fine = run(h), run(h / 2)
+        diff = _max_diff(coarse, fine)
+        self.report = {"step_ms": h, "diff": diff, "suggest_ms": h}
+        if diff <= self.tol:
+            return
+        suggest = None
+        for level in range(1, self.levels + 1):
+            step = h / 2**level
+            finer = run(step / 2)
+            if _max_diff(fine, finer) <= self.tol:
+                suggest = step
+                break
+            fine = finer
+        self.report["suggest_ms"] = suggest
+        said = "inf (the rollout ran away)" if math.isinf(diff) else f"{diff:.3g}"
+        advice = (
+            f"use solver.step_ms = {suggest:g} (it agrees with its own half step)"
+            if suggest is not None
+            else f"even solver.step_ms = {h / 2**self.levels:g} does not agree with its half; "
+            "use a smaller step or an adaptive method"
+        )
+        warnings.warn(
+            f"solver.step_ms = {h:g} is too large for this network: at step {state.step} its "
+            f"evaluation rollout differs from one at step_ms = {h / 2:g} by {said} (output "
+            f"units) > train.step_check = {self.tol:g}; {advice}",
+            StepSizeWarning,
+            stacklevel=2,
+        )
+
+
+def _max_diff(a: torch.Tensor | None, b: torch.Tensor | None) -> float:
+    if a is None or b is None:
+        return math.inf
+    d = (a - b).abs().max()
+    return float(d) if bool(torch.isfinite(d)) else math.inf

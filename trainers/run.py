@@ -38,6 +38,7 @@ from trainers.callbacks import (
     EarlyStopping,
     PlotCallback,
     ProgressBar,
+    StepCheck,
     resumes_in_place,
 )
 from trainers.checkpoint import check_compatible, read_checkpoint, resolve_checkpoint
@@ -61,6 +62,8 @@ def default_callbacks(config) -> list[Callback]:
     """Progress, checkpoints, early stopping, plots, the metrics file and W&B, as the config
     asks."""
     callbacks: list[Callback] = [ProgressBar(), CheckpointCallback(config.checkpoint.every)]
+    if config.train.step_check:
+        callbacks.append(StepCheck(config.train.step_check))
     if config.success.stop_on_success:
         callbacks.append(EarlyStopping(config.success.patience))
     if config.logging.plots:
