@@ -208,7 +208,7 @@ def test_init_jitter_breaks_symmetry_reproducibly_on_trainable_entries_only(para
         return ColumnNetwork(spec=spec, dtype=torch.float64)
 
     plain, a, b, other = (
-        build(),
+        build(init_jitter=0.0),
         build(init_jitter=0.2),
         build(init_jitter=0.2),
         build(init_jitter=0.2, init_seed=1),
