@@ -11,7 +11,8 @@ A trainer is any class whose instances have ``fit(model, task, config, callbacks
    loaded the first time its name is looked up;
 3. ``trainer = "my_pkg.train:MyTrainer"`` in the config: imported by path.
 
-The built-in ``supervised`` is imported only when looked up (this module imports no trainer).
+The built-in ``supervised`` and ``curriculum`` (Parity's staged trainer) are imported only when
+looked up (this module imports no trainer).
 """
 
 from __future__ import annotations
@@ -31,7 +32,10 @@ __all__ = [
 
 ENTRY_POINT_GROUP = "colenv.trainers"
 
-_BUILTINS: dict[str, str] = {"supervised": "trainers.supervised:SupervisedTrainer"}
+_BUILTINS: dict[str, str] = {
+    "supervised": "trainers.supervised:SupervisedTrainer",
+    "curriculum": "trainers.curriculum:CurriculumTrainer",
+}
 _REGISTRY: dict[str, type] = {}
 
 
