@@ -81,7 +81,9 @@ def build_task(config, task_kwargs: Mapping[str, Any] | None = None) -> colenv.T
 
 def build_model(config, task, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
     """The model of ``config.model`` (any registered kind) for ``task``'s inputs and outputs,
-    its random initial weights drawn from ``config.train.seed``."""
+    its random initial weights drawn from ``config.train.seed`` (the seed contract of
+    :mod:`colenv.models.registry`: the same seed, the same model; for columns the seed of the
+    jitter of their trainable weights)."""
     return build_registered_model(
         config.model.kind,
         config.model.options,

@@ -13,6 +13,17 @@ has two extra members:
   instance as ``model.config``, so a checkpoint stores ``{"kind", "options":
   model.config.model_dump()}`` and rebuilds the same model.
 
+The seed contract: a training run passes ``train.seed`` as ``seed``, and it is the only source
+of the model's randomness. The same seed must give bit-identical parameters, and two seeds
+different ones wherever the initial weights are random (a model that ignores ``seed`` makes
+every seed of a study the same run). Draw from ``torch.Generator().manual_seed(seed)`` on the
+CPU and then move the tensors to ``device`` (the same network on every device), never from the
+global generators. So ``build_model(kind, options, ..., seed=s)`` is the initial model of a
+run with ``train.seed = s``. The built-ins: ``hopf_mlp`` and ``ctrnn`` draw all their initial
+weights from it; ``columns`` start from the anatomical weights and draw from it the seeded
+jitter of their trainable weights (``network.init_jitter``, on by default; a set
+``network.init_seed`` overrides the seed for the jitter alone).
+
 Built-in kinds: ``columns`` (:class:`~colenv.models.ColumnNetwork`), ``hopf_mlp``
 (:class:`~colenv.models.HopfField`), ``ctrnn`` (:class:`~colenv.models.CTRNN`). Three ways to
 add one:
@@ -142,7 +153,8 @@ def build_model(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> torch.nn.Module:
-    """Build a model of ``kind`` from its options (a mapping or its ``Config`` instance).
+    """Build a model of ``kind`` from its options (a mapping or its ``Config`` instance), its
+    random initial weights drawn from ``seed`` (the seed contract in the module docstring).
 
     Raises:
         ConfigError: unknown kind, bad options (naming ``model.<key>``), or a model that does
