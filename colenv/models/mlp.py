@@ -40,7 +40,8 @@ class HopfField(nn.Module):
         hidden: width of each hidden layer.
         layers: number of hidden layers.
         n_inputs: number of input channels (1: mu).
-        generator: initialisation randomness (explicit seed).
+        seed: seed of the initial weights (uniform in +-1/sqrt(fan_in), drawn on the CPU from
+            ``torch.Generator().manual_seed(seed)``; biases 0): the same seed, the same field.
     """
 
     Config = HopfFieldConfig
@@ -66,7 +67,7 @@ class HopfField(nn.Module):
             config.hidden,
             config.layers,
             n_inputs=n_inputs,
-            generator=torch.Generator().manual_seed(seed),
+            seed=seed,
             device=device,
             dtype=dtype or torch.float32,
         )
@@ -79,7 +80,7 @@ class HopfField(nn.Module):
         layers: int = 2,
         n_inputs: int = 1,
         *,
-        generator: torch.Generator | None = None,
+        seed: int = 0,
         device: torch.device | str | None = None,
         dtype: torch.dtype = torch.float32,
     ) -> None:
@@ -98,13 +99,14 @@ class HopfField(nn.Module):
             if i < len(dims) - 2:
                 mods.append(nn.Tanh())
         self.net = nn.Sequential(*mods)
+        generator = torch.Generator().manual_seed(seed)
         with torch.no_grad():
             for m in self.net:
                 if isinstance(m, nn.Linear):
                     bound = 1.0 / m.in_features**0.5
                     m.weight.copy_(
                         (torch.rand(m.weight.shape, generator=generator) * 2 - 1) * bound
-                    )
+                    )  # the CPU generator, then copied: the same field on every device
                     m.bias.zero_()
         self.to(device=device, dtype=dtype)
 
