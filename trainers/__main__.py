@@ -7,6 +7,8 @@
     python -m trainers config colenv/XOR-v0 [key=value ...]       every key: value, type, help
     python -m trainers list                                       tasks, trainers, models, solvers
     python -m trainers reproduce [--tasks ...] [--out docs/results.md] [key=value ...]
+    python -m trainers reproduce --seeds 10 [--concurrency 2] [--out docs/results.md]
+    python -m trainers sweep config/sweeps/xor_lr.toml [--address HOST:6379] [--out DIR] [--resume]
     python -m trainers bench <task|toml> [...]                    solver / kernel timings
 
 ``key=value`` overrides use the dotted keys of the config (``train.lr=0.01``,
@@ -213,6 +215,13 @@ def cmd_reproduce(args) -> int:
 
     import torch
 
+    if args.seeds is not None:
+        return reproduce_seeds(args)
+    if args.resume or args.sweep_dir or args.concurrency != 1:
+        from colenv.errors import ConfigError
+
+        raise ConfigError("--concurrency, --sweep-dir and --resume go with --seeds N")
+
     table, rows = reproduce(args.tasks, args.overrides)
     device = "cuda: " + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
     text = (
@@ -232,6 +241,142 @@ def cmd_reproduce(args) -> int:
     return 1 if any(r[2].diverged for r in rows) else 0
 
 
+def _ray_missing() -> str | None:
+    from trainers.sweep import ray_missing_message
+
+    return ray_missing_message()
+
+
+def cmd_sweep(args) -> int:
+    from trainers.sweep import load_sweep, make_plan, run_sweep
+
+    if message := _ray_missing():
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    spec = load_sweep(args.file)
+    plan = make_plan(spec)
+    points = f"{len(plan.points)} points" if plan.points else f"{spec.samples} optuna points"
+    print(
+        f"sweep {spec.name}: {points} x {len(plan.seeds)} seeds, {spec.algorithm}, "
+        f"concurrency {spec.concurrency}; every point checked",
+        flush=True,
+    )
+    outcome = run_sweep(plan, args.out, address=args.address, resume=args.resume)
+    return _sweep_report(
+        outcome, f"python -m trainers sweep {args.file} --out {outcome.out} --resume"
+    )
+
+
+def _sweep_report(outcome, resume_cmd: str) -> int:
+    from trainers.study import summary_markdown
+
+    print()
+    print(
+        summary_markdown(outcome.summary and list(outcome.rows[0]["point"]) or [], outcome.summary)
+    )
+    print(f"output      {outcome.out}")
+    for name in ("trials.md", "summary.md", "summary.png"):
+        if name in outcome.files:
+            print(f"  {name:<10}{outcome.files[name]}")
+    if outcome.wandb_run is not None:
+        print(f"  W&B       {outcome.wandb_run}  (upload: wandb sync {outcome.wandb_run})")
+    print(
+        f"trials      {outcome.ran} run now, {len(outcome.rows)} recorded, "
+        f"{outcome.missing} missing; wall {_duration(outcome.wall_s)} "
+        f"(Ray start {outcome.ray_start_s:.1f} s)"
+    )
+    if outcome.missing:
+        print(
+            f"{outcome.missing} trial(s) did not finish; continue with: {resume_cmd}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def reproduce_seeds(args) -> int:
+    """``reproduce --seeds N``: every task over seeds 0..N-1 as one sweep whose points are the
+    tasks; the results table per task."""
+    import platform
+
+    import torch
+
+    from trainers.study import results_table
+    from trainers.sweep import SweepSpec, make_plan, run_sweep
+    from trainers.types import higher_is_better
+
+    if message := _ray_missing():
+        print(f"error: {message}", file=sys.stderr)
+        return 2
+    spec = SweepSpec(
+        name="reproduce",
+        base=args.tasks[0],
+        overrides=list(args.overrides),
+        space={"base": list(args.tasks)},
+        seeds=args.seeds,
+        concurrency=args.concurrency,
+        tags=["reproduce"],
+    )
+    plan = make_plan(spec)
+    criteria = {}
+    for point in plan.points:
+        config = plan.config(point, plan.seeds[0])
+        threshold = config.success.threshold
+        if threshold is None:
+            threshold = _task_threshold(config)
+        op = ">=" if higher_is_better(config.success.metric) else "<="
+        criteria[plan.label(point)] = f"{config.success.metric} {op} {threshold:g}"
+    out = args.sweep_dir or str(Path("runs") / f"reproduce-{time_stamp()}")
+    print(
+        f"reproduce: {len(plan.points)} tasks x {args.seeds} seeds, concurrency "
+        f"{args.concurrency}; runs in {out}",
+        flush=True,
+    )
+    outcome = run_sweep(plan, out, resume=args.resume)
+    table = results_table(outcome.summary, criteria)
+    device = "cuda: " + torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"
+    command = "python -m trainers reproduce --seeds " + str(args.seeds)
+    if list(args.tasks) != list(DEFAULT_TASKS):
+        command += " --tasks " + " ".join(args.tasks)
+    if args.concurrency != 1:
+        command += f" --concurrency {args.concurrency}"
+    if args.overrides:
+        command += " " + " ".join(args.overrides)
+    import time
+
+    text = (
+        "# Results\n\n"
+        f"Produced by `{command}` on {time.strftime('%Y-%m-%d')} ({device}, "
+        f"{platform.machine()}, torch {torch.__version__}); each task trains with its "
+        f"config/tasks/*.toml over train.seed = 0..{args.seeds - 1}, "
+        f"{args.concurrency} run(s) at a time, one thread each; the whole table took "
+        f"{_duration(outcome.wall_s)}. Steps to criterion: median (range) over the solved "
+        "seeds; final metrics: mean ± std over seeds.\n\n" + table
+    )
+    print()
+    print(table)
+    print(f"total wall {_duration(outcome.wall_s)}; trials in {outcome.out}")
+    if args.out:
+        path = Path(args.out)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        print(f"wrote {path}")
+    if outcome.missing:
+        print(
+            f"{outcome.missing} run(s) did not finish; continue with: python -m trainers "
+            f"reproduce --seeds {args.seeds} --sweep-dir {outcome.out} --resume ...",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def time_stamp() -> str:
+    import time
+
+    return time.strftime("%Y%m%d-%H%M%S")
+
+
 def _fmt(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
@@ -240,6 +385,16 @@ def _fmt(value) -> str:
 
 def _duration(seconds: float) -> str:
     return f"{seconds:.1f} s" if seconds < 120 else f"{seconds / 60:.1f} min"
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1 (got {value})")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -287,8 +442,39 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("reproduce", help="train every task with its default config; results table")
     p.add_argument("--tasks", nargs="+", default=list(DEFAULT_TASKS))
     p.add_argument("--out", default=None, help="write the table here (e.g. docs/results.md)")
+    p.add_argument(
+        "--seeds",
+        type=_positive,
+        default=None,
+        metavar="N",
+        help="train each task over train.seed = 0..N-1 on Ray Tune (a sweep whose points are "
+        "the tasks); without it: one run per task, in this process",
+    )
+    p.add_argument("--concurrency", type=_positive, default=1, help="with --seeds: runs at once")
+    p.add_argument(
+        "--sweep-dir",
+        default=None,
+        help="with --seeds: the runs' folder (default runs/reproduce-<timestamp>)",
+    )
+    p.add_argument("--resume", action="store_true", help="with --seeds: continue --sweep-dir")
     p.add_argument("overrides", nargs="*", help="key=value applied to every task")
     p.set_defaults(func=cmd_reproduce)
+    p = sub.add_parser(
+        "sweep",
+        help="a sweep or study over seeds on Ray Tune (docs/studies.md)",
+        epilog='needs Ray Tune and Optuna: pip install "colenv[sweep]"',
+    )
+    p.add_argument("file", help="a sweep file (config/sweeps/*.toml)")
+    p.add_argument(
+        "--address", default=None, help="a Ray cluster, HOST:PORT (default RAY_ADDRESS, else local)"
+    )
+    p.add_argument("--out", default=None, help="output folder (default runs/<sweep name>)")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue the sweep in --out (an existing folder of the same sweep continues anyway)",
+    )
+    p.set_defaults(func=cmd_sweep)
     p = sub.add_parser(
         "bench", help="solver timings and accuracy (python -m trainers bench -h)", add_help=False
     )
