@@ -180,7 +180,9 @@ def train_noisy(threads: int) -> str:
 # ------------------------------------------------------------------ output
 def table(results: list[dict]) -> str:
     lines = [
-        "| c' (%) | " + " | ".join(f"{r['name']}: correct, undecided, DT (ms)" for r in results) + " |",
+        "| c' (%) | "
+        + " | ".join(f"{r['name']}: correct, undecided, DT (ms)" for r in results)
+        + " |",
         "|---:|" + "---|" * len(results),
     ]
     for i, c in enumerate(COHERENCES_PCT):
