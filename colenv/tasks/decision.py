@@ -72,7 +72,12 @@ stimulus, the output of the winner's column exceeds the other's by at least
 gap of ~14 Hz; without a margin an untrained network "chooses" by 0.0002 Hz). The winner
 is the pool with the higher mean target in that window (it equals
 ``conditions["choice"]`` whenever the Wong-Wang model reached threshold). Solved at
-``accuracy >= 0.95``.
+``accuracy >= 0.95``. The choice is read from window-averaged rates, so it holds for a
+noisy network (``solver.sde = true``) as it is: with ``eval.noise_draws = K`` each signed
+coherence is answered by K noisy trials, each scored on its own, and ``accuracy`` is the
+fraction of all those trials (c' != 0) that are correct: a network that picks the favoured
+pool on 3 of 4 noisy trials at some coherence scores 0.75 there, as a psychophysicist would
+score a subject (analysis/decision_psychometric.py draws its full psychometric curve).
 
 ``hold_accuracy`` applies the same rule to the last 100 ms of the trial (100-200 ms after
 the stimulus by default): whether the choice is still held without input, as the
