@@ -177,7 +177,7 @@ class FastOptions(StrictModel, metaclass=_ParseOnCall):
     )
     kernel: Kernel = Field(
         "auto",
-        description="where rk4exp runs: 'native' (the C kernel: CPU, float32, no noise, no "
+        description="where rk4exp runs: 'native' (the C kernel: CPU, float32, ODE or SDE, no "
         "kappa gradient), 'torch', or 'auto' (native where it applies and builds)",
     )
 
@@ -197,11 +197,10 @@ class FastOptions(StrictModel, metaclass=_ParseOnCall):
                 f"({_show(ADJOINT_METHODS)} with backward 'auto' or 'discrete_adjoint'), not "
                 f"{with_backward}"
             )
-        if self.kernel == "native" and (not adjoint or sde):
+        if self.kernel == "native" and not adjoint:
             return (
                 f"solver.fast.kernel = 'native': applies to method {_show(ADJOINT_METHODS)} "
-                f"without sde, not method {method!r} with sde={sde!r}; allowed here: 'auto', "
-                "'torch'"
+                f"(with or without sde), not method {method!r}; allowed here: 'auto', 'torch'"
             )
         if sde and self.checkpoint_every and (not adjoint or self.backward == "autograd"):
             return (

@@ -145,7 +145,7 @@ def test_threads_give_identical_states():
     assert torch.equal(one, three)
 
 
-def test_dispatch_auto_uses_native_only_without_gradient():
+def test_dispatch_auto_uses_native_for_rk4exp_ode_and_sde():
     torch.manual_seed(0)
     net = ColumnNetwork(spec=xor_spec())
     stim, t = trials(net, 2, 21)
@@ -168,18 +168,23 @@ def test_dispatch_auto_uses_native_only_without_gradient():
         with torch.no_grad():
             rollout(net, stim, t, rk4exp(kernel="torch"))
             rollout(net, stim, t, SolverConfig("exprk2"))
-            rollout(net, stim, t, SolverConfig("rk4exp", sde=True), seed=0)
+            rollout(
+                net, stim, t, SolverConfig("rk4exp", sde=True, fast={"kernel": "torch"}), seed=0
+            )
         assert len(calls) == 1
+        with torch.no_grad():  # the SDE runs native too (its noise is an input of the kernel)
+            rollout(net, stim, t, SolverConfig("rk4exp", sde=True), seed=0)
+        assert len(calls) == 2
     finally:
         native.rk4exp_forward = real
 
 
-def _grads(net, stim, t, y0, gy, cfg):
+def _grads(net, stim, t, y0, gy, cfg, seed=None):
     """States and d(sum(states * gy)) / d(y0, stimulus, trainable parameters)."""
     y0 = y0.detach().clone().requires_grad_()
     stim = stim.detach().clone().requires_grad_()
     params = [p for p in net.parameters() if p.requires_grad]
-    states = rollout(net, stim, t, cfg, y0=y0).states
+    states = rollout(net, stim, t, cfg, y0=y0, seed=seed).states
     return states.detach(), torch.autograd.grad((states * gy).sum(), [y0, stim, *params])
 
 
@@ -307,7 +312,9 @@ def test_native_adjoint_with_saturation_equals_torch_adjoint():
     s_tor, g_tor = _grads(net, stim, t, y0, gy, rk4exp(step_ms=1.0, kernel="torch"))
     assert float(s_tor[..., 2 * net.n_pop :].max()) > 20.0
     for got, want in zip(g_nat, g_tor, strict=True):
-        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-5 * float(want.abs().max()))
+        # float32 rounding through the saturating tanh: one of 248 stimulus-gradient entries
+        # differs by 1.5e-5 of the largest (torch 2.13, before and after the SDE kernel change)
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=3e-5 * float(want.abs().max()))
 
 
 def test_kappa_gradient_takes_the_torch_path():
@@ -327,10 +334,11 @@ def test_kernel_errors_name_the_value_and_what_is_allowed():
         rk4exp(kernel="gpu")
     with pytest.raises(ConfigError, match="solver.fast applies to the fast methods"):
         SolverConfig("rk4", fast={"kernel": "native"})
-    with pytest.raises(ConfigError, match="kernel = 'native': applies to method rk4exp without"):
+    with pytest.raises(ConfigError, match=r"kernel = 'native': applies to method rk4exp \("):
         SolverConfig("exprk2", fast={"kernel": "native"})
-    with pytest.raises(ConfigError, match="kernel = 'native': applies to method rk4exp without"):
-        SolverConfig("rk4exp", sde=True, fast={"kernel": "native"})
+    with pytest.raises(ConfigError, match=r"kernel = 'native': .* not method 'expeuler'"):
+        SolverConfig("expeuler", sde=True, fast={"kernel": "native"})
+    SolverConfig("rk4exp", sde=True, fast={"kernel": "native"})  # the SDE runs native too
     net = ColumnNetwork(spec=xor_spec(), dtype=torch.float64)
     stim, t = trials(net, 2, 11, dtype=torch.float64)
     with pytest.raises(ConfigError, match=r"float32 CPU tensors .*\(got torch.float64"):

@@ -36,10 +36,21 @@ Activation memory is two [B, P] tensors per stage (about a tenth of autograd's);
 ``checkpoint_every`` keeps only segment starts and recomputes each segment in backward, so it
 no longer grows with trial length (only the returned states do).
 
-On CPU in float32, rk4exp without noise runs by default on the native C kernel instead
+On CPU in float32, rk4exp (ODE and SDE) runs by default on the native C kernel instead
 (:mod:`colenv.models.column.native`: the same scheme and discrete adjoint with a
 column-structured weight product and the trials in vector lanes; ``kernel="torch"`` keeps this
-module's path, which serves GPUs, float64, noise and a kappa gradient).
+module's path, which serves GPUs, float64 and a kappa gradient).
+
+SDE (additive noise sigma dW on v, ``terms.sigma``): every path splits each step into the
+deterministic step above and then a kick on v, v += s xi with xi ~ N(0, 1) and
+s = sigma sqrt(tau_m (1 - exp(-2 h / tau_m)) / 2), the standard deviation of the exact
+Ornstein-Uhlenbeck increment over one step (= sigma sqrt(h) (1 - h / (2 tau_m) + O(h^2)); strong
+order 1 for additive noise as with sigma sqrt(h), and the stationary variance of v of an
+isolated population is noise_std^2 at any step instead of noise_std^2 (1 + h / tau_m + ...)).
+The increments are drawn once per rollout from the given generator
+(:func:`noise_increments`, [n_int, n_sub, B, P]) and are inputs of the scheme: the torch paths
+and the native kernel consume the same tensor, so a seed reproduces a rollout exactly and the
+gradient is pathwise (docs/numerics.md).
 
 expeuler and exprk2 (and rk4exp with ``backward="autograd"``) run autograd through the steps
 (the transfer function's closed-form gradient, :func:`colenv.models.column.transfer.
@@ -209,6 +220,33 @@ def _make_interval(method: str, n_sub: int, h: float, c: dict) -> IntervalFn:
     else:
         raise ConfigError(f"unknown fast method {method!r}; allowed: {', '.join(STAGES)}")
     return interval
+
+
+def noise_scale(sigma: float, tau_m: float, h: float) -> float:
+    """Standard deviation of the noise kick on v after one step of h seconds: the exact
+    Ornstein-Uhlenbeck increment of dv = -v / tau_m dt + sigma dW over h,
+    sigma sqrt(tau_m (1 - exp(-2 h / tau_m)) / 2)."""
+    return sigma * math.sqrt(-0.5 * tau_m * math.expm1(-2.0 * h / tau_m))
+
+
+def noise_increments(
+    terms: ColumnTerms,
+    n_int: int,
+    n_sub: int,
+    h: float,
+    like: torch.Tensor,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
+    """The SDE's kicks on v of one rollout, [n_int, n_sub, B, P] (dtype and device of ``like``
+    [B, P]): ``noise_scale`` times standard normals drawn in one call from ``generator``, so
+    every path (torch autograd, torch adjoint, native) sees the same increments for a seed.
+    Memory: 4 n_int n_sub B P bytes in float32, two thirds of the returned states at n_sub = 2
+    (13 MB for the parity network at batch 16 over 1 s at 0.5 ms)."""
+    scale = noise_scale(terms.sigma, terms.constants["tau_m"], h)
+    xi = torch.randn(
+        (n_int, n_sub, *like.shape), generator=generator, dtype=like.dtype, device=like.device
+    )
+    return xi.mul_(scale)
 
 
 def _fresh_code(fn: Callable) -> Callable:
@@ -575,15 +613,17 @@ def fast_rollout(
             for rk4exp unless ``terms.kappa`` requires grad, else autograd); ``unroll`` grid
             intervals per chunk of the adjoint path (0: 5 with ``compile``, else 1; a trial
             whose interval count is not a multiple runs its last chunk on repeated drive and
-            drops those states); ``kernel`` "auto": rk4exp without noise runs on the native C
-            kernel (:mod:`colenv.models.column.native`, forward and discrete adjoint;
+            drops those states); ``kernel`` "auto": rk4exp (with or without noise) runs on the
+            native C kernel (:mod:`colenv.models.column.native`, forward and discrete adjoint;
             ``checkpoint_every`` sets its backward segments) when the tensors are float32 on
             CPU, kappa needs no gradient, ``backward`` is not "autograd" and the kernel builds;
             "torch": never; "native": always, else ConfigError.
         noise: integrate the SDE (diagonal additive noise ``terms.sigma`` on v) by splitting:
-            each deterministic step is followed by the kick sigma sqrt(h) xi on v (strong
-            order 1 for additive noise; the deterministic step keeps its stability region,
-            which is what removes Euler-Maruyama's rate artefacts). ``generator`` draws xi.
+            each deterministic step is followed by the kick s xi on v, s the exact OU
+            increment's std over the step (:func:`noise_scale`, ~ sigma sqrt(h); strong order
+            1 for additive noise; the deterministic step keeps its stability region, which is
+            what removes Euler-Maruyama's rate artefacts). ``generator`` draws xi, all of
+            the rollout's at once (:func:`noise_increments`); sigma = 0 adds nothing.
 
     Returns:
         states [T, B, 3P] on the grid.
@@ -596,9 +636,10 @@ def fast_rollout(
     w_t, kappa, drive = terms.w_t, terms.kappa, terms.drive
     n_int = n_points - 1
     backward, checkpoint_every = options.backward, options.checkpoint_every
-    if options.kernel != "torch" and _use_native(
-        options.kernel, method, noise, backward, y0, terms
-    ):
+    dws = None
+    if noise and terms.sigma != 0.0:
+        dws = noise_increments(terms, n_int, n_sub, h, y0[:, :P], generator)
+    if options.kernel != "torch" and _use_native(options.kernel, method, backward, y0, terms):
         from colenv.models.column import native
 
         return native.rk4exp_rollout(
@@ -613,6 +654,7 @@ def fast_rollout(
             _filter_weights(terms.constants["tau_s"], h),
             segment=checkpoint_every or native.SEGMENT,
             grad_pattern=terms.w_pattern_t,
+            noise=dws,
         )
     adjoint = method in ADJOINT_METHODS and backward != "autograd"
     if adjoint and kappa.requires_grad:
@@ -623,7 +665,7 @@ def fast_rollout(
             )
         adjoint = False
     if adjoint:
-        return _adjoint_rollout(terms, y0, n_points, n_sub, h, options, noise, generator)
+        return _adjoint_rollout(terms, y0, n_points, n_sub, h, options, dws)
     v, a, r = y0[:, :P], y0[:, P : 2 * P], y0[:, 2 * P :]
     fn = interval_function(method, n_sub, h, terms.constants, compile=options.compile, like=v)
     if noise:
@@ -632,11 +674,9 @@ def fast_rollout(
                 "solver.fast.checkpoint_every with noise needs the discrete adjoint (rk4exp "
                 "without a kappa gradient)"
             )
-        scale = terms.sigma * math.sqrt(h)
         out = [y0]
         for k in range(n_int):
-            dw = torch.randn((n_sub, *v.shape), generator=generator, dtype=v.dtype, device=v.device)
-            v, a, r, y = fn(v, a, r, drive[k], w_t, kappa, dw * scale)
+            v, a, r, y = fn(v, a, r, drive[k], w_t, kappa, None if dws is None else dws[k])
             out.append(y)
         return torch.stack(out)
     needs_grad = torch.is_grad_enabled() and any(x.requires_grad for x in (y0, w_t, kappa, drive))
@@ -661,7 +701,7 @@ def fast_rollout(
     return torch.stack(out)
 
 
-def _use_native(kernel, method, noise, backward, y0, terms: ColumnTerms) -> bool:
+def _use_native(kernel, method, backward, y0, terms: ColumnTerms) -> bool:
     """Whether this rollout runs on the native kernel; with kernel="native", an error saying
     why where it cannot."""
     from colenv.models.column import native
@@ -669,8 +709,8 @@ def _use_native(kernel, method, noise, backward, y0, terms: ColumnTerms) -> bool
     w_t, drive, kappa = terms.w_t, terms.drive, terms.kappa
     grad = torch.is_grad_enabled() and any(x.requires_grad for x in (y0, w_t, drive, kappa))
     why = None
-    if method != "rk4exp" or noise:
-        why = f"it integrates rk4exp without noise (method={method!r}, noise={noise!r})"
+    if method != "rk4exp":
+        why = f"it integrates rk4exp (method={method!r})"
     elif grad and backward == "autograd":
         why = "its gradient is the discrete adjoint (backward='autograd' was asked for)"
     elif not native.supports(y0, w_t, drive, kappa):
@@ -687,21 +727,16 @@ def _use_native(kernel, method, noise, backward, y0, terms: ColumnTerms) -> bool
     return False
 
 
-def _adjoint_rollout(terms, y0, n_points, n_sub, h, options: FastOptions, noise, generator):
-    """rk4exp in chunks of ``unroll`` intervals; :class:`_Rk4expAdjoint` when a gradient is needed."""
+def _adjoint_rollout(terms, y0, n_points, n_sub, h, options: FastOptions, noise):
+    """rk4exp in chunks of ``unroll`` intervals; :class:`_Rk4expAdjoint` when a gradient is
+    needed. ``noise``: None or the increments [n_int, n_sub, B, P] (:func:`noise_increments`)."""
     P = terms.n_pop
     unroll = options.unroll or (DEFAULT_UNROLL if options.compile else 1)
     w_t, kappa, drive = terms.w_t, terms.kappa, terms.drive
     like = y0[:, :P]
     dws = None
-    if noise:  # one draw per grid interval, as the autograd path draws them
-        scale = terms.sigma * math.sqrt(h)
-        dws = []
-        for _ in range(n_points - 1):
-            dw = torch.randn(
-                (n_sub, *like.shape), generator=generator, dtype=y0.dtype, device=y0.device
-            )
-            dws.extend((dw * scale).unbind(0))
+    if noise is not None:  # one [B, P] kick per step, in step order
+        dws = list(noise.flatten(0, 1).unbind(0))
     plan = _Plan(
         terms, n_points, n_sub, h, unroll, options.compile, options.checkpoint_every, dws, like
     )

@@ -5,9 +5,12 @@ element-wise kernels (docs/profiling.md). The C kernel does the same scheme and 
 discrete adjoint with the weight product over W's structure only (each column's dense 8 x 8
 block, then the few other nonzeros) and the trials in vector lanes, so every update is a vector
 operation over a tile of trials that stays in cache.
-:func:`colenv.models.column.integrators.fast_rollout` runs float32 CPU rk4exp rollouts without
-noise on it by default (``kernel="auto"``), with or without a gradient for y0, the drive and the
-weights (:func:`rk4exp_rollout`; a kappa gradient takes the torch path).
+:func:`colenv.models.column.integrators.fast_rollout` runs float32 CPU rk4exp rollouts on it
+by default (``kernel="auto"``), ODE and SDE, with or without a gradient for y0, the drive and
+the weights (:func:`rk4exp_rollout`; a kappa gradient takes the torch path). SDE rollouts pass
+their noise increments (drawn in torch, :func:`colenv.models.column.integrators.
+noise_increments`) as an input: each step is followed by its increment on v, and the gradient
+is pathwise (the increments are constants of the rollout).
 
 Built on first use with the system C compiler (``$CC``, else ``cc``; ``-O3 -march=native``,
 fused multiply-adds, no ``-ffast-math``), cached per source, compiler and CPU in
@@ -108,6 +111,7 @@ class _Problem(ctypes.Structure):
         ("n_blk", ctypes.c_int32),
         ("blk", ctypes.c_void_p),
         ("blk_s", ctypes.c_void_p),
+        ("noise", ctypes.c_void_p),
     ]
 
 
@@ -355,8 +359,9 @@ def tile_width(batch: int) -> int:
 class _Call:
     """The arguments shared by every kernel call of one rollout (tensors kept alive here)."""
 
-    def __init__(self, drive, w_t, kappa, c, n_sub, h, filter_weights, n_threads):
+    def __init__(self, drive, w_t, kappa, c, n_sub, h, filter_weights, n_threads, noise=None):
         self.drive = drive.detach().contiguous()
+        self.noise = None if noise is None else noise.detach().contiguous()
         self.kappa = kappa.detach().contiguous()
         self.w_t = w_t.detach()
         self.blocks = column_blocks(self.w_t)
@@ -424,6 +429,8 @@ class _Call:
             max_rate=c.get("max_rate", 0.0),
             out=out.data_ptr(),
         )
+        if self.noise is not None and k1 > k0:
+            prob.noise = self.noise[k0].data_ptr()
         if self.blocks is not None:
             prob.n_blk = self.P // BLOCK
             prob.blk = self.blocks[0].data_ptr()
@@ -445,11 +452,15 @@ class _Call:
         return out
 
 
-def _prepare(y0, drive, w_t, kappa, c, n_points, n_sub, h, filter_weights, n_threads) -> _Call:
+def _prepare(
+    y0, drive, w_t, kappa, c, n_points, n_sub, h, filter_weights, n_threads, noise=None
+) -> _Call:
     """The checked call object for one rollout of n_points grid points."""
-    _check(y0, drive, w_t, kappa, c, n_points, n_sub, h, filter_weights, n_threads)
+    _check(y0, drive, w_t, kappa, c, n_points, n_sub, h, filter_weights, n_threads, noise)
     _lib_or_raise()
-    return _Call(drive[: n_points - 1], w_t, kappa, c, n_sub, h, filter_weights, n_threads)
+    n_int = n_points - 1
+    noise = None if noise is None else noise[:n_int]
+    return _Call(drive[:n_int], w_t, kappa, c, n_sub, h, filter_weights, n_threads, noise)
 
 
 _CONSTANTS = ("tau_m", "tau_a", "tau_s", "da", "db", "d")
@@ -483,7 +494,9 @@ def _check_tensor(name: str, x, shape: tuple | None, contiguous: bool = True) ->
         )
 
 
-def _check(y0, drive, w_t, kappa, c, n_points, n_sub, h, filter_weights, n_threads) -> None:
+def _check(
+    y0, drive, w_t, kappa, c, n_points, n_sub, h, filter_weights, n_threads, noise=None
+) -> None:
     """Every argument of one kernel rollout, before C sees its memory."""
     _check_tensor("y0", y0, (None, None))
     B, S = y0.shape
@@ -511,6 +524,13 @@ def _check(y0, drive, w_t, kappa, c, n_points, n_sub, h, filter_weights, n_threa
         raise ValueError(f"filter_weights must be 3 floats (w0, wm, w1), got {filter_weights!r}")
     if n_threads is not None and (not isinstance(n_threads, int) or n_threads < 1):
         raise ValueError(f"n_threads must be None or an integer >= 1, got {n_threads!r}")
+    if noise is not None:
+        _check_tensor("noise", noise, (None, n_sub, B, P))
+        if noise.shape[0] < n_int:
+            raise ValueError(
+                f"noise must be [>= {n_int}, {n_sub}, {B}, {P}] (n_points - 1, n_sub, B, P), "
+                f"got {list(noise.shape)}"
+            )
 
 
 def rk4exp_forward(
@@ -524,12 +544,15 @@ def rk4exp_forward(
     h: float,
     filter_weights: tuple[float, float, float],
     n_threads: int | None = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """States [n_points, B, 3P] of rk4exp from y0 [B, 3P] under drive [>= n_points - 1, B, P],
     no gradient.
 
-    The scheme of :func:`colenv.models.column.integrators.fast_rollout` (method "rk4exp", no
-    noise), computed by the C kernel. w_t [P source, P target] and kappa [P] as in
+    The scheme of :func:`colenv.models.column.integrators.fast_rollout` (method "rk4exp"),
+    computed by the C kernel; with ``noise`` [>= n_points - 1, n_sub, B, P] (the SDE's
+    increments, :func:`colenv.models.column.integrators.noise_increments`) step i of interval
+    k is followed by v += noise[k, i]. w_t [P source, P target] and kappa [P] as in
     :class:`colenv.models.column.network.ColumnTerms`, ``c`` its constants, ``h`` the step (s),
     ``n_sub`` steps per grid interval, ``filter_weights`` (w0, wm, w1) of the r filter
     (:func:`colenv.models.column.integrators._filter_weights`); ``n_threads`` defaults to
@@ -540,7 +563,7 @@ def rk4exp_forward(
             or of the wrong shape, or a number is out of range; the message names it.
         RuntimeError: the kernel is unavailable (check :func:`available` first).
     """
-    args = (y0, drive, w_t, kappa, c, n_points, n_sub, h, filter_weights, n_threads)
+    args = (y0, drive, w_t, kappa, c, n_points, n_sub, h, filter_weights, n_threads, noise)
     return _prepare(*args).states(y0)
 
 
@@ -660,9 +683,11 @@ def rk4exp_rollout(
     segment: int = SEGMENT,
     n_threads: int | None = None,
     grad_pattern: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Like :func:`rk4exp_forward`, differentiable in y0, drive and w_t when they need it
-    (the native discrete adjoint, :class:`_Adjoint`; kappa gets no gradient). With
+    (the native discrete adjoint, :class:`_Adjoint`; kappa and ``noise`` get no gradient:
+    the noise increments are constants of the rollout, so the gradient is pathwise). With
     ``grad_pattern`` ([P source, P target] bool: the entries of w_t whose gradient is used,
     e.g. the transposed :meth:`ColumnNetwork.weight_pattern`), w_t's gradient is formed on it
     only (zero elsewhere; :meth:`_Call.weight_grad_plan`)."""
@@ -671,9 +696,10 @@ def rk4exp_rollout(
     needs = torch.is_grad_enabled() and any(x.requires_grad for x in (y0, drive, w_t))
     if not needs:
         return rk4exp_forward(
-            y0, drive, w_t, kappa, c, n_points, n_sub, h, filter_weights, n_threads
+            y0, drive, w_t, kappa, c, n_points, n_sub, h, filter_weights, n_threads, noise
         )
-    call = _prepare(y0, drive, w_t, kappa, c, n_points, n_sub, h, filter_weights, n_threads)
+    args = (y0, drive, w_t, kappa, c, n_points, n_sub, h, filter_weights, n_threads, noise)
+    call = _prepare(*args)
     plan = call.weight_grad_plan(grad_pattern) if w_t.requires_grad else None
     return _Adjoint.apply(y0, drive, w_t, kappa, call, segment, plan)
 

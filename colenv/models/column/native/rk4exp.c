@@ -16,7 +16,9 @@
  *    trial and nothing is recomputed between stages. Trials enter and leave the tile (drive in,
  *    states out) through in-register BT x BT transposes.
  *
- * colenv_rk4exp_forward integrates (optionally storing every stage's rates and slopes);
+ * colenv_rk4exp_forward integrates (optionally storing every stage's rates and slopes; with
+ * noise, each step is followed by its given increment on v, the splitting scheme of the torch
+ * fast SDE path);
  * colenv_rk4exp_backward runs the adjoint over the same intervals from those stores; the weight
  * gradient is a product of the stores done by the caller (colenv.models.column.native._Adjoint).
  *
@@ -60,6 +62,9 @@ typedef struct {
     int32_t n_blk;
     const float *blk;   /* [n_blk][8 target][8 source] */
     const float *blk_s; /* [n_blk][8 source][8 target] */
+    /* SDE (NULL: none): [n_int, n_sub, B, P] increments added to v after each step (forward
+     * only: a kick does not depend on the state, so the adjoint recursion is unchanged). */
+    const float *noise;
 } Problem;
 
 #define TINY 1e-30f

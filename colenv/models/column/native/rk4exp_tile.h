@@ -208,6 +208,9 @@ static void CAT(tile_, SUFFIX)(const Problem *p, int t_idx, int b0, int nb, floa
                 CAT(stage_, SUFFIX)(p, arr, 2, 0, NULL, NULL, 0);
                 CAT(stage_, SUFFIX)(p, arr, 3, 0, NULL, NULL, 0);
             }
+            if (p->noise) /* the step's noise increments on v (padded lanes: none) */
+                CAT(from_rows_, SUFFIX)(p->noise + (((size_t)k * p->n_sub + i) * B + b0) * P, P,
+                                        nb, P, v, 1, 1);
         }
         /* v, a, r are consecutive [P][BT] arrays: one [3P][BT] block to the trials' rows */
         CAT(to_rows_, SUFFIX)(v, S, p->out + (size_t)(k + 1) * B * S + (size_t)b0 * S, S, nb);
