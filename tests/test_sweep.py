@@ -231,3 +231,45 @@ def test_summary_statistics_by_hand(tmp_path):
 def test_markdown_cells_stay_on_one_line():
     text = markdown_table(["a", "b"], [["x|y", "line\nbreak"]])
     assert text.splitlines()[2] == "| x\\|y | line break |"
+
+
+def test_summary_run_logs_the_table_offline(tmp_path, offline_wandb):
+    from trainers.study import log_summary_to_wandb
+    from trainers.wandb_logger import read_offline_run
+
+    rows = [row({"train.lr": 0.1}, 0), row({"train.lr": 0.01}, 0, value=0.5, label="p001")]
+    summary, files = write_outputs(tmp_path, ["train.lr"], rows)
+    local = log_summary_to_wandb(
+        tmp_path,
+        "lr",
+        ["train.lr"],
+        summary,
+        project="colenv",
+        mode="offline",
+        tags=["a"],
+        plot=files["summary.png"],
+    )
+    assert local is not None and local.parent == tmp_path / "wandb"
+    logged = read_offline_run(local)
+    assert logged["run"]["group"] == "lr" and logged["run"]["name"] == "lr-summary"
+    assert logged["run"]["tags"] == ["a"]
+    assert logged["history"][0]["sweep/summary.nrows"] == 2
+    assert logged["summary"]["success_rate/p001"] == 1.0
+
+
+def test_summary_run_never_raises(tmp_path, offline_wandb, monkeypatch, capsys):
+    """A W&B that fails to start is one warning; the tables are already written."""
+    import wandb
+
+    from trainers.study import log_summary_to_wandb
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(wandb, "init", broken)
+    summary = summarize([row({"train.lr": 0.1}, 0)])
+    assert (
+        log_summary_to_wandb(tmp_path, "lr", ["train.lr"], summary, project="p", mode="offline")
+        is None
+    )
+    assert "disk full" in capsys.readouterr().err
