@@ -3,8 +3,8 @@
 Checked against the task's definition, not the code's own output: the tree the curriculum
 composes computes even parity as a boolean circuit for every bit count; no shipped config
 holds a weight other than an anatomical default; the composed start (a module trained here,
-from its default weights) already separates even from odd patterns at the root, level by
-level as XORs; each stage keeps its checkpoint and the final one evaluates from its config.
+from its default weights) already computes XOR level by level and separates even from odd
+patterns at the root; each stage keeps its checkpoint and the final one evaluates from its config.
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ def test_wrong_areas_error_gives_the_tree_to_write(tmp_path):
                                                     "model.network.n_inputs=3"))  # fmt: skip
     with pytest.raises(ConfigError) as err:
         train(config)
-    assert "n_columns = 4" in str(err.value) and "xor1" in str(err.value)
+    assert "n_columns = 3" in str(err.value) and "xor2" in str(err.value)
 
 
 def test_supervised_trainer_takes_no_trainer_options():
@@ -222,16 +222,17 @@ def test_each_stage_keeps_its_checkpoint_and_the_final_one_evaluates_and_resumes
 
 def test_composed_start_computes_xor_at_each_level_and_parity_at_the_root(tmp_path):
     """Stage 1 from the default initial weights (about 30-40 steps of XOR), stage 2 into the
-    3-bit tree: before any Parity training, each XOR column is on (> 12 Hz) exactly when
-    its two inputs differ, and the root fires more (by > 1 Hz) for every even pattern than for any odd
-    one (stage 3 then only has to scale the root's rate to 20 Hz)."""
-    config = load_config(PARITY_CONFIGS[3], quiet(tmp_path, "run_name=p3"))
+    4-bit tree: before any Parity training, each first-level XOR column is on (> 12 Hz)
+    exactly when its two bits differ, the second-level one (> 10 Hz) when the four bits are
+    odd, and the root fires more (by > 1 Hz) for every even pattern than for any odd one
+    (stage 3 then mostly has to scale the root's rate up to 20 Hz)."""
+    config = load_config(PARITY_CONFIGS[4], quiet(tmp_path, "run_name=p4"))
     task = build_task(config)
     options = CurriculumOptions.model_validate(config.trainer_options)
     module, result = train_module(task, config, options, tmp_path / "stages")
     assert result.solved, result.message
     net = build_model(config, task, torch.device("cpu"), torch.float32)
-    compose(net, module, tree_levels(3), options, module_rates(module, config, task), 15.0)
+    compose(net, module, tree_levels(4), options, module_rates(module, config, task), 15.0)
     trial = task.sample_batch(conditions="all", seed=0)
     with torch.no_grad():
         _, states, _ = forward(net, trial, config, config.solver, 0)
@@ -239,17 +240,19 @@ def test_composed_start_computes_xor_at_each_level_and_parity_at_the_root(tmp_pa
     rates = (net.rates(states) * window[:, :, None]).sum(0) / window.sum(0)[:, None]
     name = {n: i for i, n in enumerate(net.population_names)}
     bits = trial.conditions["bits"]
-    for column, on in (
-        ("xor0[0]", bits[:, 0] ^ bits[:, 1]),
-        ("xor0[1]", 1 - bits[:, 2]),  # XOR(b3, always on)
+    odd = bits.sum(dim=1) % 2
+    for column, on, high in (
+        ("xor0[0]", bits[:, 0] ^ bits[:, 1], 12.0),
+        ("xor0[1]", bits[:, 2] ^ bits[:, 3], 12.0),
+        ("xor1[0]", odd, 10.0),  # XOR of the relays of the two
     ):
         rate = rates[:, name[f"{column}.L23e"]]
-        assert bool((rate[on == 1] > 12.0).all()) and bool((rate[on == 0] < 5.0).all()), (
+        assert bool((rate[on == 1] > high).all()) and bool((rate[on == 0] < 5.0).all()), (
             column,
             rate,
         )
-    root = rates[:, name["xor1[0].L23e"]]
-    even = bits.sum(dim=1) % 2 == 0
+    root = rates[:, name["xor2[0].L23e"]]  # XOR(odd parity, always on)
+    even = odd == 0
     assert float(root[even].min()) > float(root[~even].max()) + 1.0, root
 
 

@@ -31,8 +31,8 @@ module output's rate with one input on, so an "on" module output drives the next
 "on" bit; the "always on" column (at rest, no input) gets the module's outgoing weights times
 the ratio of an input column's rate with its bit on to its rate at rest (per source
 population), so at rest it drives the next column like an input that is on. An unpaired column
-(an odd count, once the "always on" column is placed) is passed through by a module with one
-input.
+(an odd count) is passed through by a module with one input; the "always on" column joins the
+last level, where it turns the odd parity of the bits into even parity.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ import torch
 from pydantic import Field, field_validator
 
 from colenv.config import StrictModel, parse
-from colenv.errors import ConfigError
+from colenv.errors import ConfigError, DivergenceError
 from colenv.models.column.params import population_index
 from trainers.callbacks import Callbacks, claim_run_name
 from trainers.rundir import RunFolder
@@ -106,20 +106,22 @@ class Level:
 def tree_levels(n_bits: int) -> list[Level]:
     """The levels of the XOR tree of ``n_bits`` bits and one "always on" input.
 
-    Adjacent columns pair into XOR modules level by level; the "always on" column joins the
-    first level with an odd count (or the level left with one column), so the root computes
-    XOR(b_1, ..., b_n, 1): high for an even number of bits.
+    Adjacent columns pair into XOR modules level by level (an odd one out passes through)
+    until one column, the odd parity of the bits, is left; the last level XORs it with the
+    "always on" column, so the root computes XOR(b_1, ..., b_n, 1): high for an even number
+    of bits. The "always on" column sits at the last level so that at rest only the root's
+    module is active (placed at the first level it keeps a whole branch on at rest, and that
+    rest state was lost in training for 3 bits).
     """
     if isinstance(n_bits, bool) or not isinstance(n_bits, int) or n_bits < 1:
         raise ConfigError(f"n_bits must be an int >= 1, got {n_bits!r}")
-    levels, count, on_used = [], n_bits, False
+    levels, count = [], n_bits
     while True:
-        has_on = not on_used and count % 2 == 1
-        on_used = on_used or has_on
+        has_on = count == 1
         level = Level(count + has_on, has_on)
         levels.append(level)
         count = level.n_outputs
-        if count == 1 and on_used:
+        if has_on:
             return levels
 
 
@@ -467,7 +469,11 @@ def save_composed(model, task, config, stage_dir: Path) -> dict[str, float]:
     trial = task.sample_batch(
         conditions="all", seed=config.train.seed, device=param.device, dtype=param.dtype
     )
-    metrics, _, _ = evaluate(model, task, config, trial, config.solver)
+    try:
+        metrics, _, _ = evaluate(model, task, config, trial, config.solver)
+    except DivergenceError as err:  # stage 3 starts from it all the same and says so
+        print(f"curriculum stage 2: the composed network diverged on the grid: {err}", flush=True)
+        metrics = {"loss": math.nan, config.success.metric: math.nan}
     stage_config = config.model_copy(
         update={
             "run_name": stage_dir.name,
