@@ -255,3 +255,41 @@ def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, ray_
         assert (Path(r["run_dir"]) / "metrics.jsonl").read_bytes() == kept[r["trial"]]
     assert f"continuing {out}: {len(first)} of 4 trials recorded" in result.stdout
     assert len((out / "trials.csv").read_text().splitlines()) == 5
+
+
+@pytest.mark.slow  # two local Ray starts: ~60 s on 2 shared cores
+def test_optuna_sweep_resumes_from_a_cut_ledger_without_retraining(tmp_path, ray_tmp):
+    """Optuna over a range, 2 points x 2 seeds; the ledger then loses its last line (as if
+    the driver died before that trial finished): the resumed sweep trains only that one
+    trial, replays the recorded seed of its point, and ends with every pair once."""
+    from trainers.sweep import load_sweep, make_plan, run_sweep
+
+    path = sweep_file(
+        tmp_path,
+        '"train.lr" = {dist = "loguniform", low = 0.01, high = 0.1}',
+        overrides=[*TINY, "train.steps=2"],
+        algorithm="optuna",
+        samples=2,
+        seeds=2,
+        concurrency=2,
+        metric="rmse_hz",
+        wandb=False,
+    )
+    out = tmp_path / "out"
+    plan = make_plan(load_sweep(path))
+    first = run_sweep(plan, out, quiet=True)
+    assert first.missing == 0 and len(first.rows) == 4
+    assert len({r["point_key"] for r in first.rows}) == 2
+    assert all(r["status"] == "ok" and 0.01 <= r["point"]["train.lr"] <= 0.1 for r in first.rows)
+    ledger = out / "trials.jsonl"
+    lines = ledger.read_text().splitlines(keepends=True)
+    ledger.write_text("".join(lines[:3]))
+    cut = json.loads(lines[3])
+    again = run_sweep(plan, out, quiet=True)
+    assert again.ran == 1 and again.missing == 0
+    rows = again.rows
+    assert len(rows) == 4 and {(r["point_key"], r["seed"]) for r in rows} == {
+        (r["point_key"], r["seed"]) for r in first.rows
+    }
+    assert json.loads(ledger.read_text().splitlines()[3])["trial"] == cut["trial"]
+    assert (out / "trials" / ".stale").is_dir()  # the cut trial's folder, moved aside

@@ -271,13 +271,11 @@ def _sweep_report(outcome, resume_cmd: str) -> int:
     from trainers.study import summary_markdown
 
     print()
-    print(
-        summary_markdown(outcome.summary and list(outcome.rows[0]["point"]) or [], outcome.summary)
-    )
+    print(summary_markdown(outcome.keys, outcome.summary))
     print(f"output      {outcome.out}")
     for name in ("trials.md", "summary.md", "summary.png"):
         if name in outcome.files:
-            print(f"  {name:<10}{outcome.files[name]}")
+            print(f"  {name:<12}{outcome.files[name]}")
     if outcome.wandb_run is not None:
         print(f"  W&B       {outcome.wandb_run}  (upload: wandb sync {outcome.wandb_run})")
     print(

@@ -626,6 +626,8 @@ class SweepOutcome:
     wall_s: float
     ray_start_s: float
     wandb_run: Path | None = None
+    keys: list[str] = field(default_factory=list)
+    """the swept keys (columns of the tables)"""
 
 
 def claim_output(spec: SweepSpec, out: Path, resume: bool) -> bool:
@@ -843,6 +845,7 @@ def run_sweep(
         wall_s=time.perf_counter() - t0,
         ray_start_s=ray_s,
         wandb_run=wandb_run,
+        keys=list(plan.keys),
     )
 
 
