@@ -206,7 +206,13 @@ class CurriculumTrainer:
             )
             print("curriculum stage 3 (parity): end to end", flush=True)
             result = SupervisedTrainer().fit(model, task, config, callbacks)
-            result.message = f"stage 3 (parity): {result.message}"
+            # the run's Result counts stage 3's steps (its checkpoints'); wall time is all stages
+            result.wall_s = time.perf_counter() - start
+            result.message = (
+                f"stage 1 (XOR module): {module_result.steps} steps, "
+                f"{'solved' if module_result.solved else 'not solved'}; "
+                f"stage 3 (parity): {result.message}"
+            )
             return result
         finally:
             if owned is not None:
