@@ -28,7 +28,9 @@ tests/test_solve.py); they are offered for completeness, not recommended. torchd
 ``scipy_solver`` is not offered.
 
 The fast SDE path is the artefact-free one at the default step: torchsde's Euler-Maruyama at
-0.5 ms diverges on the 13-column network (docs/benchmarks.md).
+0.5 ms runs away on the 13-column network (docs/numerics.md). Its noise increments are drawn
+once per rollout from the seed or generator and passed to the scheme (torch or, for rk4exp on
+CPU in float32, the native kernel), so a seed reproduces a rollout exactly.
 """
 
 from __future__ import annotations

@@ -27,9 +27,13 @@ Variants (``VARIANTS``, in this order by default; the first one measured is the 
 ``dopri5`` (adaptive, torchdiffeq's default tolerances), ``dopri5-adjoint``, ``rk4``
 (torchdiffeq fixed step), ``rk4exp-torch`` (colenv's fast exponential RK4, torch kernel,
 eager), ``rk4exp-compiled`` (the same under ``torch.compile``), ``rk4exp-native`` (the native
-C kernel; CPU, float32), ``config`` (the config's own ``[solver]``) and, on request,
-``rk4exp-sde`` (the same scheme with noise: timed, and reported by its largest rate, since a
-noisy rollout has no deterministic reference). Fixed-step variants run at the config's
+C kernel; CPU, float32), ``config`` (the config's own ``[solver]``) and, on request, the SDE variants (timed, and
+reported by their largest rate, since a noisy rollout has no deterministic reference):
+``rk4exp-sde`` (rk4exp with the noise kick on v, default kernel: native on CPU),
+``rk4exp-sde-torch`` (the same on the torch path), ``sde-euler`` and ``sde-srk`` (torchsde's
+Euler-Maruyama and stochastic Runge-Kutta). The noisy rows run with the model's own
+``noise_std`` (``model.network.noise_std=...`` to change it); a row whose rollout runs away
+(torchsde's Euler-Maruyama at 0.5 ms on large networks) says so instead of numbers. Fixed-step variants run at the config's
 ``solver.step_ms`` and at each ``--steps`` value. A variant the model or machine does not
 support (the fast schemes on a model without them, the native kernel on a GPU) is listed with
 the reason instead of numbers.
@@ -52,7 +56,7 @@ from pathlib import Path
 import torch
 
 from colenv import SolverConfig, Trial, rollout
-from colenv.errors import ConfigError
+from colenv.errors import ConfigError, DivergenceError
 from trainers.build import build_model, build_task
 from trainers.checkpoint import CheckpointError, read_checkpoint
 from trainers.config import TrainConfig, apply_overrides, load_config
@@ -60,6 +64,7 @@ from trainers.config import TrainConfig, apply_overrides, load_config
 __all__ = [
     "BOUND_HZ",
     "VARIANTS",
+    "SDE_VARIANTS",
     "BenchRow",
     "Network",
     "bench",
@@ -87,8 +92,19 @@ VARIANTS = (
     "rk4exp-native",
     "config",
     "rk4exp-sde",
+    "rk4exp-sde-torch",
+    "sde-euler",
+    "sde-srk",
 )
-FIXED_STEP = {"config", "rk4", "rk4exp-torch", "rk4exp-compiled", "rk4exp-native", "rk4exp-sde"}
+SDE_VARIANTS = ("rk4exp-sde", "rk4exp-sde-torch", "sde-euler", "sde-srk")
+FIXED_STEP = {
+    "config",
+    "rk4",
+    "rk4exp-torch",
+    "rk4exp-compiled",
+    "rk4exp-native",
+    *SDE_VARIANTS,
+}
 
 
 def solver_variants(
@@ -132,6 +148,14 @@ def solver_variants(
                 out.append((f"rk4exp native {at}", cfg))
             elif name == "rk4exp-sde":
                 out.append((f"rk4exp SDE {at}", SolverConfig("rk4exp", step_ms=step, sde=True)))
+            elif name == "rk4exp-sde-torch":
+                cfg = SolverConfig("rk4exp", step_ms=step, sde=True, fast={"kernel": "torch"})
+                out.append((f"rk4exp SDE torch {at}", cfg))
+            elif name in ("sde-euler", "sde-srk"):
+                method = name.split("-")[1]
+                out.append(
+                    (f"torchsde {method} {at}", SolverConfig(method, step_ms=step, sde=True))
+                )
     return out
 
 
@@ -338,6 +362,8 @@ def bench(
             if not solver.sde:
                 row.error_hz, b = readout_error_hz(readout, reference, keep)
                 row.worst_trial = _conditions_of(grid, b)
+        except DivergenceError as err:  # a runaway (a RuntimeError): cut to its first sentence
+            row.note = f"DivergenceError: {str(err).split(' (', 1)[0].split('. ', 1)[0]}"
         except (ConfigError, RuntimeError, ValueError) as err:
             row.note = f"{type(err).__name__}: {err}".splitlines()[0]
         if row.note:
@@ -404,8 +430,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument(
         "--solvers",
         nargs="+",
-        default=[v for v in VARIANTS if v != "rk4exp-sde"],
-        help=f"variants, the first is the baseline (default: all but rk4exp-sde); "
+        default=[v for v in VARIANTS if v not in SDE_VARIANTS],
+        help=f"variants, the first is the baseline (default: all but the SDE ones); "
         f"allowed: {', '.join(VARIANTS)}",
     )
     ap.add_argument(

@@ -208,3 +208,63 @@ def test_sde_parity(benchmark, variant):
     benchmark.extra_info.update(nfe=out.stats.nfe, max_rate_hz=hi, min_rate_hz=lo)
     if "euler" not in variant:
         assert -1e-3 <= lo and hi < 1000.0, f"{variant}: rates in [{lo:.3g}, {hi:.3g}] Hz"
+
+
+SDE_TRAIN_VARIANTS = {
+    "rk4exp native ODE 0.5ms": SolverConfig("rk4exp", step_ms=0.5, fast={"kernel": "native"}),
+    "rk4exp native SDE 0.5ms": SolverConfig(
+        "rk4exp", sde=True, step_ms=0.5, fast={"kernel": "native"}
+    ),
+    "rk4exp torch SDE 0.5ms": SolverConfig(
+        "rk4exp", sde=True, step_ms=0.5, fast={"kernel": "torch"}
+    ),
+    "torchsde srk 0.5ms": SolverConfig("srk", sde=True, step_ms=0.5),
+    "torchsde euler 0.5ms": SolverConfig("euler", sde=True, step_ms=0.5, check_finite=False),
+}
+
+
+def _sde_train_call(net, stim, t, y0, cfg):
+    def call():
+        net.zero_grad(set_to_none=True)
+        out = rollout(net, stim, t, cfg, y0=y0, seed=0)
+        loss_of(net, out.states).backward()
+        return out
+
+    return call
+
+
+@pytest.mark.benchmark(group="SDE forward+backward")
+@pytest.mark.parametrize("variant", list(SDE_TRAIN_VARIANTS))
+def test_sde_forward_backward_parity(benchmark, variant):
+    """Training-like noisy rollouts of the parity network (batch 16, 1 s, noise_std 1): the
+    native kernel with noise beside the same kernel without, the torch path and torchsde.
+    torchsde's Euler-Maruyama runs away here (recorded without the check)."""
+    net, stim, t, y0 = workload("parity", 16)
+    call = _sde_train_call(net, stim, t, y0, SDE_TRAIN_VARIANTS[variant])
+    out = benchmark.pedantic(call, rounds=1 if "torchsde" in variant else 3, warmup_rounds=1)
+    benchmark.extra_info.update(nfe=out.stats.nfe, max_rate_hz=float(net.rates(out.states).max()))
+
+
+def test_native_sde_overhead_parity(benchmark):
+    """The native kernel's noisy rollout costs at most 1.5x its noise-free rollout (forward +
+    backward, parity network, batch 16, 1 s): both timed in this run, interleaved, fastest of
+    7 each; the ratio is in extra_info."""
+    import time
+
+    net, stim, t, y0 = workload("parity", 16)
+    calls = {
+        "ode": _sde_train_call(net, stim, t, y0, SDE_TRAIN_VARIANTS["rk4exp native ODE 0.5ms"]),
+        "sde": _sde_train_call(net, stim, t, y0, SDE_TRAIN_VARIANTS["rk4exp native SDE 0.5ms"]),
+    }
+    best = {k: float("inf") for k in calls}
+    for call in calls.values():
+        call()  # warm-up
+    for _ in range(7):
+        for name, call in calls.items():
+            t0 = time.perf_counter()
+            call()
+            best[name] = min(best[name], time.perf_counter() - t0)
+    benchmark.pedantic(calls["sde"], rounds=1)
+    ratio = best["sde"] / best["ode"]
+    benchmark.extra_info.update(ode_s=best["ode"], sde_s=best["sde"], sde_over_ode=ratio)
+    assert ratio <= 1.5, f"native SDE {best['sde']:.3g} s vs ODE {best['ode']:.3g} s: {ratio:.2f}x"
