@@ -235,8 +235,10 @@ class SweepSpec(StrictModel):
         return list(range(self.seeds)) if isinstance(self.seeds, int) else list(self.seeds)
 
     def digest(self) -> str:
-        """sha256 of the spec (canonical JSON): which output folder belongs to this sweep."""
-        text = json.dumps(self.model_dump(mode="json"), sort_keys=True)
+        """sha256 of the spec (canonical JSON) without the keys that do not change a trial's
+        result (``concurrency``, ``wandb``): which output folder belongs to this sweep."""
+        raw = self.model_dump(mode="json", exclude={"concurrency", "wandb"})
+        text = json.dumps(raw, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()
 
 
