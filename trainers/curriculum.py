@@ -365,7 +365,11 @@ def train_module(task, config, options: CurriculumOptions, stages_dir: Path):
 def module_rates(module, config, task) -> dict[str, Any]:
     """Rates (Hz) of the trained module on the XOR grid (00, 01, 10, 11), each the mean over
     the scoring window, per population of each input column: ``on`` (its bit on, the other
-    off), ``rest`` (both off); and ``out_on``: each output-column population with one bit on."""
+    off), ``rest`` (both off); ``out_on``: each output-column population with one bit on; and
+    ``pass_on``: the same for the one-input module that passes an odd column out through (no
+    feedforward or cross-inhibition from the second input column; the first one's bit on)."""
+    import copy
+
     from trainers.build import build_task
     from trainers.supervised import forward, step_seed
 
@@ -375,20 +379,32 @@ def module_rates(module, config, task) -> dict[str, Any]:
     trial = xor.sample_batch(conditions="all", seed=cfg.train.seed, device=param.device)
     trial = trial.to(device=param.device, dtype=param.dtype)
     bits = trial.conditions["bits"].tolist()
-    with torch.no_grad():
-        _, states, _ = forward(module, trial, cfg, cfg.solver, step_seed(cfg.train.seed, -1))
-        rates = module.rates(states)  # [T, B, P]
-    window = trial.mask[:, :, 0].to(rates.dtype)  # [T, B]
-    mean = (rates * window[:, :, None]).sum(0) / window.sum(0)[:, None]  # [B, P]
-    mean = mean.double().cpu()
-    pattern = {tuple(b): i for i, b in enumerate(bits)}
+    window = trial.mask[:, :, 0].to(param.dtype)  # [T, B]
+
+    def window_mean(net) -> torch.Tensor:
+        with torch.no_grad():
+            _, states, _ = forward(net, trial, cfg, cfg.solver, step_seed(cfg.train.seed, -1))
+            rates = net.rates(states)  # [T, B, P]
+        mean = (rates * window[:, :, None]).sum(0) / window.sum(0)[:, None]  # [B, P]
+        return mean.double().cpu()
+
     n = 8
+    one_input = copy.deepcopy(module)  # the pass-through: nothing from the 2nd input column
+    with torch.no_grad():
+        for conn in (one_input.feedforward, one_input.lateral):
+            keep = torch.ones_like(conn.mask)
+            keep[:, n : 2 * n] = 0.0
+            conn.mask.mul_(keep)
+            conn.train_mask.mul_(keep)
+    mean, passed = window_mean(module), window_mean(one_input)
+    pattern = {tuple(b): i for i, b in enumerate(bits)}
     rest = mean[pattern[(0, 0)]]
     out = slice(2 * n, 3 * n)
     return {
         "on": (mean[pattern[(1, 0)], 0:n], mean[pattern[(0, 1)], n : 2 * n]),
         "rest": (rest[0:n], rest[n : 2 * n]),
         "out_on": (mean[pattern[(1, 0)], out] + mean[pattern[(0, 1)], out]) / 2,
+        "pass_on": passed[pattern[(1, 0)], out],
     }
 
 
@@ -409,13 +425,13 @@ def compose(model, module, levels: list[Level], options, rates: dict, input_hz: 
     gain = tuple((rates["on"][r] / rates["rest"][r].clamp(min=1e-9)).clamp(min=1.0) for r in (A, B))
     relay_src, relay_tgt = (population_index(p) for p in options.relay)
     out_on = float(rates["out_on"][relay_src])
-    if not out_on > 0:
+    pass_on = float(rates["pass_on"][relay_src])
+    if not (out_on > 0 and pass_on > 0):
         raise ConfigError(
             f"curriculum stage 2: the trained module's output {options.relay[0]} is silent with "
             "one input on; it cannot be relayed (trainer_options.relay)"
         )
 
-    P = model.n_pop
     targets = {
         k: torch.zeros(c.weight.shape, dtype=torch.float64)
         for k, c in model.connections().items()
@@ -442,14 +458,16 @@ def compose(model, module, levels: list[Level], options, rates: dict, input_hz: 
                     targets["input"][col * n : (col + 1) * n, j] = w_in[role]
                 else:
                     src = first[2 * k - 1] + j
+                    prev = levels[k - 1]  # its last output passes an odd column out through
+                    passed = prev.n_columns % 2 == 1 and j == prev.n_outputs - 1
+                    on_rate = pass_on if passed else out_on
                     values = torch.zeros(n, n, dtype=torch.float64)
-                    values[relay_tgt, relay_src] = w_in[role][relay_tgt] * input_hz / out_on
+                    values[relay_tgt, relay_src] = w_in[role][relay_tgt] * input_hz / on_rate
                     put("feedforward", col, src, values)
             partner = j ^ 1
             if partner < level.n_columns:  # cross-inhibition onto the partner
                 put("lateral", in0 + partner, col, lat[(role, 1 - role)] * scale[None, :])
             put("feedforward", out0 + j // 2, col, ff[role] * scale[None, :])
-    del P
 
     for kind, conn in model.connections().items():
         if kind == "recurrent":
