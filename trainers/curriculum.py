@@ -27,8 +27,8 @@ to ~0 (1e-6 nA), and stage 3 may grow any of them back.
 
 What the composition derives from the trained module (its rates on the XOR grid, measured here,
 never typed in): a relay's weight is the module's input weight times ``input_hz`` over the
-module output's rate with one input on, so an "on" module output drives the next module like an
-"on" bit; the "always on" column (at rest, no input) gets the module's outgoing weights times
+module output's rate with one input on (for the output of a pass-through, the one-input
+module's own rate), so an "on" module output drives the next module like an "on" bit; the "always on" column (at rest, no input) gets the module's outgoing weights times
 the ratio of an input column's rate with its bit on to its rate at rest (per source
 population), so at rest it drives the next column like an input that is on. An unpaired column
 (an odd count) is passed through by a module with one input; the "always on" column joins the
