@@ -228,8 +228,10 @@ def plot(results: list[dict], path: Path, title: str) -> Path:
         rt = np.array([row["rt_ms"] for row in r["rows"]])
         sd = np.array([row["rt_sd_ms"] for row in r["rows"]])
         ax_t.errorbar(shown, rt, yerr=sd, fmt=marker, color=color, mfc="none", label=r["name"])
-        if r["chrono"]:
-            ax_t.plot(fine, chronometric(fine, *r["chrono"]), "-", color=color, lw=1)
+        timed = c[np.isfinite(rt) & (c > 0)]
+        if r["chrono"] and timed.size:  # the fit, drawn over the coherences it was fitted to
+            span = fine[fine >= timed.min()]
+            ax_t.plot(span, chronometric(span, *r["chrono"]), "-", color=color, lw=1)
     for ax in (ax_p, ax_t):
         ax.set_xscale("log")
         ax.set_xlabel("coherence |c'| (%) (0 drawn at 0.5)")
