@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import itertools
 import json
+import logging
 import math
 import os
 import shutil
@@ -737,6 +738,20 @@ def _print_row(row: dict[str, Any], n: int, total: int) -> None:
     )
 
 
+class _NoRestoreHint(logging.Filter):
+    """Drops Tune's "Resume experiment with: Tuner.restore(...)": a sweep continues with
+    ``--resume`` (its own message says so), never with Tuner.restore."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tuner.restore" not in record.getMessage()
+
+
+def _hide_tune_restore_hint() -> None:
+    log = logging.getLogger("ray.tune.tune")
+    if not any(isinstance(f, _NoRestoreHint) for f in log.filters):
+        log.addFilter(_NoRestoreHint())
+
+
 def run_sweep(
     plan: Plan,
     out: str | Path | None = None,
@@ -771,6 +786,7 @@ def run_sweep(
     if continued and not quiet:
         print(f"continuing {out}: {len(done)} of {n_total} trials recorded", flush=True)
 
+    _hide_tune_restore_hint()
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     os.environ.setdefault("TUNE_RESULT_BUFFER_LENGTH", "0")
     from ray import tune
