@@ -347,8 +347,14 @@ def reproduce_seeds(args) -> int:
         f"Produced by `{command}` on {time.strftime('%Y-%m-%d')} ({device}, "
         f"{platform.machine()}, torch {torch.__version__}); each task trains with its "
         f"config/tasks/*.toml over train.seed = 0..{args.seeds - 1}, "
-        f"{args.concurrency} run(s) at a time, one thread each; the whole table took "
-        f"{_duration(outcome.wall_s)}. Steps to criterion: median (range) over the solved "
+        f"{args.concurrency} run(s) at a time, one thread each; "
+        + (
+            f"the whole table took {_duration(outcome.wall_s)}"
+            if outcome.ran == len(outcome.rows)
+            else f"{outcome.ran} of its runs took {_duration(outcome.wall_s)} (the others "
+            "ran before an interruption)"
+        )
+        + ". Steps to criterion: median (range) over the solved "
         "seeds; final metrics: mean ± std over seeds.\n\n" + table
     )
     print()
