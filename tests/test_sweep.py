@@ -63,6 +63,7 @@ def ray_running() -> bool:
             "dist",
         ),
         ('"train.lr" = [0.1]', {"algorithm": "random"}, "samples >= 1"),
+        ('"train.lr" = [0.1]', {"metric": "accuracyy"}, "metric = 'accuracyy' is not a metric"),
         (
             '"train.lr" = {dist = "uniform", low = -1.0, high = 0.1}',
             {"algorithm": "optuna", "samples": 2},

@@ -159,7 +159,9 @@ class SweepSpec(StrictModel):
         0.0, ge=0, description="stop a trial after this many seconds (status timeout); 0 = none"
     )
     metric: str = Field(
-        "", description="the metric to summarise; empty = each point's success.metric"
+        "",
+        description="the metric to summarise (and optuna's objective); empty = each point's "
+        "success.metric. The success criterion stays the config's success.*",
     )
     tags: list[str] = Field(default_factory=list, description="W&B tags of every trial")
     notes: str = Field("", description="W&B notes of every trial and the summary run")
@@ -333,8 +335,6 @@ class Plan:
             overrides.append(f"logging.tags={_toml_value(list(spec.tags))}")
         if spec.notes:
             overrides.append(f"logging.notes={_toml_value(spec.notes)}")
-        if spec.metric:
-            overrides.append(f"success.metric={_toml_value(spec.metric)}")
         if out is not None:
             overrides.append(f"logging.run_dir={_toml_value(str(Path(out) / 'trials'))}")
             overrides.append(f"run_name={_toml_value(self.trial_name(point, seed))}")
@@ -444,10 +444,29 @@ def make_plan(spec: SweepSpec, *, preflight: bool = True) -> Plan:
         config = _check(plan, point, what, cache)
         first = first or config
     assert first is not None  # the space is not empty
-    plan.mode = "max" if higher_is_better(first.success.metric) else "min"
+    if spec.metric:
+        _check_summary_metric(spec, first)
+    plan.mode = "max" if higher_is_better(spec.metric or first.success.metric) else "min"
     plan.project = first.logging.project
     plan.wandb_mode = first.logging.wandb_mode
     return plan
+
+
+def _check_summary_metric(spec: SweepSpec, config) -> None:
+    """``metric`` must be a metric the task reports (or ``loss``); the success criterion
+    (``success.*``) stays the config's."""
+    import torch
+
+    from trainers.build import build_task
+
+    task = build_task(config)
+    grid = task.sample_batch(conditions="all", seed=config.train.seed, dtype=torch.float64)
+    names = [*task.evaluate(grid.target, grid), "loss"]
+    if spec.metric not in names:
+        raise ConfigError(
+            f"sweep {spec.name!r}: metric = {spec.metric!r} is not a metric of {config.task}; "
+            f"allowed: {', '.join(names)}"
+        )
 
 
 def _edge_points(spec: SweepSpec) -> list[tuple[dict[str, Any], str]]:
@@ -549,7 +568,8 @@ def run_trial(plan: Plan, point: dict[str, Any], seed: int, out: Path) -> dict[s
             stale.mkdir(parents=True, exist_ok=True)
             shutil.move(str(folder), str(stale / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"))
         config = plan.config(point, seed, out)
-        row["metric"] = config.success.metric
+        metric = plan.spec.metric or config.success.metric
+        row["metric"] = metric
         limit = TimeLimit(plan.spec.time_limit_s) if plan.spec.time_limit_s else None
         callbacks = default_callbacks(config) + ([limit] if limit else [])
         result = train(config, callbacks)
@@ -560,7 +580,7 @@ def run_trial(plan: Plan, point: dict[str, Any], seed: int, out: Path) -> dict[s
             status="diverged" if result.diverged else "ok",
             solved=bool(result.solved),
             metrics={k: _plain(v) for k, v in result.metrics.items()},
-            value=_plain(result.metrics.get(config.success.metric)),
+            value=_plain(result.metrics.get(metric)),
             steps=int(result.steps),
             steps_to_criterion=_steps_to_criterion(config, result.history, threshold),
             error=result.message if result.diverged else "",
