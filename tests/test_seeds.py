@@ -120,7 +120,7 @@ def test_default_jitter_keeps_the_p_and_d_resting_rates():
     anatomical = _jittered_pd_column(0.0, 0)
     rest0 = anatomical.rest_state()[16:]
     assert float((rest0 / PD2014_RATES_HZ).log().abs().max()) < torch.tensor(1.31).log()
-    for seed in range(5):
+    for seed in range(10):
         net = _jittered_pd_column(jitter, seed)
         change = (net.recurrent.effective() / anatomical.recurrent.effective()).detach()
         on = anatomical.recurrent.mask.bool()
