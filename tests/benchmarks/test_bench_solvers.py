@@ -242,7 +242,9 @@ def test_sde_forward_backward_parity(benchmark, variant):
     net, stim, t, y0 = workload("parity", 16)
     call = _sde_train_call(net, stim, t, y0, SDE_TRAIN_VARIANTS[variant])
     out = benchmark.pedantic(call, rounds=1 if "torchsde" in variant else 3, warmup_rounds=1)
-    benchmark.extra_info.update(nfe=out.stats.nfe, max_rate_hz=float(net.rates(out.states).max()))
+    benchmark.extra_info.update(
+        nfe=out.stats.nfe, max_rate_hz=float(net.rates(out.states.detach()).max())
+    )
 
 
 def test_native_sde_overhead_parity(benchmark):
