@@ -157,7 +157,7 @@ def test_local_grid_sweep_writes_tables_plot_wandb_and_run_folders(
 
 
 def test_two_node_cluster_runs_trials_on_both_nodes_and_records_a_failing_trial(
-    tmp_path, ray_tmp, capsys
+    tmp_path, ray_tmp, capsys, monkeypatch
 ):
     """``ray start --head`` and a second ``ray start --address`` (1 CPU each), the sweep
     connects with --address; two trials at once must use both nodes. The point whose
@@ -168,14 +168,18 @@ def test_two_node_cluster_runs_trials_on_both_nodes_and_records_a_failing_trial(
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
+    # a loopback-only test cluster: no token authentication (it would need the same token
+    # file for the head, the worker and the driver, shared with every other Ray user here)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     env = {**os.environ, "RAY_TMPDIR": ray_tmp}
     common = ["--num-cpus=1", "--disable-usage-stats"]
     head = [str(ray_bin), "start", "--head", f"--port={port}", "--node-ip-address=127.0.0.1"]
     head += ["--include-dashboard=false", f"--temp-dir={ray_tmp}/ray", *common]
     worker = [str(ray_bin), "start", f"--address=127.0.0.1:{port}", *common]
     worker += ["--node-ip-address=127.0.0.1"]
-    subprocess.run(head, check=True, env=env, capture_output=True, timeout=120)
-    subprocess.run(worker, check=True, env=env, capture_output=True, timeout=120)
+    for cmd in (head, worker):
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"{' '.join(cmd)}:\n{done.stdout}\n{done.stderr}"
 
     path = sweep_file(
         tmp_path,
