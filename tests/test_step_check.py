@@ -32,7 +32,9 @@ def _train(task, tiny, *extra):
 def test_decision_at_half_a_millisecond_warns_and_names_the_step_to_use(tiny):
     """Decision's MT columns need 0.1-0.25 ms with rk4exp: at 0.5 ms the rollout leaves its own
     half-step twin by several Hz (a stable but wrong trace that training would fit to)."""
-    check, caught = _train("colenv/Decision-v0", tiny, "solver.step_ms=0.5")
+    check, caught = _train(
+        "colenv/Decision-v0", tiny, "solver.step_ms=0.5", "model.network.init_jitter=0"
+    )
     assert len(caught) == 1, [str(w.message) for w in caught]
     text = str(caught[0].message)
     assert "solver.step_ms = 0.5 is too large" in text
