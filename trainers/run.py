@@ -442,5 +442,5 @@ def evaluate_checkpoint(
     check_compatible(ckpt, config, model, p)
     model.load_state_dict(ckpt["state_dict"])
     trial = task.sample_batch(conditions="all", seed=config.train.seed, device=device, dtype=dtype)
-    metrics, _, _ = evaluate(model, task, config, trial, config.solver)
+    metrics, _, _ = evaluate(model, task, config, trial, config.solver, step=ckpt["step"])
     return {"step": ckpt["step"], **metrics}
