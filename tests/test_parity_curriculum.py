@@ -222,9 +222,9 @@ def test_each_stage_keeps_its_checkpoint_and_the_final_one_evaluates_and_resumes
 
 def test_composed_start_computes_xor_at_each_level_and_parity_at_the_root(tmp_path):
     """Stage 1 from the default initial weights (about 30-40 steps of XOR), stage 2 into the
-    4-bit tree: before any Parity training, each first-level XOR column is on (> 12 Hz)
-    exactly when its two bits differ, the second-level one (> 10 Hz) when the four bits are
-    odd, and the root fires more (by > 1 Hz) for every even pattern than for any odd one
+    4-bit tree: before any Parity training, each first-level XOR column is on (> 12 Hz, and
+    > 8 Hz above every "off" pattern) exactly when its two bits differ, the second-level one
+    (> 10 Hz, same margin) when the four bits are odd, and the root fires more (by > 1 Hz) for every even pattern than for any odd one
     (stage 3 then mostly has to scale the root's rate up to 20 Hz)."""
     config = load_config(PARITY_CONFIGS[4], quiet(tmp_path, "run_name=p4"))
     task = build_task(config)
@@ -247,10 +247,8 @@ def test_composed_start_computes_xor_at_each_level_and_parity_at_the_root(tmp_pa
         ("xor1[0]", odd, 10.0),  # XOR of the relays of the two
     ):
         rate = rates[:, name[f"{column}.L23e"]]
-        assert bool((rate[on == 1] > high).all()) and bool((rate[on == 0] < 5.0).all()), (
-            column,
-            rate,
-        )
+        low = float(rate[on == 0].max())
+        assert float(rate[on == 1].min()) > max(high, low + 8.0), (column, rate)
     root = rates[:, name["xor2[0].L23e"]]  # XOR(odd parity, always on)
     even = odd == 0
     assert float(root[even].min()) > float(root[~even].max()) + 1.0, root
