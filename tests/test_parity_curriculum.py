@@ -224,8 +224,9 @@ def test_composed_start_computes_xor_at_each_level_and_parity_at_the_root(tmp_pa
     """Stage 1 from the default initial weights (about 30-40 steps of XOR), stage 2 into the
     4-bit tree: before any Parity training, each first-level XOR column is on (> 12 Hz, and
     > 8 Hz above every "off" pattern) exactly when its two bits differ, the second-level one
-    (> 10 Hz, same margin) when the four bits are odd, and the root fires more (by > 1 Hz) for every even pattern than for any odd one
-    (stage 3 then mostly has to scale the root's rate up to 20 Hz)."""
+    (> 10 Hz, same margin) when the four bits are odd, and the root fires more (by > 1 Hz)
+    for every even pattern than for any odd one (stage 3 then mostly has to scale the root's
+    rate up to 20 Hz)."""
     config = load_config(PARITY_CONFIGS[4], quiet(tmp_path, "run_name=p4"))
     task = build_task(config)
     options = CurriculumOptions.model_validate(config.trainer_options)
