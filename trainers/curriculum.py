@@ -150,6 +150,13 @@ class CurriculumTrainer:
 
     Options = CurriculumOptions
 
+    @staticmethod
+    def check(config, task, model) -> None:
+        """Called by :func:`trainers.run.preflight` before the run folder exists: the options
+        and the tree layout (ConfigError naming the key)."""
+        options = parse(CurriculumOptions, config.trainer_options, where="trainer_options")
+        check_layout(model, task, config, options)
+
     def fit(self, model, task, config, callbacks) -> Result:
         from trainers.supervised import SupervisedTrainer
 

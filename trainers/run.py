@@ -95,7 +95,8 @@ def preflight(config) -> Prepared:
     ``train.task_kwargs``): the task builds and the data of the run (the evaluation grid, the
     training task's grid or, with ``train.conditions = "random"``, a random batch) has finite
     stimuli and targets; ``success.metric`` is a metric the task's ``evaluate``
-    reports; the model builds for the task's inputs and outputs; a rollout of the task's first
+    reports; the model builds for the task's inputs and outputs; the trainer's own
+    ``check(config, task, model)`` if it has one; a rollout of the task's first
     time steps with ``solver`` (its step divides the task's grid, the method suits the model,
     ``model.initial_state`` names a condition, the output has the task's shape, the network
     is finite at its initial weights); a ``resume`` checkpoint fits the task and the model.
@@ -132,6 +133,9 @@ def preflight(config) -> Prepared:
         _check_task_data(config, train_task, where, kwargs, None)
     _check_metric(config, task, grid)
     model = build_model(config, task, device, dtype)
+    check = getattr(trainer_cls, "check", None)
+    if callable(check):  # the trainer's own checks (its options, the model's layout)
+        check(config, task, model)
     _probe(config, model, grid, device, dtype, "task_kwargs")
     if train_task is not task and train_grid.dt_ms != grid.dt_ms:
         _probe(config, model, train_grid, device, dtype, "train.task_kwargs")
