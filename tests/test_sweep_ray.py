@@ -98,7 +98,6 @@ def sweep_file(tmp_path: Path, space: str, name: str = "s", **keys) -> Path:
     return path
 
 
-@pytest.mark.slow  # ~35-50 s on 2 shared cores; the cluster test below covers the engine
 def test_local_grid_sweep_writes_tables_plot_wandb_and_run_folders(
     tmp_path, ray_tmp, offline_wandb, capsys
 ):
@@ -211,7 +210,6 @@ def test_two_node_cluster_runs_trials_on_both_nodes_and_records_a_failing_trial(
         assert (Path(r["run_dir"]) / "checkpoints" / "last.pt").is_file()
 
 
-@pytest.mark.slow  # two Ray starts and 4 trials: ~75 s on 2 shared cores
 def test_a_killed_sweep_resumes_without_rerunning_finished_trials(tmp_path, ray_tmp):
     """kill -9 of the driver after its first recorded trial; the same command continues:
     recorded trials keep their ledger lines and run folders, the rest run once each."""
