@@ -274,3 +274,21 @@ def test_summary_run_never_raises(tmp_path, offline_wandb, monkeypatch, capsys):
         is None
     )
     assert "disk full" in capsys.readouterr().err
+
+
+def test_toml_bases_become_absolute_paths(tmp_path, monkeypatch):
+    """Trials run in Ray's workers, in other folders: a relative TOML base (the sweep's own or
+    one listed in space.base, relative to the sweep file or the current folder) is resolved
+    when the file is read, so every trial finds it."""
+    from trainers.sweep import resolve_base
+
+    (tmp_path / "cfgs").mkdir()
+    task = tmp_path / "cfgs" / "mine.toml"
+    task.write_text((ROOT / "config" / "tasks" / "xor.toml").read_text())
+    text = sweep_text('base = ["cfgs/mine.toml", "colenv/XOR-v0"]').replace(
+        f'base = "{XOR}"', 'base = "cfgs/mine.toml"'
+    )
+    spec = load_sweep(write(tmp_path, text))
+    assert spec.base == str(task) and spec.space["base"] == [str(task), XOR]
+    monkeypatch.chdir(tmp_path)
+    assert resolve_base("cfgs/mine.toml", Path("/nonexistent")) == str(task)

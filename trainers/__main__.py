@@ -300,17 +300,19 @@ def reproduce_seeds(args) -> int:
     import torch
 
     from trainers.study import results_table
-    from trainers.sweep import SweepSpec, make_plan, run_sweep
+    from trainers.sweep import SweepSpec, make_plan, resolve_base, run_sweep
     from trainers.types import higher_is_better
 
     if message := _ray_missing():
         print(f"error: {message}", file=sys.stderr)
         return 2
+    # a TOML path becomes absolute: the trials run in Ray's workers, in other folders
+    tasks = [resolve_base(t, Path.cwd()) for t in args.tasks]
     spec = SweepSpec(
         name="reproduce",
-        base=args.tasks[0],
+        base=tasks[0],
         overrides=list(args.overrides),
-        space={"base": list(args.tasks)},
+        space={"base": tasks},
         seeds=args.seeds,
         concurrency=args.concurrency,
         tags=["reproduce"],

@@ -257,7 +257,15 @@ def load_sweep(path: str | Path) -> SweepSpec:
     if "base" in raw and not isinstance(raw["base"], str):
         pass  # parse names it
     elif isinstance(raw.get("base"), str):
-        raw["base"] = _resolve_base(raw["base"], path.parent)
+        raw["base"] = resolve_base(raw["base"], path.parent)
+    space = raw.get("space")
+    if isinstance(space, dict) and isinstance(space.get("base"), list):
+        raw["space"] = {
+            **space,
+            "base": [
+                resolve_base(b, path.parent) if isinstance(b, str) else b for b in space["base"]
+            ],
+        }
     raw.setdefault("name", path.stem)
     try:
         return parse(SweepSpec, raw)
@@ -265,7 +273,7 @@ def load_sweep(path: str | Path) -> SweepSpec:
         raise ConfigError(f"{path}: {err}") from None
 
 
-def _resolve_base(base: str, here: Path) -> str:
+def resolve_base(base: str, here: Path) -> str:
     """A task id stays; a TOML path relative to the sweep file (or to the current folder)
     becomes absolute (trials run in other processes, maybe other folders)."""
     from colenv.registration import TASKS
