@@ -5,8 +5,9 @@ Loads an XOR checkpoint (``python -m trainers train colenv/XOR-v0`` leaves one i
 the four bit patterns, plus input A held on for the whole trial ("always on", with B off or
 on). Prints, at rest and at the end of the stimulus, the rates Parity's config builds on:
 the input columns' L5e (their output to C) and L4e (their cross-inhibition), and C's L2/3e
-(the module's output); then the ratio of an input column's L5e on to at rest, the factor
-config/tasks/parity.toml applies to the feedforward weights of its resting "always on" column.
+(the module's output); then the ratio of an input column's L5e on to at rest, the factor the
+Parity curriculum (trainers/curriculum.py) applies to the feedforward weights of its resting
+"always on" column.
 
     python analysis/xor_module.py --checkpoint runs/xor-v0-.../checkpoints/last.pt
 """
