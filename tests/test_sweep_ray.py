@@ -99,9 +99,8 @@ def sweep_file(tmp_path: Path, space: str, name: str = "s", **keys) -> Path:
 
 
 def test_local_grid_sweep_writes_tables_plot_wandb_and_run_folders(
-    tmp_path, ray_tmp, offline_wandb, capsys
+    tmp_path, ray_tmp, offline_wandb
 ):
-    from trainers.__main__ import main
     from trainers.wandb_logger import read_offline_run
 
     path = sweep_file(
@@ -113,8 +112,21 @@ def test_local_grid_sweep_writes_tables_plot_wandb_and_run_folders(
         tags=["t1"],
     )
     out = tmp_path / "out"
-    assert main(["sweep", str(path), "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    # in its own process, as a user runs it: the local Ray it starts and stops leaves nothing
+    # behind in this one (the cluster test below connects to another Ray from here)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+    }
+    done = subprocess.run(
+        [sys.executable, "-m", "trainers", "sweep", str(path), "--out", str(out)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = done.stdout
     assert "| p000 | 0.01 | 0/2 |" in printed or "| p000 | 0.01 |" in printed
     rows = [json.loads(x) for x in (out / "trials.jsonl").read_text().splitlines()]
     assert sorted((r["point"]["train.lr"], r["seed"]) for r in rows) == [
