@@ -265,3 +265,25 @@ def _claim_record(path: Path, task: str, resuming: bool) -> str:
     tmp.write_text(json.dumps(record, indent=2) + "\n")
     os.replace(tmp, record_path)
     return record["run_id"]
+
+
+def append_line(path: Path, line: str) -> None:
+    """Append ``line`` (ending in a newline) to ``path``, flushed and fsync'd before returning
+    (and the folder fsync'd when the file is new), so a kill -9 right after keeps it. Raises
+    OSError as ``open`` does."""
+    new = not path.exists()
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(line)
+        f.flush()
+        os.fsync(f.fileno())
+    if new:
+        try:
+            fd = os.open(path.parent, os.O_RDONLY)
+        except OSError:
+            return
+        try:
+            os.fsync(fd)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)

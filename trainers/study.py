@@ -24,6 +24,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+from trainers.rundir import append_line
 from trainers.types import higher_is_better
 
 __all__ = [
@@ -40,19 +41,6 @@ __all__ = [
 STATUSES = ("ok", "diverged", "timeout", "error")
 """A recorded trial's status: trained to its end (solved or not), stopped by a divergence,
 stopped by the sweep's per-trial time limit, or raised (its message in ``error``)."""
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 class Ledger:
@@ -86,13 +74,7 @@ class Ledger:
 
     def append(self, row: dict[str, Any]) -> None:
         """Write one row (one line), flushed and fsync'd."""
-        new = not self.path.exists()
-        with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row, default=str) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
-        if new:
-            _fsync_dir(self.path.parent)
+        append_line(self.path, json.dumps(row, default=str) + "\n")
 
 
 # ----------------------------------------------------------------------------- summaries

@@ -45,6 +45,7 @@ from typing import Any
 
 from trainers.callbacks import Callback
 from trainers.checkpoint import config_to_dict
+from trainers.rundir import append_line
 from trainers.types import Result, TrainState
 
 __all__ = [
@@ -140,19 +141,6 @@ def _default_dirs(wandb) -> dict[str, Path]:
     }
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _plain(value: Any) -> Any:
     """JSON for tensors and numpy values."""
     if hasattr(value, "tolist"):
@@ -187,13 +175,7 @@ class MetricsLog(Callback):
         row["eval/solved"] = bool(state.solved)
         line = json.dumps(row, default=_plain) + "\n"
         try:
-            new = not self.path.exists()
-            with open(self.path, "a", encoding="utf-8") as f:
-                f.write(line)
-                f.flush()
-                os.fsync(f.fileno())
-            if new:
-                _fsync_dir(self.path.parent)
+            append_line(self.path, line)
         except OSError as err:
             self.failed = True
             _warn(
