@@ -229,6 +229,20 @@ def test_summary_statistics_by_hand(tmp_path):
     assert "| accuracy >= 1 | 2/4 | 20 (10-30) | 2.0 s | 8.0 s |" in table
 
 
+def test_results_table_names_a_toml_task_as_typed(tmp_path, monkeypatch):
+    # reproduce makes TOML paths absolute for Ray's workers; the table shows them relative to
+    # the folder the user ran from (an id or a path outside it stays as it is)
+    monkeypatch.chdir(tmp_path)
+    row = {"label": "p000", "metric": "accuracy", "n": 1, "solved": 1, "metrics": {}}
+    row.update(steps_median=10, steps_min=10, steps_max=10, wall_median=1.0, wall_total=1.0)
+    inside = dict(row, point={"base": str(tmp_path / "config" / "xor_noisy.toml")})
+    outside = dict(row, label="p001", point={"base": "/elsewhere/t.toml"})
+    ident = dict(row, label="p002", point={"base": "colenv/XOR-v0"})
+    table = results_table([inside, outside, ident], {})
+    assert "| config/xor_noisy.toml |" in table
+    assert "| /elsewhere/t.toml |" in table and "| colenv/XOR-v0 |" in table
+
+
 def test_markdown_cells_stay_on_one_line():
     text = markdown_table(["a", "b"], [["x|y", "line\nbreak"]])
     assert text.splitlines()[2] == "| x\\|y | line break |"

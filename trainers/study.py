@@ -367,6 +367,18 @@ def summary_markdown(keys: Sequence[str], summary: Sequence[dict[str, Any]]) -> 
     return markdown_table(header, body)
 
 
+def _task_name(base: str) -> str:
+    """A task id as it is; a TOML file (made absolute for the workers) relative to the current
+    folder when it lies under it, as the user typed it."""
+    path = Path(base)
+    if path.is_absolute():
+        try:
+            return str(path.relative_to(Path.cwd()))
+        except ValueError:
+            return base
+    return base
+
+
 def results_table(summary: Sequence[dict[str, Any]], criteria: dict[str, str]) -> str:
     """The results table of a study whose points are tasks (``reproduce --seeds``): per task
     its criterion (``criteria[label]``), success rate, steps to criterion (median and range
@@ -379,7 +391,7 @@ def results_table(summary: Sequence[dict[str, Any]], criteria: dict[str, str]) -
         metrics = ", ".join(
             f"{m} {_pm(*ms)}" for m, ms in s["metrics"].items() if not m.startswith("n_")
         )
-        task = s["point"].get("base", s["label"])
+        task = _task_name(s["point"].get("base", s["label"]))
         body.append(
             [
                 task,
