@@ -191,3 +191,23 @@ def test_hold_kwargs_validation():
     for bad in (0.0, -1.0, "3"):
         with pytest.raises(ValueError, match="stimulus_rmse_limit_hz"):
             Decision(stimulus_rmse_limit_hz=bad)
+
+
+def test_accuracy_min_coherence_scores_only_strong_trials(grid_trial):
+    """Wrong on the 4 trials with |c'| < 12.8 % (3.2, 6.4): accuracy 6/6 from 12.8 % on,
+    accuracy_all 6/10; hold_accuracy restricted alike; default 0 scores all 10."""
+    _, trial = grid_trial
+    c = trial.conditions["coherence_pct"]
+    out = trial.target.clone()
+    weak = (c != 0) & (c.abs() < 12.8)
+    out[:, weak] = out[:, weak].flip(-1)
+    strong_only = Decision(accuracy_min_coherence_pct=12.8).evaluate(out, trial)
+    assert strong_only["accuracy"] == 1.0 and strong_only["n_trials"] == 6
+    assert strong_only["hold_accuracy"] == 1.0 and strong_only["n_correct"] == 6
+    assert strong_only["accuracy_all"] == pytest.approx(0.6)
+    default = Decision().evaluate(out, trial)
+    assert default["accuracy"] == pytest.approx(0.6) and default["n_trials"] == 10
+    assert default["accuracy_all"] == default["accuracy"]
+    for bad in (-1.0, float("nan"), "12.8"):
+        with pytest.raises(ValueError, match="accuracy_min_coherence_pct"):
+            Decision(accuracy_min_coherence_pct=bad)
