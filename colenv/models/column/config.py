@@ -103,11 +103,20 @@ def jitter_weights_(net, std: float, seed: int) -> None:
     except DivergenceError:
         rest = None
     if rest is not None:
-        rates = rest[2 * net.n_pop :]
+        P = net.n_pop
+        rates = rest[2 * P : 3 * P][None, :].expand(P, P)
+        gated = {}
+        if getattr(net, "gated", False):  # gated entries see S* / (gamma tau_S) at rest
+            tau_g, gamma = net.gate_constants()
+            s_rates = (rest[3 * P :] / (gamma * tau_g))[None, :].expand(P, P)
+            for k in recurrent_kinds:
+                gate = getattr(net, f"gate_{k}", None)
+                if gate is not None:
+                    gated[k] = torch.where(gate.detach().cpu() > 0, s_rates, rates)
         share = torch.cat(  # [target, 3 P]: each trainable entry's input at rest (nA Hz)
             [
                 conns[k].effective().detach().cpu().double()
-                * rates[None, :]
+                * gated.get(k, rates)
                 * conns[k].train_mask.detach().cpu().double()
                 for k in recurrent_kinds
             ],

@@ -625,8 +625,12 @@ def fast_rollout(
             what removes Euler-Maruyama's rate artefacts). ``generator`` draws xi, all of
             the rollout's at once (:func:`noise_increments`); sigma = 0 adds nothing.
 
+    With the gating synapse (``terms.w_slow_t``, state [v, a, r, S]) only rk4exp runs
+    (classical RK4 on (v, a, S), r as without it; other methods raise ConfigError), on the
+    torch path (its own discrete adjoint, or autograd as the options say); noise on v only.
+
     Returns:
-        states [T, B, 3P] on the grid.
+        states [T, B, 3P] on the grid ([T, B, 4P] with gating).
     """
     if method not in STAGES:
         raise ConfigError(f"unknown fast method {method!r}; allowed: {', '.join(STAGES)}")
@@ -639,6 +643,12 @@ def fast_rollout(
     dws = None
     if noise and terms.sigma != 0.0:
         dws = noise_increments(terms, n_int, n_sub, h, y0[:, :P], generator)
+    if terms.gated:
+        if y0.shape[-1] != 4 * P:
+            raise ValueError(f"a gated network's state is [B, 4P = {4 * P}], got {tuple(y0.shape)}")
+        if options.kernel != "torch":
+            _use_native(options.kernel, method, backward, y0, terms)  # kernel="native" errors
+        return _gated_rollout(terms, y0, n_points, n_sub, h, method, options, dws)
     if options.kernel != "torch" and _use_native(options.kernel, method, backward, y0, terms):
         from colenv.models.column import native
 
@@ -709,7 +719,9 @@ def _use_native(kernel, method, backward, y0, terms: ColumnTerms) -> bool:
     w_t, drive, kappa = terms.w_t, terms.drive, terms.kappa
     grad = torch.is_grad_enabled() and any(x.requires_grad for x in (y0, w_t, drive, kappa))
     why = None
-    if method != "rk4exp":
+    if terms.w_slow_t is not None:
+        why = "it has no gating synapse yet (model.network.gating); the torch path runs it"
+    elif method != "rk4exp":
         why = f"it integrates rk4exp (method={method!r})"
     elif grad and backward == "autograd":
         why = "its gradient is the discrete adjoint (backward='autograd' was asked for)"
@@ -752,3 +764,389 @@ def _adjoint_rollout(terms, y0, n_points, n_sub, h, options: FastOptions, noise)
         drives, wt = plan.drives(drive), w_t.contiguous()
         plan.run("forward", *plan.split(y0), drives, wt, kappa, chunks, states=states)
     return states
+
+
+# ----------------------------------------------------------------------------- gating synapse
+# With the slow gating synapse (ColumnTerms.w_slow_t, docs/science.md) the state is (v, a, r,
+# S) and rk4exp is classical RK4 on (v, a, S) (the same four stage rates drive all three), r
+# filtered exactly against the stage rates as without it. These functions mirror the ungated
+# ones above (which stay as they are, so a network without gating runs the same operations).
+
+
+def _gate_key(terms: ColumnTerms) -> tuple[float, float]:
+    return (float(terms.gate_tau), float(terms.gate_gamma))
+
+
+def _rk4exp_step_gated(h: float, c: dict, gate: tuple[float, float]) -> Callable:
+    """:func:`_rk4exp_step` with the gating variable: ``step(v, a, r, s, drive, w_t, ws_t, ka,
+    phi, qs=None) -> (v, a, r, s)``; ``ws_t`` [P source, P target] the gated weights, ``gate``
+    (tau_S in s, gamma); ``qs``, a list, records the S of every stage (for the adjoint)."""
+    inv_tau_m, inv_tau_a = 1.0 / c["tau_m"], 1.0 / c["tau_a"]
+    tau_g, gamma = gate
+    inv_tau_g, inv_g = 1.0 / tau_g, 1.0 / (gamma * tau_g)
+    e_r = math.exp(-h / c["tau_s"])
+    w0, wm, w1 = _filter_weights(c["tau_s"], h)
+    h2, h6 = 0.5 * h, h / 6.0
+
+    def deriv(v, a, s, drive, w_t, ws_t, ka, phi, qs):
+        if qs is not None:
+            qs.append(s)
+        p = phi(v - a)
+        dv = torch.mm(p, w_t) + torch.mm(s * inv_g, ws_t) - (v * inv_tau_m - drive)
+        ds = gamma * p - s * (inv_tau_g + gamma * p)
+        return p, dv, ka * p - a * inv_tau_a, ds
+
+    def step(v, a, r, s, drive, w_t, ws_t, ka, phi, qs=None):
+        args = (drive, w_t, ws_t, ka, phi, qs)
+        p1, dv1, da1, ds1 = deriv(v, a, s, *args)
+        p2, dv2, da2, ds2 = deriv(v + h2 * dv1, a + h2 * da1, s + h2 * ds1, *args)
+        p3, dv3, da3, ds3 = deriv(v + h2 * dv2, a + h2 * da2, s + h2 * ds2, *args)
+        p4, dv4, da4, ds4 = deriv(v + h * dv3, a + h * da3, s + h * ds3, *args)
+        v = v + h6 * (dv1 + 2.0 * (dv2 + dv3) + dv4)
+        a = a + h6 * (da1 + 2.0 * (da2 + da3) + da4)
+        s = s + h6 * (ds1 + 2.0 * (ds2 + ds3) + ds4)
+        r = e_r * r + w0 * p1 + wm * (p2 + p3) + w1 * p4
+        return v, a, r, s
+
+    return step
+
+
+def _make_gated_interval(n_sub: int, h: float, c: dict, gate: tuple[float, float]) -> Callable:
+    """One grid interval of gated rk4exp under autograd:
+    ``fn(v, a, r, s, drive, w_t, ws_t, kappa, dw) -> (v, a, r, s, y)``, y = cat(v, a, r, s)."""
+    inv_tau_a = 1.0 / c["tau_a"]
+    step = _rk4exp_step_gated(h, c, gate)
+    phi = rate_function(c, "autograd")
+
+    def interval(v, a, r, s, drive, w_t, ws_t, kappa, dw=None):
+        ka = kappa * inv_tau_a
+        for i in range(n_sub):
+            v, a, r, s = step(v, a, r, s, drive, w_t, ws_t, ka, phi)
+            if dw is not None:
+                v = v + dw[i]
+        return v, a, r, s, torch.cat([v, a, r, s], dim=-1)
+
+    return interval
+
+
+def _make_gated_chunk(
+    n_sub: int, h: float, c: dict, gate: tuple[float, float], unroll: int, *, store: bool
+) -> Callable:
+    """:func:`_make_rk4exp_chunk` with gating: ``chunk(v, a, r, s, drives, w_t, ws_t, kappa,
+    dws) -> (v, a, r, s, ys[, ps, ss, qs])``, ys [unroll, B, 4P]; with ``store`` also the
+    stage S values qs [unroll * n_sub * 4, B, P]."""
+    inv_tau_a = 1.0 / c["tau_a"]
+    step = _rk4exp_step_gated(h, c, gate)
+    rate = rate_function(c, "value")
+    rate_slope = rate_function(c, "slope")
+
+    def chunk(v, a, r, s, drives, w_t, ws_t, kappa, dws):
+        ka = kappa * inv_tau_a
+        ys, ps, ss = [], [], []
+        qs = [] if store else None
+        phi = rate
+        if store:
+
+            def phi(x):
+                p, sl = rate_slope(x)
+                ps.append(p)
+                ss.append(sl)
+                return p
+
+        for k in range(unroll):
+            drive = drives[k]
+            for i in range(n_sub):
+                v, a, r, s = step(v, a, r, s, drive, w_t, ws_t, ka, phi, qs)
+                if dws is not None:
+                    v = v + dws[k * n_sub + i]
+            ys.append(torch.cat([v, a, r, s], dim=-1))
+        if store:
+            return v, a, r, s, torch.stack(ys), torch.stack(ps), torch.stack(ss), torch.stack(qs)
+        return v, a, r, s, torch.stack(ys)
+
+    return chunk
+
+
+def _make_gated_chunk_backward(
+    n_sub: int, h: float, c: dict, gate: tuple[float, float], unroll: int
+) -> Callable:
+    """Adjoint of :func:`_make_gated_chunk`: ``back(lv, la, lr, ls, g_wt, g_wst, g_ys, ps, ss,
+    qs, w, ws, kappa) -> (lv, la, lr, ls, g_wt, g_wst, g_drives)``; ``ss`` a list of
+    ``unroll`` [n_sub * 4, B, P] slopes, ps and qs [unroll * n_sub * 4, B, P]; w, ws
+    [P target, P source]. Per stage i (rate p_i, slope s_i, gate q_i), besides the ungated
+    recursion (:func:`_make_rk4exp_chunk_backward`), with g_dS_i = b_i ls + c_{i+1} h g_S_{i+1}:
+        g_p_i = g_dv_i W + kappa/tau_a g_da_i + w_r,i lr + gamma (1 - q_i) g_dS_i
+        g_S_i = g_dv_i W_slow / (gamma tau_S) - g_dS_i (1 / tau_S + gamma p_i)
+        ls += sum_i g_S_i,  g_Wst += sum_i (q_i / (gamma tau_S))^T g_dv_i.
+    """
+    inv_tau_m, inv_tau_a = 1.0 / c["tau_m"], 1.0 / c["tau_a"]
+    tau_g, gamma = gate
+    inv_tau_g, inv_g = 1.0 / tau_g, 1.0 / (gamma * tau_g)
+    e_r = math.exp(-h / c["tau_s"])
+    w0, wm, w1 = _filter_weights(c["tau_s"], h)
+    h2, h6 = 0.5 * h, h / 6.0
+    h3 = 2.0 * h6
+
+    def stage(g_dv, g_da, g_ds, g_p_r, sl, p, q, w, ws, ka):
+        g_p = torch.mm(g_dv, w) + (g_p_r + ka * g_da + gamma * (1.0 - q) * g_ds)
+        g_u = sl * g_p
+        g_s = torch.mm(g_dv, ws) * inv_g - g_ds * (inv_tau_g + gamma * p)
+        return g_u - g_dv * inv_tau_m, -g_u - g_da * inv_tau_a, g_s
+
+    def back(lv, la, lr, ls, g_wt, g_wst, g_ys, ps, ss, qs, w, ws, kappa):
+        P = lv.shape[-1]
+        ka = kappa * inv_tau_a
+        g_drives: list = [None] * unroll
+        g_dvs: list = [None] * (unroll * n_sub * 4)
+        for k in range(unroll - 1, -1, -1):
+            g = g_ys[k]
+            lv = lv + g[:, :P]
+            la = la + g[:, P : 2 * P]
+            lr = lr + g[:, 2 * P : 3 * P]
+            ls = ls + g[:, 3 * P :]
+            g_drive = None
+            s_k = ss[k]
+            for i in range(n_sub - 1, -1, -1):
+                j = (k * n_sub + i) * 4
+                lr_m = wm * lr
+                st = [(s_k[4 * i + m], ps[j + m], qs[j + m], w, ws, ka) for m in range(4)]
+                g_dv4, g_da4, g_ds4 = h6 * lv, h6 * la, h6 * ls
+                g_v4, g_a4, g_s4 = stage(g_dv4, g_da4, g_ds4, w1 * lr, *st[3])
+                g_dv3, g_da3, g_ds3 = h3 * lv + h * g_v4, h3 * la + h * g_a4, h3 * ls + h * g_s4
+                g_v3, g_a3, g_s3 = stage(g_dv3, g_da3, g_ds3, lr_m, *st[2])
+                g_dv2 = h3 * lv + h2 * g_v3
+                g_da2, g_ds2 = h3 * la + h2 * g_a3, h3 * ls + h2 * g_s3
+                g_v2, g_a2, g_s2 = stage(g_dv2, g_da2, g_ds2, lr_m, *st[1])
+                g_dv1 = h6 * lv + h2 * g_v2
+                g_da1, g_ds1 = h6 * la + h2 * g_a2, h6 * ls + h2 * g_s2
+                g_v1, g_a1, g_s1 = stage(g_dv1, g_da1, g_ds1, w0 * lr, *st[0])
+                lv = lv + g_v1 + g_v2 + g_v3 + g_v4
+                la = la + g_a1 + g_a2 + g_a3 + g_a4
+                ls = ls + g_s1 + g_s2 + g_s3 + g_s4
+                lr = e_r * lr
+                g_dvs[j : j + 4] = [g_dv1, g_dv2, g_dv3, g_dv4]
+                g_step = g_dv1 + g_dv2 + g_dv3 + g_dv4
+                g_drive = g_step if g_drive is None else g_drive + g_step
+            g_drives[k] = g_drive
+        g_dv_all = torch.cat(g_dvs)
+        g_wt = torch.addmm(g_wt, ps.reshape(-1, P).t(), g_dv_all)
+        g_wst = torch.addmm(g_wst, qs.reshape(-1, P).t(), g_dv_all, alpha=inv_g)
+        return lv, la, lr, ls, g_wt, g_wst, torch.stack(g_drives)
+
+    return back
+
+
+def gated_chunk_function(
+    kind: str,
+    n_sub: int,
+    h: float,
+    c: dict,
+    gate: tuple[float, float],
+    unroll: int,
+    *,
+    compile: bool,
+    like: torch.Tensor,
+) -> Callable:
+    """The (cached) gated rk4exp chunk function: kind "forward", "store" or "backward"."""
+
+    def make():
+        if kind == "backward":
+            return _make_gated_chunk_backward(n_sub, h, c, gate, unroll)
+        return _make_gated_chunk(n_sub, h, c, gate, unroll, store=kind == "store")
+
+    key = ("gated-chunk", kind, n_sub, float(h), tuple(sorted(c.items())), gate, unroll)
+    options = {"cpp_wrapper": True} if like.device.type == "cpu" else None
+    return _cached(key, like, compile, make, options)
+
+
+class _GatedPlan(_Plan):
+    """:class:`_Plan` for the state (v, a, r, S) and the weights (w_t, ws_t)."""
+
+    def __init__(self, terms, *args):
+        super().__init__(terms, *args)
+        gate, (n_sub, h, unroll) = _gate_key(terms), (self.n_sub, args[2], self.unroll)
+        compile, like = args[4], args[-1]
+        c = terms.constants
+        self.fn = lambda kind: gated_chunk_function(
+            kind, n_sub, h, c, gate, unroll, compile=compile, like=like
+        )
+
+    def split(self, y: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        P = self.P
+        return tuple(y[:, i * P : (i + 1) * P].contiguous() for i in range(4))
+
+    def run(self, kind, xs, drives, ws, kappa, chunks, stores=None, states=None):
+        """Run ``chunks`` forward from xs = (v, a, r, s) with ws = (w_t, ws_t); as
+        :meth:`_Plan.run`, stores (ps, ss, qs) per chunk."""
+        fn = self.fn(kind)
+        K = self.unroll
+        for ci in chunks:
+            res = fn(*xs, drives[ci * K : (ci + 1) * K], *ws, kappa, self.noise(ci))
+            xs = res[:4]
+            if states is not None:
+                n = min(K, self.n_int - ci * K)
+                states[1 + ci * K : 1 + ci * K + n] = res[4][:n]
+            if stores is not None:
+                stores.append((res[5], self.per_interval(res[6]), res[7]))
+        return xs
+
+
+class _GatedAdjoint(torch.autograd.Function):
+    """Gated rk4exp rollout with its hand-written discrete adjoint as the backward."""
+
+    @staticmethod
+    def forward(ctx, y0, drive, w_t, ws_t, kappa, plan: _GatedPlan):
+        ws = (w_t.detach().contiguous(), ws_t.detach().contiguous())
+        xs = plan.split(y0.detach())
+        drives = plan.drives(drive.detach())
+        states = plan.new_states(y0.detach())
+        if plan.seg:
+            starts = []
+            for c0 in range(0, plan.n_chunks, plan.seg):
+                starts.append(xs)
+                chunks = range(c0, min(c0 + plan.seg, plan.n_chunks))
+                xs = plan.run("forward", xs, drives, ws, kappa, chunks, states=states)
+            ctx.starts, ctx.stores = starts, None
+        else:
+            stores: list = []
+            plan.run("store", xs, drives, ws, kappa, range(plan.n_chunks), stores, states)
+            ctx.stores = stores
+        ctx.plan, ctx.drives = plan, drives
+        ctx.save_for_backward(*ws, kappa)
+        ctx.drive_shape = drive.shape
+        return states
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_states):
+        plan = ctx.plan
+        wt, wst, kappa = ctx.saved_tensors
+        P, K, n_int = plan.P, plan.unroll, plan.n_int
+        w, ws = wt.t().contiguous(), wst.t().contiguous()
+        g_states = g_states.contiguous()
+        zeros = g_states.new_zeros(g_states.shape[1:])
+        g_rows = list(g_states.unbind(0)) + [zeros] * (plan.n_chunks * K - n_int)
+        lam = [g_states.new_zeros(g_states.shape[1], P) for _ in range(4)]
+        g_wt, g_wst = torch.zeros_like(wt), torch.zeros_like(wst)
+        g_drives: list = [None] * plan.n_chunks
+        back = plan.fn("backward")
+        seg_stores: dict = {}
+        for ci in range(plan.n_chunks - 1, -1, -1):
+            if ctx.stores is not None:
+                ps, ss, qs = ctx.stores[ci]
+            else:
+                c0 = (ci // plan.seg) * plan.seg
+                if c0 not in seg_stores:
+                    seg_stores.clear()
+                    seg_stores[c0] = []
+                    chunks = range(c0, min(c0 + plan.seg, plan.n_chunks))
+                    start = ctx.starts[c0 // plan.seg]
+                    plan.run("store", start, ctx.drives, (wt, wst), kappa, chunks, seg_stores[c0])
+                ps, ss, qs = seg_stores[c0][ci - c0]
+            *lam, g_wt, g_wst, g_drives[ci] = back(
+                *lam, g_wt, g_wst, g_rows[ci * K + 1 : (ci + 1) * K + 1], ps, ss, qs, w, ws, kappa
+            )
+        g_y0 = g_drive = None
+        if ctx.needs_input_grad[0]:
+            g_y0 = g_states[0] + torch.cat(lam, dim=-1)
+        if ctx.needs_input_grad[1]:
+            rest = g_states.new_zeros(ctx.drive_shape[0] - n_int, *ctx.drive_shape[1:])
+            g_drive = torch.cat([torch.cat(g_drives)[:n_int], rest])
+        g_w = g_wt if ctx.needs_input_grad[2] else None
+        g_ws = g_wst if ctx.needs_input_grad[3] else None
+        return g_y0, g_drive, g_w, g_ws, None, None
+
+
+def _gated_rollout(terms, y0, n_points, n_sub, h, method, options: FastOptions, dws):
+    """Gated rk4exp (:func:`fast_rollout` with ``terms.w_slow_t``): the discrete adjoint
+    unless ``backward`` is "autograd" or kappa requires grad, else autograd through the steps
+    (``checkpoint_every`` through ``torch.utils.checkpoint`` there)."""
+    if method != "rk4exp":
+        raise ConfigError(
+            f"solver.method = {method!r} does not integrate the gating synapse "
+            "(model.network.gating); allowed with gating: 'rk4exp' or a torchdiffeq method "
+            "(e.g. 'dopri5')"
+        )
+    P = terms.n_pop
+    w_t, ws_t, kappa, drive = terms.w_t, terms.w_slow_t, terms.kappa, terms.drive
+    n_int = n_points - 1
+    adjoint = options.backward != "autograd"
+    if adjoint and kappa.requires_grad:
+        if options.backward == "discrete_adjoint":
+            raise ConfigError(
+                "solver.fast.backward = 'discrete_adjoint' has no gradient for kappa (kappa "
+                "requires grad); use 'auto' or 'autograd'"
+            )
+        adjoint = False
+    like = y0[:, :P]
+    if adjoint:
+        unroll = options.unroll or (DEFAULT_UNROLL if options.compile else 1)
+        steps = None if dws is None else list(dws.flatten(0, 1).unbind(0))
+        plan = _GatedPlan(
+            terms,
+            n_points,
+            n_sub,
+            h,
+            unroll,
+            options.compile,
+            options.checkpoint_every,
+            steps,
+            like,
+        )
+        if steps is not None:
+            steps.extend([torch.zeros_like(like)] * ((plan.n_chunks * unroll - n_int) * n_sub))
+        if torch.is_grad_enabled() and any(x.requires_grad for x in (y0, w_t, ws_t, drive)):
+            return _GatedAdjoint.apply(y0, drive, w_t, ws_t, kappa, plan)
+        with torch.no_grad():
+            states = plan.new_states(y0)
+            ws = (w_t.contiguous(), ws_t.contiguous())
+            plan.run(
+                "forward",
+                plan.split(y0),
+                plan.drives(drive),
+                ws,
+                kappa,
+                range(plan.n_chunks),
+                states=states,
+            )
+        return states
+    key = ("gated", n_sub, float(h), tuple(sorted(terms.constants.items())), _gate_key(terms))
+    fn = _cached(
+        key,
+        like,
+        options.compile,
+        lambda: _make_gated_interval(n_sub, h, terms.constants, _gate_key(terms)),
+    )
+    xs = tuple(y0[:, i * P : (i + 1) * P] for i in range(4))
+    needs_grad = torch.is_grad_enabled() and any(
+        x.requires_grad for x in (y0, w_t, ws_t, kappa, drive)
+    )
+    if options.checkpoint_every and needs_grad:
+        if dws is not None:
+            raise ConfigError(
+                "solver.fast.checkpoint_every with noise needs the discrete adjoint (rk4exp "
+                "without a kappa gradient)"
+            )
+        from torch.utils.checkpoint import checkpoint
+
+        chunks = [y0[None]]
+        for k0 in range(0, n_int, options.checkpoint_every):
+            k1 = min(k0 + options.checkpoint_every, n_int)
+            *xs, ys = checkpoint(
+                _gated_chunk_autograd, fn, *xs, drive[k0:k1], w_t, ws_t, kappa, use_reentrant=True
+            )
+            chunks.append(ys)
+        return torch.cat(chunks)
+    out = [y0]
+    for k in range(n_int):
+        *xs, y = fn(*xs, drive[k], w_t, ws_t, kappa, None if dws is None else dws[k])
+        out.append(y)
+    return torch.stack(out)
+
+
+def _gated_chunk_autograd(fn, v, a, r, s, drives, w_t, ws_t, kappa):
+    ys = []
+    for drive in drives:
+        v, a, r, s, y = fn(v, a, r, s, drive, w_t, ws_t, kappa)
+        ys.append(y)
+    return v, a, r, s, torch.stack(ys)

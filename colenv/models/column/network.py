@@ -26,6 +26,15 @@ their mean (240.5).
 
 The state of one trial is y = [v (P), a (P), r (P)] with P = 8 x columns; the drift works on a
 batch y [B, 3P] with a few tensor ops and no Python loop over trials, columns or areas.
+
+Optional slow gating synapse (``spec.gating``, off by default; docs/science.md): chosen
+connections act through a saturating gating variable S of their source (Wong & Wang 2006's
+NMDA gating) instead of its rate, and the state becomes y = [v, a, r, S] [B, 4P]:
+
+    dS/dt = -S / tau_S + gamma (1 - S) phi
+    I     = tau_s (W_fast phi + W_slow S / (gamma tau_S) + w_bg nu_bg + W_in u(t))
+
+W_fast + W_slow = W: a fixed gate mask per connection kind splits each effective weight.
 Time inside the dynamics is in seconds (rates in Hz = 1/s); tasks and configs speak ms.
 """
 
@@ -126,8 +135,9 @@ class ColumnNetwork(nn.Module):
             ``spec.init_seed`` overrides it; a training run passes ``train.seed``.
         device, dtype: where the weights live.
 
-    Shapes: state y [B, S] with S = 3P, P = 8 x n_columns; input u [T, B, n_inputs];
-    readout [T, B, n_outputs] with one output per column of the last area.
+    Shapes: state y [B, S] with S = 3P ([v, a, r]; 4P = [v, a, r, S] with ``spec.gating``),
+    P = 8 x n_columns; input u [T, B, n_inputs]; readout [T, B, n_outputs] with one output per
+    column of the last area.
     """
 
     Config = ColumnsConfig
@@ -154,7 +164,8 @@ class ColumnNetwork(nn.Module):
         n_cols = spec.n_columns
         self.n_columns = n_cols
         self.n_pop = P = N_POP * n_cols
-        self.state_size = 3 * P
+        self.gated = spec.gating is not None
+        self.state_size = (4 if self.gated else 3) * P
         self.n_inputs = spec.n_inputs
 
         # Which area/column each column belongs to, and per-population metadata.
@@ -281,6 +292,8 @@ class ColumnNetwork(nn.Module):
         readout_idx = ((pop_area == last) & (pop_type == population_index(spec.readout))).nonzero()
         self.register_buffer("readout_index", readout_idx.flatten(), persistent=False)
         self.n_outputs = int(self.readout_index.numel())
+        if spec.gating is not None:
+            self._gate_masks(spec, pop_type)
         if spec.init_jitter > 0:
             jitter_seed = seed if spec.init_seed is None else spec.init_seed
             jitter_weights_(self, spec.init_jitter, jitter_seed)
@@ -328,6 +341,30 @@ class ColumnNetwork(nn.Module):
         mask = (init > 0).double() * float(conn.enabled)
         return init * mask, mask
 
+    def _gate_masks(self, spec: NetworkSpec, pop_type: torch.Tensor) -> None:
+        """Buffers ``gate_<kind>`` [P target, P source] 0/1: the entries of each gated kind
+        that act through S; ConfigError for a gating pair that matches no connection."""
+        gating = spec.gating
+        conns = self.connections()
+        found = dict.fromkeys(gating.pairs, False)
+        for kind in gating.kinds:
+            mask = conns[kind].mask.double()
+            gate = torch.zeros_like(mask)
+            for pair in gating.pairs:
+                m8 = _pair_matrix((pair,), "gating")
+                part = mask * m8[pop_type[:, None], pop_type[None, :]]
+                found[pair] = found[pair] or bool(part.any())
+                gate = torch.maximum(gate, part)
+            self.register_buffer(f"gate_{kind}", gate, persistent=False)
+        missing = [list(pair) for pair, hit in found.items() if not hit]
+        if missing:
+            raise ConfigError(
+                f"network.gating.pairs: {missing[0]!r} matches no existing connection of kind "
+                f"{' or '.join(gating.kinds)} (allowed: [source, target] population types "
+                "joined by an enabled connection of the gated kinds; check network.gating.kinds "
+                "and the connection's enabled/pairs)"
+            )
+
     @staticmethod
     def _train_mask(conn: ConnectionSpec, mask: torch.Tensor, pop_type: torch.Tensor):
         if conn.trainable is True:
@@ -349,6 +386,27 @@ class ColumnNetwork(nn.Module):
     def weight_matrix(self) -> torch.Tensor:
         """Total effective recurrent-network weight W [P target, P source] (nA)."""
         return self.recurrent.effective() + self.lateral.effective() + self.feedforward.effective()
+
+    def weight_split(self) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(W_fast, W_slow) [P target, P source] (nA): the entries driven by the source's rate
+        and those gated by its S (``spec.gating``); W_fast + W_slow = :meth:`weight_matrix`.
+        Without gating, (weight_matrix(), None)."""
+        if not self.gated:
+            return self.weight_matrix(), None
+        fast, slow = None, None
+        for kind in ("recurrent", "lateral", "feedforward"):
+            w = self.connections()[kind].effective()
+            gate = getattr(self, f"gate_{kind}", None)
+            if gate is not None:
+                slow = w * gate if slow is None else slow + w * gate
+                w = w * (1.0 - gate)
+            fast = w if fast is None else fast + w
+        return fast, slow
+
+    def gate_constants(self) -> tuple[float, float] | None:
+        """(tau_S in s, gamma) of the gating synapse, None without gating."""
+        g = self.spec.gating
+        return None if g is None else (g.tau_ms * 1e-3, g.gamma)
 
     def weight_pattern(self) -> torch.Tensor:
         """Where W can be nonzero, [P target, P source] bool: the union of the recurrent, lateral
@@ -392,26 +450,27 @@ class ColumnNetwork(nn.Module):
             )
         c = self.constants()
         gain = c["gain"]
-        w = self.weight_matrix() * gain
+        w, w_slow = self.weight_split()
+        w = w * gain
         # one fused product writes the [T, B, P] drive once (matmul, + bg, * gain were three
         # passes over it: ~0.1 s of a 1.5 s rollout at batch 256, docs/profiling.md)
         T, B, n_in = stimulus.shape
         drive = torch.addmm(
             self.bg_drive * gain, stimulus.reshape(T * B, n_in), self.input.effective().t() * gain
         ).view(T, B, self.n_pop)
-        return Dynamics(self, w, drive, c)
+        return Dynamics(self, w, drive, c, None if w_slow is None else w_slow * gain)
 
     def phi(self, y: torch.Tensor) -> torch.Tensor:
         """Instantaneous rates f(v - a) of states y [..., S] -> [..., P]."""
         c = self.constants()
-        v, a, _ = y.split(self.n_pop, dim=-1)
-        return _rate(v - a, c)
+        P = self.n_pop
+        return _rate(y[..., :P] - y[..., P : 2 * P], c)
 
     def rates(self, states: torch.Tensor) -> torch.Tensor:
         """Population rates (Hz) [..., P] of states [..., S] in the configured readout variable."""
         if self.spec.readout_variable == "phi":
             return self.phi(states)
-        return states[..., 2 * self.n_pop :]
+        return states[..., 2 * self.n_pop : 3 * self.n_pop]
 
     def readout(self, states: torch.Tensor) -> torch.Tensor:
         """Output rates [..., n_outputs]: the readout population of each last-area column."""
@@ -426,6 +485,10 @@ class ColumnNetwork(nn.Module):
         implicit-Euler steps (I/ds - F'(u)) du = F(u) of the relaxation du/ds = F(u), with ds
         growing as the residual falls, so it follows the dynamics into a stable fixed point and
         ends in Newton's quadratic convergence. Float64. v = u + a, a = kappa f(u), r = f(u).
+        With gating, S is at its steady state too, S* = gamma tau_S phi / (1 + gamma tau_S phi),
+        so W_slow acts on S* / (gamma tau_S) = phi / (1 + gamma tau_S phi) and the state ends
+        in S*. (The continuation follows the dynamics with a and S slaved to u; a fixed point
+        is one of the full system either way.)
         Raises :class:`colenv.DivergenceError` naming a NaN/inf parameter, buffer or drive,
         or if it does not converge.
         """
@@ -442,7 +505,10 @@ class ColumnNetwork(nn.Module):
                 "finite weights and drive (reload a checkpoint written while training was finite)"
             )
         c = self.constants()
-        w = (self.weight_matrix() * c["gain"] * c["tau_m"]).double()
+        w_fast, w_slow = self.weight_split()
+        w = (w_fast * c["gain"] * c["tau_m"]).double()
+        ws = None if w_slow is None else (w_slow * c["gain"] * c["tau_m"]).double()
+        gt = 0.0 if ws is None else self.gate_constants()[0] * self.gate_constants()[1]
         b = (self.bg_drive if drive is None else drive).double() * c["gain"] * c["tau_m"]
         kappa = self.kappa.double()
         eye = torch.eye(self.n_pop, dtype=torch.float64, device=b.device)
@@ -451,7 +517,9 @@ class ColumnNetwork(nn.Module):
 
         def residual(u):
             phi = _rate(u, c)
-            return w @ phi + b - kappa * phi - u
+            if ws is None:
+                return w @ phi + b - kappa * phi - u
+            return w @ phi + ws @ (phi / (1.0 + gt * phi)) + b - kappa * phi - u
 
         u = b.clone()  # a cold start from the background drive: same weights, same rest state
         res = residual(u)
@@ -460,8 +528,10 @@ class ColumnNetwork(nn.Module):
         for _ in range(400):
             if norm < tol:
                 break
-            _, slope = f_and_slope(u)
+            phi_u, slope = f_and_slope(u)
             jac = (w - torch.diag(kappa)) * slope[None, :] - eye
+            if ws is not None:  # d/du of phi / (1 + gt phi) = slope / (1 + gt phi)^2
+                jac = jac + ws * (slope / (1.0 + gt * phi_u) ** 2)[None, :]
             try:
                 du = torch.linalg.solve(eye / ds - jac, res)
             except RuntimeError:  # singular: shorten the pseudo-time step
@@ -483,7 +553,10 @@ class ColumnNetwork(nn.Module):
             )
         phi = _rate(u, c)
         a = kappa * phi
-        state = torch.cat([u + a, a, phi])
+        parts = [u + a, a, phi]
+        if ws is not None:
+            parts.append(gt * phi / (1.0 + gt * phi))
+        state = torch.cat(parts)
         return state.to(self.bg_drive.dtype)
 
     def initial_state(self, batch_size: int) -> torch.Tensor:
@@ -492,7 +565,7 @@ class ColumnNetwork(nn.Module):
 
     def describe_state_index(self, index: int) -> str:
         """Human-readable name of state entry ``index`` (e.g. 'mt[3].L23e v')."""
-        var = ("v", "a", "r")[index // self.n_pop]
+        var = ("v", "a", "r", "S")[index // self.n_pop]
         return f"{self.population_names[index % self.n_pop]} {var}"
 
 
@@ -515,6 +588,11 @@ class ColumnTerms(NamedTuple):
         da/dt = (kappa phi - a) / tau_a               (linear decay 1 / tau_a)
         dr/dt = (phi - r) / tau_s                     (linear decay 1 / tau_s)
 
+    With the gating synapse (``w_slow_t`` not None) the state is (v, a, r, S) and
+
+        dv/dt = -v / tau_m + phi @ w_t + (S / (gamma tau_S)) @ w_slow_t + drive
+        dS/dt = -S / tau_S + gamma (1 - S) phi        (tau_S = gate_tau, gamma = gate_gamma)
+
     plus, for SDE rollouts, additive noise sigma dW on v. The exponential integrators
     (:mod:`colenv.models.column.integrators`) and the native kernel read these fields only.
     """
@@ -531,6 +609,18 @@ class ColumnTerms(NamedTuple):
     """noise amplitude on v of SDE rollouts (per sqrt(s)); 0 for a noise-free network"""
     w_pattern_t: torch.Tensor | None = None
     """[P source, P target] bool: where w_t's gradient reaches a parameter (None: everywhere)"""
+    w_slow_t: torch.Tensor | None = None
+    """[P source, P target]: the gated entries of W (same units as w_t, w_t has them zeroed);
+    None without gating"""
+    gate_tau: float = 0.0
+    """tau_S (s) of the gating synapse (0 without gating)"""
+    gate_gamma: float = 0.0
+    """gamma of the gating synapse (0 without gating)"""
+
+    @property
+    def gated(self) -> bool:
+        """Whether the state carries the gating variable S ([v, a, r, S], 4P)."""
+        return self.w_slow_t is not None
 
     @property
     def n_pop(self) -> int:
@@ -554,9 +644,17 @@ class Dynamics(nn.Module):
     noise_type = "diagonal"
     sde_type = "ito"
 
-    def __init__(self, net: ColumnNetwork, w: torch.Tensor, drive: torch.Tensor, c: dict):
+    def __init__(
+        self,
+        net: ColumnNetwork,
+        w: torch.Tensor,
+        drive: torch.Tensor,
+        c: dict,
+        w_slow: torch.Tensor | None = None,
+    ):
         super().__init__()
         self.net = net
+        gate = net.gate_constants() if w_slow is not None else None
         self.terms = ColumnTerms(
             w_t=w.t(),
             drive=drive,
@@ -564,6 +662,9 @@ class Dynamics(nn.Module):
             constants=c,
             sigma=net.spec.noise_std * (2.0 / c["tau_m"]) ** 0.5,
             w_pattern_t=net.weight_pattern().t(),
+            w_slow_t=None if w_slow is None else w_slow.t(),
+            gate_tau=0.0 if gate is None else gate[0],
+            gate_gamma=0.0 if gate is None else gate[1],
         )
         self.nfe = 0
         self.grid: list[float] = [0.0]
@@ -591,12 +692,27 @@ class Dynamics(nn.Module):
         terms = self.terms
         inv_tau_m, inv_tau_a, inv_tau_s = self._inv_tau
         P = terms.w_t.shape[0]
+        if terms.gated:
+            return self._rhs_gated(y, drive)
         v, a, r = y[..., :P], y[..., P : 2 * P], y[..., 2 * P :]
         phi = self._phi(v - a)
         dv = torch.addmm(drive, phi, terms.w_t) - v * inv_tau_m
         da = (terms.kappa * phi - a) * inv_tau_a
         dr = (phi - r) * inv_tau_s
         return torch.cat([dv, da, dr], dim=-1)
+
+    def _rhs_gated(self, y: torch.Tensor, drive: torch.Tensor) -> torch.Tensor:
+        terms = self.terms
+        inv_tau_m, inv_tau_a, inv_tau_s = self._inv_tau
+        P = terms.w_t.shape[0]
+        v, a, r, s = y[..., :P], y[..., P : 2 * P], y[..., 2 * P : 3 * P], y[..., 3 * P :]
+        phi = self._phi(v - a)
+        inv_g = 1.0 / (terms.gate_gamma * terms.gate_tau)
+        dv = torch.addmm(drive, phi, terms.w_t) + (s * inv_g) @ terms.w_slow_t - v * inv_tau_m
+        da = (terms.kappa * phi - a) * inv_tau_a
+        dr = (phi - r) * inv_tau_s
+        ds = terms.gate_gamma * (1.0 - s) * phi - s / terms.gate_tau
+        return torch.cat([dv, da, dr, ds], dim=-1)
 
     def forward(self, t: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         self.nfe += 1

@@ -23,7 +23,14 @@ from colenv.config import StrictModel
 from colenv.errors import ConfigError
 from colenv.models.column.params import N_POP, population_index
 
-__all__ = ["CONNECTION_DEFAULTS", "AreaSpec", "ConnectionSpec", "NetworkSpec"]
+__all__ = [
+    "CONNECTION_DEFAULTS",
+    "GATING_KINDS",
+    "AreaSpec",
+    "ConnectionSpec",
+    "GatingSpec",
+    "NetworkSpec",
+]
 
 Pair = tuple[str, str]
 """(source population, target population); the source of an input pair is ``"input"``."""
@@ -128,6 +135,60 @@ class ConnectionSpec(StrictModel):
         return self
 
 
+GATING_KINDS = ("recurrent", "lateral", "feedforward")
+"""Connection kinds whose entries can be gated by the slow synapse (:class:`GatingSpec`)."""
+
+
+class GatingSpec(StrictModel):
+    """The optional slow gating synapse (Wong & Wang 2006's NMDA gating; docs/science.md).
+
+    Connections of the kinds ``kinds`` between the population types of ``pairs`` act through
+    a saturating gating variable S of their source, dS/dt = -S / tau_S + gamma (1 - S) phi,
+    instead of its rate phi: a gated entry W contributes tau_s W S / (gamma tau_S) to the
+    current (S read as a rate: phi for phi << 1 / (gamma tau_S), saturating there).
+
+    Attributes:
+        pairs: (source, target) population types, e.g. ``[["L23e", "L23e"]]``.
+        kinds: connection kinds gated between those types (subset of :data:`GATING_KINDS`).
+        tau_ms: decay time constant tau_S of S (ms); Wong & Wang's NMDA: 100.
+        gamma: saturation factor gamma (per Hz, with t in s); Wong & Wang's NMDA: 0.641.
+    """
+
+    pairs: tuple[Pair, ...] = Field(
+        description="[source, target] population types whose connections are gated"
+    )
+    kinds: tuple[Literal["recurrent", "lateral", "feedforward"], ...] = Field(
+        ("recurrent",), description="connection kinds gated: recurrent, lateral, feedforward"
+    )
+    tau_ms: float = Field(100.0, gt=0, description="decay time constant of S (ms)")
+    gamma: float = Field(0.641, gt=0, description="saturation factor of S (with phi in Hz, t in s)")
+
+    @field_validator("pairs")
+    @classmethod
+    def _pairs(cls, value: tuple[Pair, ...]) -> tuple[Pair, ...]:
+        if not value:
+            raise ValueError("must list at least one [source, target] pair")
+        for pair in value:
+            for name in pair:
+                try:
+                    population_index(name)
+                except ConfigError as err:
+                    raise ValueError(f"pair {list(pair)!r}: {err}") from None
+        twice = sorted({p for p in value if value.count(p) > 1})
+        if twice:
+            raise ValueError(f"pair {list(twice[0])!r} is listed twice")
+        return value
+
+    @field_validator("kinds")
+    @classmethod
+    def _kinds(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        if not value:
+            raise ValueError(f"must list at least one of {', '.join(GATING_KINDS)}")
+        if len(set(value)) != len(value):
+            raise ValueError(f"a kind is listed twice in {list(value)!r}")
+        return value
+
+
 CONNECTION_DEFAULTS: dict[str, dict[str, Any]] = {
     "input": {"pairs": (("input", "L4e"), ("input", "L4i"))},
     "recurrent": {},
@@ -169,6 +230,8 @@ class NetworkSpec(StrictModel):
         init_seed: an explicit seed of that jitter; None (the default) = the model's seed,
             which in a training run is ``train.seed``. Set it only to hold the initial network
             fixed while ``train.seed`` varies the rest of a run.
+        gating: the optional slow gating synapse on chosen projections (:class:`GatingSpec`);
+            None (the default) = off, the state is [v, a, r]; on, it is [v, a, r, S].
     """
 
     areas: tuple[AreaSpec, ...] = Field(
@@ -201,6 +264,9 @@ class NetworkSpec(StrictModel):
     )
     init_seed: int | None = Field(
         None, description="seed of the jitter; None = the model's seed (train.seed)"
+    )
+    gating: GatingSpec | None = Field(
+        None, description="slow gating synapse {pairs, kinds, tau_ms, gamma}; None = off"
     )
 
     @model_validator(mode="before")
