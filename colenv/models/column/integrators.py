@@ -643,12 +643,8 @@ def fast_rollout(
     dws = None
     if noise and terms.sigma != 0.0:
         dws = noise_increments(terms, n_int, n_sub, h, y0[:, :P], generator)
-    if terms.gated:
-        if y0.shape[-1] != 4 * P:
-            raise ValueError(f"a gated network's state is [B, 4P = {4 * P}], got {tuple(y0.shape)}")
-        if options.kernel != "torch":
-            _use_native(options.kernel, method, backward, y0, terms)  # kernel="native" errors
-        return _gated_rollout(terms, y0, n_points, n_sub, h, method, options, dws)
+    if terms.gated and y0.shape[-1] != 4 * P:
+        raise ValueError(f"a gated network's state is [B, 4P = {4 * P}], got {tuple(y0.shape)}")
     if options.kernel != "torch" and _use_native(options.kernel, method, backward, y0, terms):
         from colenv.models.column import native
 
@@ -665,7 +661,10 @@ def fast_rollout(
             segment=checkpoint_every or native.SEGMENT,
             grad_pattern=terms.w_pattern_t,
             noise=dws,
+            **_native_gating(terms),
         )
+    if terms.gated:
+        return _gated_rollout(terms, y0, n_points, n_sub, h, method, options, dws)
     adjoint = method in ADJOINT_METHODS and backward != "autograd"
     if adjoint and kappa.requires_grad:
         if backward == "discrete_adjoint":
@@ -709,6 +708,18 @@ def fast_rollout(
         v, a, r, y = fn(v, a, r, drive[k], w_t, kappa)
         out.append(y)
     return torch.stack(out)
+
+
+def _native_gating(terms: ColumnTerms) -> dict:
+    """The gating synapse's arguments of the native kernel (none without gating)."""
+    if not terms.gated:
+        return {}
+    return {
+        "w_slow_t": terms.w_slow_t,
+        "gate_tau": terms.gate_tau,
+        "gate_gamma": terms.gate_gamma,
+        "slow_grad_pattern": terms.w_slow_pattern_t,
+    }
 
 
 def _use_native(kernel, method, backward, y0, terms: ColumnTerms) -> bool:

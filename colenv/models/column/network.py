@@ -403,6 +403,14 @@ class ColumnNetwork(nn.Module):
             fast = w if fast is None else fast + w
         return fast, slow
 
+    def gate_pattern(self) -> torch.Tensor | None:
+        """Where W_slow can be nonzero, [P target, P source] bool (the gated entries of every
+        kind); None without gating."""
+        if not self.gated:
+            return None
+        gates = [getattr(self, f"gate_{k}") for k in self.spec.gating.kinds]
+        return torch.stack(gates).amax(0) != 0
+
     def gate_constants(self) -> tuple[float, float] | None:
         """(tau_S in s, gamma) of the gating synapse, None without gating."""
         g = self.spec.gating
@@ -612,6 +620,9 @@ class ColumnTerms(NamedTuple):
     w_slow_t: torch.Tensor | None = None
     """[P source, P target]: the gated entries of W (same units as w_t, w_t has them zeroed);
     None without gating"""
+    w_slow_pattern_t: torch.Tensor | None = None
+    """[P source, P target] bool: where w_slow_t's gradient reaches a parameter (the gated
+    entries); None without gating"""
     gate_tau: float = 0.0
     """tau_S (s) of the gating synapse (0 without gating)"""
     gate_gamma: float = 0.0
@@ -663,6 +674,7 @@ class Dynamics(nn.Module):
             sigma=net.spec.noise_std * (2.0 / c["tau_m"]) ** 0.5,
             w_pattern_t=net.weight_pattern().t(),
             w_slow_t=None if w_slow is None else w_slow.t(),
+            w_slow_pattern_t=None if w_slow is None else net.gate_pattern().t(),
             gate_tau=0.0 if gate is None else gate[0],
             gate_gamma=0.0 if gate is None else gate[1],
         )
