@@ -50,6 +50,16 @@ def test_overrides_parse_as_toml_values():
     assert config.model.options.params == {"neuron": {"tau_m_ms": 20.0}}
 
 
+def test_a_bad_override_is_named_as_an_override_and_a_bad_file_as_the_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"xor\.toml with overrides train\.steps=5 train\.lr=-1: train\.lr"):
+        load_config("colenv/XOR-v0", ["train.steps=5", "train.lr=-1"])
+    bad = tmp_path / "bad.toml"
+    bad.write_text('task = "colenv/XOR-v0"\n[train]\nlr = -1\n')
+    with pytest.raises(ConfigError, match=r"bad\.toml: train\.lr") as err:
+        load_config(bad, ["train.steps=5"])  # the file's own value: no blame on the override
+    assert "with overrides" not in str(err.value)
+
+
 def test_parse_override():
     assert parse_override("a.b=[1, 2]") == ("a.b", [1, 2])
     assert parse_override("a=hello world") == ("a", "hello world")

@@ -410,7 +410,24 @@ def load_config(task_or_path: str | Path, overrides: list[str] | None = None) ->
             f"{path}: no task; a training config names its task at the top, e.g. "
             f'task = "colenv/XOR-v0" (colenv tasks: {", ".join(TASKS)})'
         )
-    return TrainConfig.from_dict(raw, source=str(path))
+    if not overrides:
+        return TrainConfig.from_dict(raw, source=str(path))
+    try:
+        return TrainConfig.from_dict(raw)
+    except ConfigError as err:
+        # name where the bad value came from: the file itself, or what the overrides made of it
+        source = str(path)
+        if _parses(apply_overrides(tomllib.loads(path.read_text()), [])):
+            source = f"{path} with overrides {' '.join(overrides)}"
+        raise ConfigError(f"{source}: {err}") from None
+
+
+def _parses(raw: dict[str, Any]) -> bool:
+    try:
+        TrainConfig.from_dict(raw)
+    except ConfigError:
+        return False
+    return True
 
 
 def parse_override(text: str) -> tuple[str, Any]:
