@@ -51,7 +51,9 @@ def test_overrides_parse_as_toml_values():
 
 
 def test_a_bad_override_is_named_as_an_override_and_a_bad_file_as_the_file(tmp_path):
-    with pytest.raises(ConfigError, match=r"xor\.toml with overrides train\.steps=5 train\.lr=-1: train\.lr"):
+    with pytest.raises(
+        ConfigError, match=r"xor\.toml with overrides train\.steps=5 train\.lr=-1: train\.lr"
+    ):
         load_config("colenv/XOR-v0", ["train.steps=5", "train.lr=-1"])
     bad = tmp_path / "bad.toml"
     bad.write_text('task = "colenv/XOR-v0"\n[train]\nlr = -1\n')
