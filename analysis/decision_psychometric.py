@@ -28,6 +28,19 @@ decision time of correct trials against |c'|, fitted with the diffusion-to-bound
 Palmer, Huk & Shadlen (2005), t(c) = A / (k c) tanh(A k c) + t_0 (c as a fraction; at c = 0
 the limit A^2 + t_0), by scipy curve_fit.
 
+Task rule: next to the threshold read-out, every trial is also scored by the Decision task's own
+rule (:meth:`Decision.choice_gap`: over the last 100 ms of the stimulus the favoured pool's
+output leads by >= ``choice_margin_hz``, 5 Hz; the Wong-Wang pools' rates are scaled by
+``target_scale`` first, as the task's targets are), and ``criterion`` is the task's
+``accuracy`` over those trials: with config/tasks/decision_noisy.toml's
+``accuracy_min_coherence_pct = 12.8`` the trials with |c'| >= 12.8 %. Wong-Wang's own value of
+that criterion is what a network that decides as Wong & Wang's pools do can score.
+
+Time: the network's trials run without autograd in chunks of ``--chunk`` (each one batched rollout
+of the native kernel, its noise drawn at once); the stimulus and the noise-free targets are
+built once per signed coherence (11 Wong-Wang runs, not one per trial). The wall and CPU time
+of each generator are printed. ``--reference-only`` runs Wong-Wang alone (no network).
+
 Writes a side-by-side plot (``--out``) and prints a markdown table (``--table`` writes it to a
 file too). Every trial's noise comes from ``--seed``; the same command gives the same numbers.
 """
@@ -43,8 +56,8 @@ import numpy as np
 import scipy.optimize
 import torch
 
-from colenv import Decision, rollout
-from colenv.reference.wong_wang import decide, fit_weibull, simulate, stimulus_hz
+from colenv import Decision, Trial, rollout
+from colenv.reference.wong_wang import decide, fit_weibull, simulate
 
 COHERENCES_PCT = (0.0, 3.2, 6.4, 12.8, 25.6, 51.2)
 THRESHOLD_HZ = 15.0
@@ -124,12 +137,29 @@ def fit_chronometric(c_pct, rt_ms):
 
 
 # ------------------------------------------------------------------ the two generators
-def run_reference(task: Decision, coherence: torch.Tensor, seed: int):
-    """Wong-Wang pools (their own OU noise) on the task's timing: rates [T, B, 2] (Hz)."""
-    stimulus = torch.zeros(task.n_steps, coherence.numel(), 2, dtype=torch.float64)
-    stimulus[task.period("stimulus")] = stimulus_hz(coherence, task.params.mu0_hz)
+def trial_block(task: Decision, coherence: torch.Tensor) -> Trial:
+    """The task's trials [T, B] for the signed coherences ``coherence`` (float64): stimulus,
+    noise-free Wong-Wang targets and mask, built once per distinct c' and indexed (a
+    noise-free trial depends on c' alone), so 6000 trials cost 11 reference runs."""
+    levels, index = torch.unique(coherence.double(), return_inverse=True)
+    grid = task.sample_batch(conditions={"coherence_pct": levels}, dtype=torch.float64)
+    return grid[index]
+
+
+def run_reference(task: Decision, trial: Trial, seed: int) -> torch.Tensor:
+    """Wong-Wang pools (their own OU noise) on the trials' stimulus: rates [T, B, 2] (Hz).
+
+    One torch thread: the reference is a Python loop of small element-wise ops ([B, 2]), which
+    a second thread only slows down (10x in CPU time on 2 busy cores: each op waits for it)."""
     gen = torch.Generator().manual_seed(seed)
-    return simulate(stimulus, task.dt_ms, params=task.params, noise=True, generator=gen).rates_hz
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return simulate(
+            trial.stimulus, task.dt_ms, params=task.params, noise=True, generator=gen
+        ).rates_hz
+    finally:
+        torch.set_num_threads(threads)
 
 
 def load_network(checkpoint: str, device: str = "cpu"):
@@ -148,21 +178,34 @@ def load_network(checkpoint: str, device: str = "cpu"):
     return config, task, model
 
 
-def run_network(config, task, model, coherence: torch.Tensor, seed: int, chunk: int):
-    """The network's outputs [T, B, 2] (Hz) on noisy trials (its SDE, ``config.solver`` with
-    sde on), ``chunk`` trials per rollout, noise seeded by (seed, chunk index)."""
+def run_network(config, model, trial: Trial, seed: int, chunk: int) -> torch.Tensor:
+    """The network's outputs [T, B, 2] (Hz, float64 on CPU) on noisy trials (its SDE,
+    ``config.solver`` with sde on), ``chunk`` trials per batched rollout, without autograd,
+    noise seeded by (seed, chunk index)."""
     solver = config.solver.model_copy(update={"sde": True})
     param = next(model.parameters())
-    trial = task.sample_batch(
-        conditions={"coherence_pct": coherence}, seed=seed, device=param.device, dtype=param.dtype
-    )
     outs = []
     with torch.no_grad():
-        for i, start in enumerate(range(0, coherence.numel(), chunk)):
-            part = trial[slice(start, start + chunk)]
+        for i, start in enumerate(range(0, trial.batch_size, chunk)):
+            part = trial[slice(start, start + chunk)].to(device=param.device, dtype=param.dtype)
             result = rollout(model, part.stimulus, part.t_ms, solver, seed=seed * 100_003 + i)
             outs.append(model.readout(result.states).double().cpu())
     return torch.cat(outs, dim=1)
+
+
+def task_rule(task: Decision, output: torch.Tensor, trial: Trial, levels=COHERENCES_PCT):
+    """The task's own read-out of outputs [T, B, 2] (Hz, the pools' scale x target_scale):
+    per |c'|, the fraction of trials whose favoured pool leads by >= the margin over the last
+    100 ms of the stimulus, and the task's ``accuracy`` (its ``accuracy_min_coherence_pct``
+    rule). At c' = 0 the noise-free pools have no winner: that level is nan."""
+    window = task.choice_windows(trial.n_steps)["stimulus end"]
+    gap = task.choice_gap(output, trial.target.to(output.dtype), window)
+    correct = (gap > 0) & (gap >= task.choice_margin_hz)
+    c = trial.conditions["coherence_pct"]
+    per_level = [
+        float(correct[c.abs() == level].double().mean()) if level else math.nan for level in levels
+    ]
+    return per_level, task.evaluate(output, trial)["accuracy"]
 
 
 def train_noisy(threads: int) -> str:
@@ -178,11 +221,14 @@ def train_noisy(threads: int) -> str:
 
 
 # ------------------------------------------------------------------ output
-def table(results: list[dict]) -> str:
+def table(results: list[dict], task: Decision | None = None) -> str:
+    """Markdown: per |c'| and generator the fraction correct (threshold read-out), undecided
+    trials, decision time of correct trials and, where ``task_rule`` ran, the fraction correct
+    by the task's margin rule; then the fits and the task's criterion."""
+    ruled = all("rule" in r for r in results)
+    head = "correct, undecided, DT (ms)" + (", task rule" if ruled else "")
     lines = [
-        "| c' (%) | "
-        + " | ".join(f"{r['name']}: correct, undecided, DT (ms)" for r in results)
-        + " |",
+        "| c' (%) | " + " | ".join(f"{r['name']}: {head}" for r in results) + " |",
         "|---:|" + "---|" * len(results),
     ]
     for i, c in enumerate(COHERENCES_PCT):
@@ -190,7 +236,11 @@ def table(results: list[dict]) -> str:
         for r in results:
             row = r["rows"][i]
             rt = "-" if math.isnan(row["rt_ms"]) else f"{row['rt_ms']:.0f} +- {row['rt_sd_ms']:.0f}"
-            cells.append(f"{row['p_correct']:.3f}, {row['undecided']}/{row['n']}, {rt}")
+            cell = f"{row['p_correct']:.3f}, {row['undecided']}/{row['n']}, {rt}"
+            if ruled:
+                rule = r["rule"][i]
+                cell += ", -" if math.isnan(rule) else f", {rule:.3f}"
+            cells.append(cell)
         lines.append(f"| {c:g} | " + " | ".join(cells) + " |")
     lines.append("")
     for r in results:
@@ -203,6 +253,17 @@ def table(results: list[dict]) -> str:
         lines.append(
             f"- {r['name']}: Weibull alpha = {r['alpha']:.2f} %, beta = {r['beta']:.2f}; "
             f"chronometric {fit}"
+        )
+    if ruled and task is not None:
+        scored = (
+            f"|c'| >= {task.accuracy_min_coherence_pct:g} %"
+            if task.accuracy_min_coherence_pct > 0
+            else "c' != 0"
+        )
+        lines.append(
+            f"- task criterion (accuracy over {scored}, lead >= {task.choice_margin_hz:g} Hz "
+            f"over the last 100 ms of the stimulus; solved at {task.success_threshold:g}): "
+            + ", ".join(f"{r['name']} {r['criterion']:.3f}" for r in results)
         )
     return "\n".join(lines) + "\n"
 
@@ -246,49 +307,68 @@ def plot(results: list[dict], path: Path, title: str) -> Path:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default="", help="Decision run folder or .pt; none: train")
+    ap.add_argument("--reference-only", action="store_true", help="Wong-Wang alone, no network")
     ap.add_argument("--trials", type=int, default=1000, help="noisy trials per coherence")
     ap.add_argument("--seed", type=int, default=0, help="seeds every trial's noise")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
-    ap.add_argument("--chunk", type=int, default=500, help="trials per network rollout")
+    ap.add_argument("--chunk", type=int, default=1000, help="trials per network rollout")
     ap.add_argument("--out", default="docs/figures/decision_psychometric.png")
     ap.add_argument("--table", default="", help="also write the markdown table to this file")
     args = ap.parse_args()
     if args.trials < 2:
         raise SystemExit("--trials must be >= 2")
+    if args.chunk < 1:
+        raise SystemExit("--chunk must be >= 1")
     torch.set_num_threads(args.threads)
-    checkpoint = args.checkpoint or train_noisy(args.threads)
-    config, task, model = load_network(checkpoint)
+    if args.reference_only:
+        from trainers.build import build_task
+        from trainers.config import load_config
+
+        config, model, checkpoint = load_config(NOISY_CONFIG), None, ""
+        task = build_task(config)
+    else:
+        checkpoint = args.checkpoint or train_noisy(args.threads)
+        config, task, model = load_network(checkpoint)
     coherence = trial_coherences(args.trials)
+    trial = trial_block(task, coherence)
+
+    clock = time.perf_counter(), time.process_time()
+    reference = run_reference(task, trial, args.seed)
+    times = [("Wong-Wang", time.perf_counter() - clock[0], time.process_time() - clock[1])]
+    results = [summarize("Wong-Wang", coherence, *read_choices(reference, task, THRESHOLD_HZ))]
+    results[0]["rule"], results[0]["criterion"] = task_rule(
+        task, task.target_scale * reference, trial
+    )
     threshold = task.target_scale * THRESHOLD_HZ
+    if model is not None:
+        clock = time.perf_counter(), time.process_time()
+        network = run_network(config, model, trial, args.seed, args.chunk)
+        times.append(("network", time.perf_counter() - clock[0], time.process_time() - clock[1]))
+        results.append(summarize("network", coherence, *read_choices(network, task, threshold)))
+        results[1]["rule"], results[1]["criterion"] = task_rule(task, network, trial)
 
-    start = time.perf_counter()
-    reference = run_reference(task, coherence, args.seed)
-    ref_s = time.perf_counter() - start
-    start = time.perf_counter()
-    network = run_network(config, task, model, coherence, args.seed, args.chunk)
-    net_s = time.perf_counter() - start
-
-    results = [
-        summarize("Wong-Wang", coherence, *read_choices(reference, task, THRESHOLD_HZ)),
-        summarize("network", coherence, *read_choices(network, task, threshold)),
-    ]
     n = coherence.numel()
+    spent = ", ".join(f"{name} {wall:.1f} s wall / {cpu:.1f} s CPU" for name, wall, cpu in times)
+    solver = (
+        f" (network: solver {config.solver.method} at {config.solver.step_ms:g} ms, noise_std "
+        f"{model.spec.noise_std:g}, chunks of {args.chunk})"
+        if model is not None
+        else ""
+    )
     print(
         f"{n} trials ({args.trials} x {len(COHERENCES_PCT)} coherences, "
-        f"{task.n_steps * task.dt_ms:g} ms each): Wong-Wang {ref_s:.1f} s, network {net_s:.1f} s "
-        f"(solver {config.solver.method} at {config.solver.step_ms:g} ms, noise_std "
-        f"{model.spec.noise_std:g}, {args.threads} threads); thresholds: Wong-Wang "
-        f"{THRESHOLD_HZ:g} Hz, network {threshold:g} Hz\n"
+        f"{task.n_steps * task.dt_ms:g} ms each) on {args.threads} threads: {spent}{solver}; "
+        f"thresholds: Wong-Wang {THRESHOLD_HZ:g} Hz, network {threshold:g} Hz\n"
     )
-    text = table(results)
+    text = table(results, task)
     print(text)
     if args.table:
         Path(args.table).write_text(text)
+    who = f"network ({Path(checkpoint).name}) vs " if model is not None else ""
     path = plot(
         results,
         Path(args.out),
-        f"Decision: network ({Path(checkpoint).name}) vs Wong & Wang (2006), "
-        f"{args.trials} trials per coherence",
+        f"Decision: {who}Wong & Wang (2006), {args.trials} trials per coherence",
     )
     print(f"plot: {path}")
 
