@@ -58,7 +58,7 @@ ODE_FIXED = (
     "fixed_adams",
 )
 ODE_ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
-FAST = ("expeuler", "exprk2", "rk4exp")
+FAST = ("expeuler", "exprk2", "rk4exp", "ros2")
 SDE_METHODS = ("euler", "milstein", "srk", "heun", "midpoint", "euler_heun", "reversible_heun")
 SOLVERS: dict[str, tuple[str, ...]] = {
     "ode_fixed": ODE_FIXED,
