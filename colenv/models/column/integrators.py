@@ -75,7 +75,7 @@ from colenv.solve import ADJOINT_METHODS, FastOptions
 if TYPE_CHECKING:
     from colenv.models.column.network import ColumnTerms
 
-STAGES = {"expeuler": 1, "exprk2": 2, "rk4exp": 4}  # drift evaluations per step
+STAGES = {"expeuler": 1, "exprk2": 2, "rk4exp": 4, "ros2": 2}  # drift evaluations per step
 DEFAULT_UNROLL = 5  # grid intervals per compiled graph of the adjoint path (docs/profiling.md)
 
 
@@ -645,6 +645,10 @@ def fast_rollout(
         dws = noise_increments(terms, n_int, n_sub, h, y0[:, :P], generator)
     if terms.gated and y0.shape[-1] != 4 * P:
         raise ValueError(f"a gated network's state is [B, 4P = {4 * P}], got {tuple(y0.shape)}")
+    if method == "ros2":  # the linearly implicit scheme (colenv.models.column.rosenbrock)
+        from colenv.models.column import rosenbrock
+
+        return rosenbrock.ros2_rollout(terms, y0, n_points, n_sub, h, options, noise=dws)
     if options.kernel != "torch" and _use_native(options.kernel, method, backward, y0, terms):
         from colenv.models.column import native
 
