@@ -2,6 +2,8 @@
 
     python analysis/decision_psychometric.py --checkpoint runs/<run>    # a trained network
     python analysis/decision_psychometric.py                            # trains decision_noisy first
+    python analysis/decision_psychometric.py --config config/tasks/decision_noisy.toml \\
+        --trials 100 --set model.network.noise_std=2      # a config's untrained start
     python analysis/decision_psychometric.py --checkpoint RUN --trials 1000 \\
         --out docs/figures/decision_psychometric.png
 
@@ -178,6 +180,19 @@ def load_network(checkpoint: str, device: str = "cpu"):
     return config, task, model
 
 
+def start_network(path: str, overrides: list[str], device: str = "cpu"):
+    """(config, task, model) of a Decision config at its start: the initial weights of its
+    stated rule (``train.seed``'s jitter), untrained. ``overrides`` as on the command line."""
+    from trainers.build import build_model, build_task
+    from trainers.config import load_config
+
+    config = load_config(path, overrides)
+    task = build_task(config)
+    if not isinstance(task, Decision):
+        raise SystemExit(f"{path}: a {config.task} config, not colenv/Decision-v0")
+    return config, task, build_model(config, task, torch.device(device), torch.float32)
+
+
 def run_network(config, model, trial: Trial, seed: int, chunk: int) -> torch.Tensor:
     """The network's outputs [T, B, 2] (Hz, float64 on CPU) on noisy trials (its SDE,
     ``config.solver`` with sde on), ``chunk`` trials per batched rollout, without autograd,
@@ -308,6 +323,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--checkpoint", default="", help="Decision run folder or .pt; none: train")
     ap.add_argument("--reference-only", action="store_true", help="Wong-Wang alone, no network")
+    ap.add_argument(
+        "--config", default="", help="a Decision TOML: its untrained start instead of a checkpoint"
+    )
+    ap.add_argument("--set", nargs="*", default=[], help="key=value overrides of --config")
     ap.add_argument("--trials", type=int, default=1000, help="noisy trials per coherence")
     ap.add_argument("--seed", type=int, default=0, help="seeds every trial's noise")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
@@ -326,6 +345,9 @@ def main() -> None:
 
         config, model, checkpoint = load_config(NOISY_CONFIG), None, ""
         task = build_task(config)
+    elif args.config:
+        config, task, model = start_network(args.config, args.set)
+        checkpoint = f"{args.config} (start)"
     else:
         checkpoint = args.checkpoint or train_noisy(args.threads)
         config, task, model = load_network(checkpoint)
