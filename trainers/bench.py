@@ -27,7 +27,9 @@ Variants (``VARIANTS``, in this order by default; the first one measured is the 
 ``dopri5`` (adaptive, torchdiffeq's default tolerances), ``dopri5-adjoint``, ``rk4``
 (torchdiffeq fixed step), ``rk4exp-torch`` (colenv's fast exponential RK4, torch kernel,
 eager), ``rk4exp-compiled`` (the same under ``torch.compile``), ``rk4exp-native`` (the native
-C kernel; CPU, float32), ``config`` (the config's own ``[solver]``) and, on request, the SDE variants (timed, and
+C kernel; CPU, float32), ``ros2-torch`` (the linearly implicit Rosenbrock-W step,
+:mod:`colenv.models.column.rosenbrock`, torch, gradient by autograd), ``ros2-native`` (its C
+forward; a gradient takes the torch path), ``config`` (the config's own ``[solver]``) and, on request, the SDE variants (timed, and
 reported by their largest rate, since a noisy rollout has no deterministic reference):
 ``rk4exp-sde`` (rk4exp with the noise kick on v, default kernel: native on CPU),
 ``rk4exp-sde-torch`` (the same on the torch path), ``sde-euler`` and ``sde-srk`` (torchsde's
@@ -90,6 +92,8 @@ VARIANTS = (
     "rk4exp-torch",
     "rk4exp-compiled",
     "rk4exp-native",
+    "ros2-torch",
+    "ros2-native",
     "config",
     "rk4exp-sde",
     "rk4exp-sde-torch",
@@ -103,6 +107,8 @@ FIXED_STEP = {
     "rk4exp-torch",
     "rk4exp-compiled",
     "rk4exp-native",
+    "ros2-torch",
+    "ros2-native",
     *SDE_VARIANTS,
 }
 
@@ -146,6 +152,12 @@ def solver_variants(
             elif name == "rk4exp-native":
                 cfg = SolverConfig("rk4exp", step_ms=step, fast={"kernel": "native"})
                 out.append((f"rk4exp native {at}", cfg))
+            elif name == "ros2-torch":
+                cfg = SolverConfig("ros2", step_ms=step, fast={"kernel": "torch"})
+                out.append((f"ros2 torch {at}", cfg))
+            elif name == "ros2-native":
+                cfg = SolverConfig("ros2", step_ms=step, fast={"kernel": "native"})
+                out.append((f"ros2 native {at}", cfg))
             elif name == "rk4exp-sde":
                 out.append((f"rk4exp SDE {at}", SolverConfig("rk4exp", step_ms=step, sde=True)))
             elif name == "rk4exp-sde-torch":
