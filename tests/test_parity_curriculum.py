@@ -22,6 +22,7 @@ from trainers import build_model, build_task, evaluate_checkpoint, load_config, 
 from trainers.curriculum import (
     CurriculumOptions,
     compose,
+    module_config,
     module_rates,
     train_module,
     tree_areas,
@@ -261,3 +262,64 @@ def test_three_bit_parity_trains_to_criterion(tmp_path):
     result = train(config)
     assert result.solved, result.message
     assert evaluate_checkpoint(result.run_dir)["accuracy"] == 1.0
+
+
+# ----------------------------------------------------------------------------- noisy scoring
+def _constant_output(trial, window_means: torch.Tensor) -> torch.Tensor:
+    """An output [T, B, 1] that holds window_means[b] throughout trial b."""
+    return window_means.reshape(1, -1, 1).expand(trial.n_steps, -1, 1).clone()
+
+
+def test_report_accuracy_equals_accuracy_with_one_trial_per_pattern():
+    """Without noise draws (one trial per pattern) the report rule is the 5 Hz band: for a
+    20 Hz target the band never straddles the 10 Hz threshold."""
+    task = build_task(load_config(PARITY_CONFIGS[4]))
+    trial = task.sample_batch(conditions="all", seed=0)
+    generator = torch.Generator().manual_seed(0)
+    for _ in range(200):
+        means = torch.rand(trial.batch_size, generator=generator) * 30.0
+        metrics = task.evaluate(_constant_output(trial, means), trial)
+        assert metrics["report_accuracy"] == metrics["accuracy"]
+
+
+def test_report_accuracy_scores_each_trial_by_its_side_and_each_pattern_by_its_average():
+    task = build_task(load_config(PARITY_CONFIGS[4]))
+    grid = task.sample_batch(conditions="all", seed=0)
+    draws = 4
+    trial = grid[torch.arange(draws * grid.batch_size) % grid.batch_size]
+    even = task.label(trial.conditions["bits"])
+    # even patterns' draws at 12, 28, 19, 21 Hz (average 20), odd ones at 0, 9, 1, 2 Hz: every
+    # trial on its side, every average within 5 Hz, but 2 of 4 even draws outside the band
+    high = torch.tensor([12.0, 28.0, 19.0, 21.0]).repeat_interleave(grid.batch_size)
+    low = torch.tensor([0.0, 9.0, 1.0, 2.0]).repeat_interleave(grid.batch_size)
+    metrics = task.evaluate(_constant_output(trial, torch.where(even, high, low)), trial)
+    assert metrics["report_accuracy"] == 1.0
+    assert metrics["accuracy"] == pytest.approx(1.0 - (2 * 8 + 8) / 64)  # 9 Hz is off the band
+    # one even draw below the threshold: that trial alone is wrong (its average 17.5 Hz is fine)
+    first_even = int(even.nonzero()[0])
+    means = torch.where(even, torch.full_like(high, 20.0), torch.zeros_like(low))
+    means[first_even] = 9.9
+    assert task.evaluate(_constant_output(trial, means), trial)["report_accuracy"] == 63 / 64
+    # every draw of one even pattern on the right side but its average 14 Hz: all 4 are wrong
+    pattern = trial.conditions["bits"].eq(trial.conditions["bits"][first_even]).all(dim=1)
+    means = torch.where(even, torch.full_like(high, 20.0), torch.zeros_like(low))
+    means[pattern] = torch.tensor([11.0, 17.0, 13.0, 15.0])
+    assert task.evaluate(_constant_output(trial, means), trial)["report_accuracy"] == 60 / 64
+
+
+def test_noisy_parity_is_scored_by_report_accuracy_and_its_module_by_xor_accuracy(tmp_path):
+    config = load_config("config/tasks/parity_noisy.toml")
+    assert config.solver.sde and config.eval.noise_draws == 8 and config.success.patience == 2
+    assert config.model.options.network.noise_std == 0.5
+    assert config.success.metric == "report_accuracy" and config.success.threshold is None
+    task = build_task(config)
+    options = CurriculumOptions.model_validate(config.trainer_options)
+    module = module_config(task, config, options, tmp_path)
+    assert module.task == "colenv/XOR-v0" and module.success.metric == "accuracy"
+    assert module.solver.sde and module.eval.noise_draws == 8
+    # a metric XOR reports stays the module's criterion too
+    plain = load_config(
+        PARITY_CONFIGS[4], ["success.metric=window_error_hz", "success.threshold=2"]
+    )
+    module = module_config(task, plain, options, tmp_path)
+    assert module.success.metric == "window_error_hz" and module.success.threshold == 2.0

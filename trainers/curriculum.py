@@ -296,7 +296,9 @@ def check_layout(model, task, config, options: CurriculumOptions) -> list[Level]
 def module_config(task, config, options: CurriculumOptions, stages_dir: Path):
     """The TrainConfig of stage 1: colenv/XOR-v0 with Parity's bit rate and timing, a 2 -> 1
     network with the run's connection kinds (without the relay pair), the run's solver and
-    [train] settings (``module_steps``, ``module_lr``)."""
+    [train] settings (``module_steps``, ``module_lr``) and its [success] criterion, unless
+    the run's ``success.metric`` is one XOR does not report (Parity's ``report_accuracy``):
+    then the module stops at XOR's own criterion (``accuracy`` at the task's threshold)."""
     from trainers.config import TrainConfig
 
     raw = config.to_dict()
@@ -327,6 +329,9 @@ def module_config(task, config, options: CurriculumOptions, stages_dir: Path):
         steps=options.module_steps or config.train.steps, lr=options.module_lr or config.train.lr
     )
     train["task_kwargs"] = {k: v for k, v in train.get("task_kwargs", {}).items() if k in timing}
+    success = dict(raw["success"])
+    if success["metric"] not in module_metrics():  # a Parity-only metric (report_accuracy)
+        success.update(metric="accuracy", threshold=None)  # the module meets XOR's criterion
     raw.update(
         task=MODULE_TASK,
         trainer="supervised",
@@ -335,6 +340,7 @@ def module_config(task, config, options: CurriculumOptions, stages_dir: Path):
         run_name="1-module",
         task_kwargs=kwargs,
         train=train,
+        success=success,
         model={**raw["model"], "network": network},
         logging={
             **raw["logging"],
@@ -343,6 +349,15 @@ def module_config(task, config, options: CurriculumOptions, stages_dir: Path):
         },
     )
     return TrainConfig.from_dict(raw, source="curriculum stage 1 (module)")
+
+
+def module_metrics() -> set[str]:
+    """The metrics colenv/XOR-v0 reports (its evaluate on its own grid)."""
+    from colenv.tasks.xor import XOR
+
+    xor = XOR()
+    grid = xor.sample_batch(conditions="all", seed=0)
+    return set(xor.evaluate(grid.target, grid))
 
 
 def train_module(task, config, options: CurriculumOptions, stages_dir: Path):
