@@ -731,16 +731,15 @@ def _use_native(kernel, method, backward, y0, terms: ColumnTerms) -> bool:
     why where it cannot."""
     from colenv.models.column import native
 
-    w_t, drive, kappa = terms.w_t, terms.drive, terms.kappa
-    grad = torch.is_grad_enabled() and any(x.requires_grad for x in (y0, w_t, drive, kappa))
+    w_t, drive, kappa, w_slow_t = terms.w_t, terms.drive, terms.kappa, terms.w_slow_t
+    inputs = (y0, w_t, drive, kappa) + (() if w_slow_t is None else (w_slow_t,))
+    grad = torch.is_grad_enabled() and any(x.requires_grad for x in inputs)
     why = None
-    if terms.w_slow_t is not None:
-        why = "it has no gating synapse yet (model.network.gating); the torch path runs it"
-    elif method != "rk4exp":
+    if method != "rk4exp":
         why = f"it integrates rk4exp (method={method!r})"
     elif grad and backward == "autograd":
         why = "its gradient is the discrete adjoint (backward='autograd' was asked for)"
-    elif not native.supports(y0, w_t, drive, kappa):
+    elif not native.supports(y0, w_t, drive, kappa, w_slow_t):
         why = (
             "it takes float32 CPU tensors and no gradient for kappa (got "
             f"{y0.dtype} on {y0.device}, kappa requires grad: {kappa.requires_grad})"

@@ -12,6 +12,13 @@ their noise increments (drawn in torch, :func:`colenv.models.column.integrators.
 noise_increments`) as an input: each step is followed by its increment on v, and the gradient
 is pathwise (the increments are constants of the rollout).
 
+Gated networks (the slow gating synapse, ``model.network.gating``; ColumnTerms' ``w_slow_t``,
+``gate_tau``, ``gate_gamma``) run on it too: the state is [v, a, r, S] (4P), every RK4 stage
+adds (S / (gamma tau_S)) @ w_slow_t to dv and integrates dS = gamma (1 - S) phi - S / tau_S
+with the same stages, and the adjoint carries S and gives w_slow_t's gradient. The gated code
+is a separate compiled variant of each tile function: an ungated rollout runs exactly the
+instructions it ran before gating existed (same states and gradients, bit for bit).
+
 Built on first use with the system C compiler (``$CC``, else ``cc``; ``-O3 -march=native``,
 fused multiply-adds, no ``-ffast-math``), cached per source, compiler and CPU in
 ``$COLENV_CACHE_DIR`` (default ``~/.cache/colenv``); the build says so in one line on stderr.
@@ -112,6 +119,17 @@ class _Problem(ctypes.Structure):
         ("blk", ctypes.c_void_p),
         ("blk_s", ctypes.c_void_p),
         ("noise", ctypes.c_void_p),
+        ("gated", ctypes.c_int32),
+        ("inv_tau_g", ctypes.c_float),
+        ("gamma", ctypes.c_float),
+        ("inv_g", ctypes.c_float),
+        ("row_ptr_g", ctypes.c_void_p),
+        ("col_g", ctypes.c_void_p),
+        ("val_g", ctypes.c_void_p),
+        ("row_ptr_gs", ctypes.c_void_p),
+        ("col_gs", ctypes.c_void_p),
+        ("val_gs", ctypes.c_void_p),
+        ("sgs", ctypes.c_void_p),
     ]
 
 
@@ -298,10 +316,16 @@ def unavailable_reason() -> str | None:
     return _error
 
 
-def supports(y0: torch.Tensor, w_t: torch.Tensor, drive: torch.Tensor, kappa: torch.Tensor) -> bool:
+def supports(
+    y0: torch.Tensor,
+    w_t: torch.Tensor,
+    drive: torch.Tensor,
+    kappa: torch.Tensor,
+    w_slow_t: torch.Tensor | None = None,
+) -> bool:
     """Whether these tensors can take the native path: float32 on CPU, and no gradient for
-    kappa (the adjoint covers y0, drive and w_t, like colenv.models.column.integrators's discrete adjoint)."""
-    tensors = (y0, w_t, drive, kappa)
+    kappa (the adjoint covers y0, drive, w_t and w_slow_t, like colenv.models.column.integrators's discrete adjoint)."""
+    tensors = (y0, w_t, drive, kappa) + (() if w_slow_t is None else (w_slow_t,))
     return all(x.device.type == "cpu" and x.dtype == torch.float32 for x in tensors) and not (
         torch.is_grad_enabled() and kappa.requires_grad
     )
@@ -356,10 +380,32 @@ def tile_width(batch: int) -> int:
     return 1 if batch <= 1 else 8 if batch <= 8 else 16
 
 
+class _Gate:
+    """The slow gating synapse of one rollout: w_slow_t's nonzeros as CSRs by target (forward)
+    and by source (the adjoint), and its constants."""
+
+    def __init__(self, w_slow_t: torch.Tensor, tau: float, gamma: float):
+        self.w_slow_t = w_slow_t.detach()
+        self.by_target = sparse_by_target(self.w_slow_t)
+        self.by_source = sparse_by_source(self.w_slow_t)
+        self.tau, self.gamma = float(tau), float(gamma)
+        self.inv_g = 1.0 / (self.gamma * self.tau)
+
+    def fields(self) -> dict:
+        (rp, col, val), (rps, cols, vals) = self.by_target, self.by_source
+        return dict(
+            gated=1, inv_tau_g=1.0 / self.tau, gamma=self.gamma, inv_g=self.inv_g,
+            row_ptr_g=rp.data_ptr(), col_g=col.data_ptr(), val_g=val.data_ptr(),
+            row_ptr_gs=rps.data_ptr(), col_gs=cols.data_ptr(), val_gs=vals.data_ptr(),
+        )  # fmt: skip
+
+
 class _Call:
     """The arguments shared by every kernel call of one rollout (tensors kept alive here)."""
 
-    def __init__(self, drive, w_t, kappa, c, n_sub, h, filter_weights, n_threads, noise=None):
+    def __init__(
+        self, drive, w_t, kappa, c, n_sub, h, filter_weights, n_threads, noise=None, gate=None
+    ):
         self.drive = drive.detach().contiguous()
         self.noise = None if noise is None else noise.detach().contiguous()
         self.kappa = kappa.detach().contiguous()
@@ -372,6 +418,8 @@ class _Call:
         self.fw = filter_weights
         self.n_threads = n_threads or torch.get_num_threads()
         self.B, self.P = self.drive.shape[1], self.drive.shape[2]
+        self.gate: _Gate | None = gate
+        self.width = (3 if gate is None else 4) * self.P  # state size: [v, a, r(, S)]
 
     def by_source(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """W's CSR by source (the adjoint's W^T product; entries outside the column blocks
@@ -380,7 +428,7 @@ class _Call:
             self._by_source = sparse_by_source(self.w_off)
         return self._by_source
 
-    def weight_grad_plan(self, pattern: torch.Tensor | None) -> tuple | None:
+    def weight_grad_plan(self, pattern: torch.Tensor | None, name="grad_pattern") -> tuple | None:
         """How the adjoint forms w_t's gradient from the stores. None: one dense [P, P] product
         per tile and segment. Given the entries whose gradient is used (pattern [P source, P
         target] bool, e.g. the network's connection masks) and column blocks: each block's 8 x 8
@@ -393,7 +441,7 @@ class _Call:
             return None
         P = self.P
         if tuple(pattern.shape) != (P, P) or pattern.dtype != torch.bool:
-            raise ValueError(f"grad_pattern must be a [{P}, {P}] bool tensor, got "
+            raise ValueError(f"{name} must be a [{P}, {P}] bool tensor, got "
                              f"{tuple(pattern.shape)} {pattern.dtype}")  # fmt: skip
         off = pattern.cpu() & ~_inside_blocks(P, BLOCK)
         sources = off.any(1).nonzero().flatten()
@@ -401,7 +449,7 @@ class _Call:
         return sources, targets, off[sources][:, targets], pattern.cpu()
 
     def problem(self, y0, k0, k1, out, **ptrs) -> _Problem:
-        """The C struct for intervals [k0, k1) from the states y0 [B, 3P]."""
+        """The C struct for intervals [k0, k1) from the states y0 [B, 3P] ([B, 4P] gated)."""
         c, (row_ptr, col, val) = self.c, self.by_target
         w0, wm, w1 = self.fw
         prob = _Problem(
@@ -435,6 +483,9 @@ class _Call:
             prob.n_blk = self.P // BLOCK
             prob.blk = self.blocks[0].data_ptr()
             prob.blk_s = self.blocks[1].data_ptr()
+        if self.gate is not None:
+            for name, x in self.gate.fields().items():
+                setattr(prob, name, x)
         for name, x in ptrs.items():
             setattr(prob, name, x.data_ptr())
         return prob
@@ -444,7 +495,8 @@ class _Call:
             raise MemoryError("native rk4exp kernel: out of memory for its scratch arrays")
 
     def states(self, y0: torch.Tensor) -> torch.Tensor:
-        """The states [n_int + 1, B, 3P] of the whole trial from y0 [B, 3P] (no stores)."""
+        """The states [n_int + 1, B, 3P] of the whole trial from y0 [B, 3P] (no stores; 4P
+        gated)."""
         n_int = self.drive.shape[0]
         out = torch.empty(n_int + 1, *y0.shape, dtype=torch.float32)
         y0d = y0.detach()
@@ -453,14 +505,16 @@ class _Call:
 
 
 def _prepare(
-    y0, drive, w_t, kappa, c, n_points, n_sub, h, filter_weights, n_threads, noise=None
+    y0, drive, w_t, kappa, c, n_points, n_sub, h, filter_weights, n_threads, noise=None, gate=None
 ) -> _Call:
-    """The checked call object for one rollout of n_points grid points."""
-    _check(y0, drive, w_t, kappa, c, n_points, n_sub, h, filter_weights, n_threads, noise)
+    """The checked call object for one rollout of n_points grid points; ``gate``: None or
+    (w_slow_t, gate_tau, gate_gamma)."""
+    _check(y0, drive, w_t, kappa, c, n_points, n_sub, h, filter_weights, n_threads, noise, gate)
     _lib_or_raise()
     n_int = n_points - 1
     noise = None if noise is None else noise[:n_int]
-    return _Call(drive[:n_int], w_t, kappa, c, n_sub, h, filter_weights, n_threads, noise)
+    g = None if gate is None else _Gate(*gate)
+    return _Call(drive[:n_int], w_t, kappa, c, n_sub, h, filter_weights, n_threads, noise, g)
 
 
 _CONSTANTS = ("tau_m", "tau_a", "tau_s", "da", "db", "d")
@@ -495,14 +549,18 @@ def _check_tensor(name: str, x, shape: tuple | None, contiguous: bool = True) ->
 
 
 def _check(
-    y0, drive, w_t, kappa, c, n_points, n_sub, h, filter_weights, n_threads, noise=None
+    y0, drive, w_t, kappa, c, n_points, n_sub, h, filter_weights, n_threads, noise=None, gate=None
 ) -> None:
     """Every argument of one kernel rollout, before C sees its memory."""
     _check_tensor("y0", y0, (None, None))
     B, S = y0.shape
-    if S % 3:
-        raise ValueError(f"y0 must be [B, 3P] (v, a and r of P populations), got {list(y0.shape)}")
-    P = S // 3
+    n_blocks = 3 if gate is None else 4
+    if S % n_blocks:
+        what = "v, a and r" if gate is None else "v, a, r and S (w_slow_t given: gating on)"
+        raise ValueError(
+            f"y0 must be [B, {n_blocks}P] ({what} of P populations), got {list(y0.shape)}"
+        )
+    P = S // n_blocks
     for name, value, low in (("n_points", n_points, 2), ("n_sub", n_sub, 1)):
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"{name} must be an integer >= {low}, got {value!r}")
@@ -531,6 +589,25 @@ def _check(
                 f"noise must be [>= {n_int}, {n_sub}, {B}, {P}] (n_points - 1, n_sub, B, P), "
                 f"got {list(noise.shape)}"
             )
+    if gate is not None:
+        w_slow_t, tau, gamma = gate
+        _check_tensor("w_slow_t", w_slow_t, (P, P), contiguous=False)
+        for name, value in (("gate_tau", tau), ("gate_gamma", gamma)):
+            if isinstance(value, bool) or not (
+                isinstance(value, int | float) and math.isfinite(value) and value > 0
+            ):
+                raise ValueError(
+                    f"{name} must be a finite number > 0 with w_slow_t given, got {value!r}"
+                )
+
+
+def _gate_args(w_slow_t, gate_tau, gate_gamma) -> tuple | None:
+    """None (gating off) or (w_slow_t, gate_tau, gate_gamma)."""
+    if w_slow_t is None:
+        if gate_tau is not None or gate_gamma is not None:
+            raise ValueError("gate_tau and gate_gamma apply with w_slow_t only (gating on)")
+        return None
+    return w_slow_t, gate_tau, gate_gamma
 
 
 def rk4exp_forward(
@@ -545,6 +622,10 @@ def rk4exp_forward(
     filter_weights: tuple[float, float, float],
     n_threads: int | None = None,
     noise: torch.Tensor | None = None,
+    *,
+    w_slow_t: torch.Tensor | None = None,
+    gate_tau: float | None = None,
+    gate_gamma: float | None = None,
 ) -> torch.Tensor:
     """States [n_points, B, 3P] of rk4exp from y0 [B, 3P] under drive [>= n_points - 1, B, P],
     no gradient.
@@ -558,12 +639,20 @@ def rk4exp_forward(
     (:func:`colenv.models.column.integrators._filter_weights`); ``n_threads`` defaults to
     ``torch.get_num_threads()``.
 
+    Slow gating synapse (ColumnTerms' fields of the same names): with ``w_slow_t`` [P source,
+    P target] (the gated entries; any layout) the state is [v, a, r, S] (y0 [B, 4P], states
+    [n_points, B, 4P]) and every RK4 stage adds (S inv_g) @ w_slow_t to dv, inv_g =
+    1 / (gate_gamma gate_tau), with dS = gate_gamma (1 - S) phi - S / gate_tau integrated by
+    the same RK4 stages as v and a (``gate_tau`` in s, ``gate_gamma`` per Hz per s). Without
+    it nothing of the gating is computed.
+
     Raises:
         ValueError: a tensor is not float32, not on the CPU, not contiguous (y0, drive, kappa)
             or of the wrong shape, or a number is out of range; the message names it.
         RuntimeError: the kernel is unavailable (check :func:`available` first).
     """
-    args = (y0, drive, w_t, kappa, c, n_points, n_sub, h, filter_weights, n_threads, noise)
+    gate = _gate_args(w_slow_t, gate_tau, gate_gamma)
+    args = (y0, drive, w_t, kappa, c, n_points, n_sub, h, filter_weights, n_threads, noise, gate)
     return _prepare(*args).states(y0)
 
 
@@ -576,15 +665,16 @@ class _Adjoint(torch.autograd.Function):
 
     Forward keeps only the states it returns. Backward walks the trial in segments of
     ``segment`` intervals from the end: it recomputes a segment from its saved start state with
-    stores (each stage's rates and slopes, bit-identical to the forward), runs the adjoint
-    recursion over it and adds the segment's weight gradient as one product of the stores. The
-    stores of one segment are all the extra memory, so memory is flat in trial length.
+    stores (each stage's rates and slopes, and S gated, bit-identical to the forward), runs the
+    adjoint recursion over it and adds the segment's weight gradients as products of the
+    stores. The stores of one segment are all the extra memory, so memory is flat in trial
+    length.
     """
 
     @staticmethod
-    def forward(ctx, y0, drive, w_t, kappa, call: _Call, segment: int, plan):
+    def forward(ctx, y0, drive, w_t, kappa, w_slow_t, call: _Call, segment: int, plans):
         states = call.states(y0)
-        ctx.call, ctx.segment, ctx.drive_shape, ctx.plan = call, segment, drive.shape, plan
+        ctx.call, ctx.segment, ctx.drive_shape, ctx.plans = call, segment, drive.shape, plans
         ctx.save_for_backward(states)
         return states
 
@@ -594,38 +684,55 @@ class _Adjoint(torch.autograd.Function):
         lib = _lib_or_raise()
         (states,) = ctx.saved_tensors
         call, seg = ctx.call, ctx.segment
+        gated = call.gate is not None
         B, P, n_int = call.B, call.P, states.shape[0] - 1
         g_states = g_states.contiguous()
         bt = tile_width(B)
         n_tiles = -(-B // bt)
         size = n_tiles * P * seg * call.n_sub * 4 * bt  # stores of one segment
         ps, ss, gdvs = torch.empty(size), torch.empty(size), torch.empty(size)
-        scratch = torch.empty(seg + 1, B, 3 * P)
-        adj = torch.zeros(B, 3 * P)
-        weight = _WeightGrad(P, ctx.plan) if ctx.needs_input_grad[2] else None
+        sgs = torch.empty(size) if gated else None
+        scratch = torch.empty(seg + 1, B, call.width)
+        adj = torch.zeros(B, call.width)
+        plan, slow_plan = ctx.plans
+        weight = _WeightGrad(P, plan) if ctx.needs_input_grad[2] else None
+        slow = None
+        if gated and ctx.needs_input_grad[4]:
+            slow = _WeightGrad(P, slow_plan)
         g_drive = torch.zeros(ctx.drive_shape)
         row_ptr_s, col_s, val_s = call.by_source()
         for k1 in range(n_int, 0, -seg):
             k0 = max(0, k1 - seg)
             n = (k1 - k0) * call.n_sub * 4 * bt  # a store row: one population of one tile
             p_, s_, g_ = (x[: n_tiles * P * n].view(n_tiles, P, n) for x in (ps, ss, gdvs))
+            stores = dict(ps=p_, ss=s_)
+            if gated:
+                stores["sgs"] = sgs[: n_tiles * P * n].view(n_tiles, P, n)
             y0 = states[k0].contiguous()
-            fwd = call.problem(y0, k0, k1, scratch, ps=p_, ss=s_)
+            fwd = call.problem(y0, k0, k1, scratch, **stores)
             call.call(lib.colenv_rk4exp_forward, fwd)
+            if not gated:
+                del stores["ps"]  # the ungated adjoint reads the slopes only
             back = call.problem(
-                y0, k0, k1, scratch, ss=s_, row_ptr_s=row_ptr_s, col_s=col_s, val_s=val_s,
+                y0, k0, k1, scratch, **stores, row_ptr_s=row_ptr_s, col_s=col_s, val_s=val_s,
                 g_states=g_states[k0 + 1], adj=adj, gdvs=g_, g_drive=g_drive[k0],
             )  # fmt: skip
             call.call(lib.colenv_rk4exp_backward, back)
-            if weight is not None:
-                for t in range(n_tiles):  # the weight gradient of this segment, tile by tile
+            for t in range(n_tiles):  # the weight gradients of this segment, tile by tile
+                if weight is not None:
                     weight.add(p_[t], g_[t])
+                if slow is not None:
+                    slow.add(stores["sgs"][t], g_[t])
         g_y0 = g_states[0] + adj if ctx.needs_input_grad[0] else None
+        g_slow = None
+        if slow is not None:  # the slow product's input is S inv_g
+            g_slow = slow.result().mul_(call.gate.inv_g)
         return (
             g_y0,
             g_drive if ctx.needs_input_grad[1] else None,
             weight.result() if weight is not None else None,
             None,
+            g_slow,
             None,
             None,
             None,
@@ -633,8 +740,9 @@ class _Adjoint(torch.autograd.Function):
 
 
 class _WeightGrad:
-    """w_t's gradient summed over the stores of every tile and segment: rates ps [P, n] of each
-    stage (source) times gdvs [P, n], the gradient of each stage's dv (target)."""
+    """A weight gradient summed over the stores of every tile and segment: the product's inputs
+    of each stage (source: the rates ps [P, n] for w_t, the gates S for w_slow_t) times gdvs
+    [P, n], the gradient of each stage's dv (target)."""
 
     def __init__(self, P: int, plan):
         self.plan = plan
@@ -684,24 +792,35 @@ def rk4exp_rollout(
     n_threads: int | None = None,
     grad_pattern: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
+    w_slow_t: torch.Tensor | None = None,
+    gate_tau: float | None = None,
+    gate_gamma: float | None = None,
+    slow_grad_pattern: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Like :func:`rk4exp_forward`, differentiable in y0, drive and w_t when they need it
-    (the native discrete adjoint, :class:`_Adjoint`; kappa and ``noise`` get no gradient:
-    the noise increments are constants of the rollout, so the gradient is pathwise). With
-    ``grad_pattern`` ([P source, P target] bool: the entries of w_t whose gradient is used,
+    """Like :func:`rk4exp_forward`, differentiable in y0, drive, w_t and w_slow_t when they
+    need it (the native discrete adjoint, :class:`_Adjoint`; kappa and ``noise`` get no
+    gradient: the noise increments are constants of the rollout, so the gradient is pathwise).
+    With ``grad_pattern`` ([P source, P target] bool: the entries of w_t whose gradient is used,
     e.g. the transposed :meth:`ColumnNetwork.weight_pattern`), w_t's gradient is formed on it
-    only (zero elsewhere; :meth:`_Call.weight_grad_plan`)."""
+    only (zero elsewhere; :meth:`_Call.weight_grad_plan`); ``slow_grad_pattern`` does the same
+    for w_slow_t (the gated entries, or any superset such as ``grad_pattern``)."""
     if not isinstance(segment, int) or segment < 1:
         raise ValueError(f"segment must be an integer >= 1, got {segment!r}")
-    needs = torch.is_grad_enabled() and any(x.requires_grad for x in (y0, drive, w_t))
+    gate = _gate_args(w_slow_t, gate_tau, gate_gamma)
+    inputs = (y0, drive, w_t) + (() if w_slow_t is None else (w_slow_t,))
+    needs = torch.is_grad_enabled() and any(x.requires_grad for x in inputs)
     if not needs:
         return rk4exp_forward(
-            y0, drive, w_t, kappa, c, n_points, n_sub, h, filter_weights, n_threads, noise
-        )
-    args = (y0, drive, w_t, kappa, c, n_points, n_sub, h, filter_weights, n_threads, noise)
+            y0, drive, w_t, kappa, c, n_points, n_sub, h, filter_weights, n_threads, noise,
+            w_slow_t=w_slow_t, gate_tau=gate_tau, gate_gamma=gate_gamma,
+        )  # fmt: skip
+    args = (y0, drive, w_t, kappa, c, n_points, n_sub, h, filter_weights, n_threads, noise, gate)
     call = _prepare(*args)
     plan = call.weight_grad_plan(grad_pattern) if w_t.requires_grad else None
-    return _Adjoint.apply(y0, drive, w_t, kappa, call, segment, plan)
+    slow_plan = None
+    if w_slow_t is not None and w_slow_t.requires_grad:
+        slow_plan = call.weight_grad_plan(slow_grad_pattern, "slow_grad_pattern")
+    return _Adjoint.apply(y0, drive, w_t, kappa, w_slow_t, call, segment, (plan, slow_plan))
 
 
 def _lib_or_raise() -> ctypes.CDLL:

@@ -21,6 +21,9 @@
  * fast SDE path);
  * colenv_rk4exp_backward runs the adjoint over the same intervals from those stores; the weight
  * gradient is a product of the stores done by the caller (colenv.models.column.native._Adjoint).
+ * With gating (Problem.gated) the tiles are the *_gated_* variants of the same code (a
+ * compile-time flag): the slow gating variable S joins RK4 on (v, a), and w_slow_t's product
+ * runs over its CSR; the ungated tiles compile to the code they had before.
  *
  * Built on first use by colenv.models.column.native (cc -O3 -march=native -ffp-contract=fast, i.e. fused
  * multiply-adds; no -ffast-math: NaN and inf must propagate exactly as in torch so that
@@ -65,6 +68,19 @@ typedef struct {
     /* SDE (NULL: none): [n_int, n_sub, B, P] increments added to v after each step (forward
      * only: a kick does not depend on the state, so the adjoint recursion is unchanged). */
     const float *noise;
+    /* Slow gating (gated = 0: off, and none of the fields below is read). S [P] is a fourth
+     * state block, y = [v, a, r, S] (4P per trial in y0, out, g_states and adj); per stage
+     * dv += (S inv_g) @ w_slow_t and dS = gamma (1 - S) phi - S inv_tau_g, RK4 like v and a.
+     * w_slow_t's nonzeros as CSRs by target (forward) and by source (the adjoint). */
+    int32_t gated;
+    float inv_tau_g, gamma, inv_g; /* 1 / tau_S, gamma, 1 / (gamma tau_S) */
+    const int32_t *row_ptr_g;      /* [P + 1]: CSR of w_slow_t by target */
+    const int32_t *col_g;          /* [nnz]: source population */
+    const float *val_g;            /* [nnz]: w_slow_t[source, target] */
+    const int32_t *row_ptr_gs;     /* [P + 1]: CSR of w_slow_t by source */
+    const int32_t *col_gs;         /* [nnz]: target population */
+    const float *val_gs;           /* [nnz]: w_slow_t[source, target] */
+    float *sgs; /* store (layout of ps): every stage's S input (forward writes, adjoint reads) */
 } Problem;
 
 #define TINY 1e-30f
@@ -143,10 +159,16 @@ static inline __attribute__((always_inline)) float rate(float x, const Problem *
  * and writes the other, so no array is read and written in the same loop), rates, drive and
  * the running RK4 sums. */
 enum { V, A, R, X1V, X1A, X2V, X2A, PHI, SLP, DRV, KV1, KV23, KA1, KA23, PR1, PR23, N_ARR };
+/* Gated tiles only (after the others: an ungated tile's arrays are laid out as without gating):
+ * S, its two stage-input buffers, its RK4 sums and the stage's S inv_g (the slow product's
+ * input). */
+enum { SG = N_ARR, X1S, X2S, KS1, KS23, SRD, N_ARR_G };
 /* Scratch arrays of one tile in backward, each [P][BT]: the adjoint (lv, la, lr), the four
  * stages' dv and da gradients, their state gradients, and the interval's drive gradient. */
 enum { LV, LA, LR, GDV1, GDV2, GDV3, GDV4, GDA1, GDA2, GDA3, GDA4, GV1, GV2, GV3, GV4, GA1, GA2,
        GA3, GA4, GDRV, N_BARR };
+/* Gated backward only: S's adjoint, the stages' dS gradients and their S-input gradients. */
+enum { LS = N_BARR, GDS1, GDS2, GDS3, GDS4, GS1, GS2, GS3, GS4, N_BARR_G };
 
 typedef float f32x8 __attribute__((vector_size(32)));
 typedef float f32x16 __attribute__((vector_size(64)));
@@ -188,7 +210,7 @@ static void *work(void *arg) {
     Worker *w = (Worker *)arg;
     const Problem *p = w->p;
     const int BT = tile_width(p->B);
-    const size_t n_arr = w->backward ? N_BARR : N_ARR;
+    const size_t n_arr = w->backward ? (p->gated ? N_BARR_G : N_BARR) : (p->gated ? N_ARR_G : N_ARR);
     float *buf = (float *)aligned_alloc(64, (n_arr * p->P * BT * sizeof(float) + 63) / 64 * 64);
     if (!buf) {
         w->failed = 1;
@@ -197,11 +219,23 @@ static void *work(void *arg) {
     const int n_tiles = (p->B + BT - 1) / BT;
     for (int t = w->id; t < n_tiles; t += p->n_threads) {
         const int b0 = t * BT, nb = p->B - b0 < BT ? p->B - b0 : BT;
-        if (w->backward) {
+        if (w->backward && p->gated) {
+            switch (BT) {
+            case 1: btile_gated_1(p, t, b0, nb, buf); break;
+            case 8: btile_gated_8(p, t, b0, nb, buf); break;
+            default: btile_gated_16(p, t, b0, nb, buf); break;
+            }
+        } else if (w->backward) {
             switch (BT) {
             case 1: btile_1(p, t, b0, nb, buf); break;
             case 8: btile_8(p, t, b0, nb, buf); break;
             default: btile_16(p, t, b0, nb, buf); break;
+            }
+        } else if (p->gated) {
+            switch (BT) {
+            case 1: tile_gated_1(p, t, b0, nb, buf); break;
+            case 8: tile_gated_8(p, t, b0, nb, buf); break;
+            default: tile_gated_16(p, t, b0, nb, buf); break;
             }
         } else {
             switch (BT) {
