@@ -18,9 +18,12 @@ Solvers (``SOLVERS``) and the option table each family reads (:meth:`SolverConfi
 |---|---|---|---|
 | torchdiffeq fixed | euler, midpoint, heun2, heun3, rk4, explicit_adams, implicit_adams, fixed_adams | ``step_ms`` | none |
 | torchdiffeq adaptive | dopri5, dopri8, bosh3, fehlberg2, adaptive_heun | error control | ``[solver.adaptive]`` |
-| fast (the model's own scheme) | expeuler, exprk2, rk4exp | ``step_ms`` | ``[solver.fast]`` |
+| fast (the model's own scheme) | expeuler, exprk2, rk4exp, ros2 | ``step_ms`` | ``[solver.fast]`` |
 | torchsde (``sde=True``) | euler, milstein, srk, heun, midpoint, euler_heun, reversible_heun | ``step_ms`` | ``[solver.torchsde]`` |
-| fast SDE (``sde=True``) | expeuler, exprk2, rk4exp + additive noise kick on v | ``step_ms`` | ``[solver.fast]`` |
+| fast SDE (``sde=True``) | expeuler, exprk2, rk4exp, ros2 + additive noise kick on v | ``step_ms`` | ``[solver.fast]`` |
+
+ros2 is the column model's linearly implicit (Rosenbrock-W) step for stiff networks
+(:mod:`colenv.models.column.rosenbrock`, docs/numerics.md).
 
 The Adams methods are multistep: their history straddles the stimulus jumps on the grid, so
 they lose accuracy there (explicit_adams diverges on the stiff test problem of
@@ -67,6 +70,7 @@ SOLVERS: dict[str, tuple[str, ...]] = {
     "sde": SDE_METHODS,
 }
 ADJOINT_METHODS = ("rk4exp",)  # fast methods with a hand-written discrete adjoint
+NATIVE_METHODS = ("rk4exp", "ros2")  # fast methods with a native C kernel (ros2: forward only)
 Backward = Literal["auto", "discrete_adjoint", "autograd"]
 Kernel = Literal["auto", "torch", "native"]
 BACKWARDS: tuple[str, ...] = get_args(Backward)
@@ -180,7 +184,8 @@ class FastOptions(StrictModel, metaclass=_ParseOnCall):
     kernel: Kernel = Field(
         "auto",
         description="where rk4exp runs: 'native' (the C kernel: CPU, float32, ODE or SDE, no "
-        "kappa gradient), 'torch', or 'auto' (native where it applies and builds)",
+        "kappa gradient), 'torch', or 'auto' (native where it applies and builds); ros2: its "
+        "native forward where no gradient is needed and the network has no gating",
     )
 
     def problem(self, method: str, sde: bool = False) -> str | None:
@@ -199,10 +204,15 @@ class FastOptions(StrictModel, metaclass=_ParseOnCall):
                 f"({_show(ADJOINT_METHODS)} with backward 'auto' or 'discrete_adjoint'), not "
                 f"{with_backward}"
             )
-        if self.kernel == "native" and not adjoint:
+        if self.kernel == "native" and method not in NATIVE_METHODS:
             return (
-                f"solver.fast.kernel = 'native': applies to method {_show(ADJOINT_METHODS)} "
+                f"solver.fast.kernel = 'native': applies to method {_show(NATIVE_METHODS)} "
                 f"(with or without sde), not method {method!r}; allowed here: 'auto', 'torch'"
+            )
+        if method == "ros2" and self.checkpoint_every:
+            return (
+                f"solver.fast.checkpoint_every = {self.checkpoint_every}: not implemented for "
+                "method 'ros2' (its gradient is autograd through the steps); use 0"
             )
         if sde and self.checkpoint_every and (not adjoint or self.backward == "autograd"):
             return (

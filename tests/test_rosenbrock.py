@@ -291,3 +291,39 @@ def test_gamma_is_verwer_et_al():
     # L-stability of ROS2: R(z) = (1 + (1 - 2 gamma) z + (gamma^2 - 2 gamma + 1/2) z^2)
     # / (1 - gamma z)^2 tends to (gamma^2 - 2 gamma + 1/2) / gamma^2 = 0 as z -> -inf
     assert GAMMA * GAMMA - 2 * GAMMA + 0.5 == pytest.approx(0.0, abs=1e-15)
+
+
+def _native_or_skip():
+    from colenv.models.column import native
+
+    if not native.available():
+        pytest.skip(f"native kernel unavailable: {native.unavailable_reason()}")
+
+
+@torch.no_grad()
+def test_native_forward_matches_the_torch_path():
+    _native_or_skip()
+    stim, t_ms = _stimulus(T=40, on=10)
+    net64 = _network(noise_std=1.0)
+    net32 = _network(noise_std=1.0).float()
+    net32.load_state_dict(net64.state_dict())
+    # ODE: against float64; SDE: against the float32 torch path (the increments are drawn in
+    # the rollout's dtype, so float32 and float64 draws differ)
+    for sde, net_ref, dtype in ((False, net64, F64), (True, net32, torch.float32)):
+        torch_path = SolverConfig("ros2", step_ms=0.5, sde=sde, fast={"kernel": "torch"})
+        ref = rollout(net_ref, stim.to(dtype), t_ms.to(dtype), torch_path, seed=2)
+        solver = SolverConfig("ros2", step_ms=0.5, sde=sde, fast={"kernel": "native"})
+        out = rollout(net32, stim.float(), t_ms.float(), solver, seed=2)
+        err = (net32.rates(out.states).double() - net_ref.rates(ref.states).double()).abs().max()
+        assert float(err) < 1e-3, (sde, float(err))  # float32 rounding, Hz
+
+
+def test_native_kernel_refuses_a_gradient_and_auto_takes_torch():
+    _native_or_skip()
+    stim, t_ms = _stimulus(T=8, on=2)
+    net = _network().float()
+    stim = stim.float()
+    with pytest.raises(ConfigError, match="no gradient"):
+        rollout(net, stim, t_ms.float(), SolverConfig("ros2", fast={"kernel": "native"}))
+    out = rollout(net, stim, t_ms.float(), SolverConfig("ros2"))
+    assert out.states.requires_grad  # auto: the torch path, differentiable

@@ -33,11 +33,15 @@ rollout), so a seed reproduces a rollout and ``noise_std = 0`` is the ODE exactl
 
 Gradient: autograd through the steps (the exact gradient of the discrete scheme, including the
 dependence of W on y_n through phi'). The native C kernel (:mod:`colenv.models.column.native`,
-``ros2.c``) runs the forward without a gradient on CPU in float32.
+``ros2.c``, :func:`native_forward`) runs the forward on CPU in float32 where no gradient is
+needed (``solver.fast.kernel`` "auto"; "native" insists, "torch" never); a rollout that needs a
+gradient, or a gated network, runs the torch path. There is no native adjoint yet, so
+training with ros2 runs on the torch path.
 """
 
 from __future__ import annotations
 
+import ctypes
 import math
 from typing import TYPE_CHECKING
 
@@ -149,6 +153,130 @@ def _step_function(h: float, c: dict, gate: tuple[float, float] | None):
     return step
 
 
+class _Ros2Problem(ctypes.Structure):
+    """ros2.c's ``Ros2Problem``."""
+
+    _fields_ = [
+        *((name, ctypes.c_int32) for name in ("B", "P", "n_int", "n_sub", "n_threads")),
+        *(
+            (name, ctypes.c_void_p)
+            for name in ("y0", "drive", "blk", "row_ptr", "col", "val", "kappa", "noise")
+        ),
+        *(
+            (name, ctypes.c_float)
+            for name in (
+                "h",
+                "gh",
+                "da",
+                "db",
+                "inv_d",
+                "inv_tau_m",
+                "inv_tau_a",
+                "e_r",
+                "w0",
+                "w1",
+                "max_rate",
+                "diag_v",
+            )
+        ),
+        ("out", ctypes.c_void_p),
+    ]
+
+
+def native_forward(
+    terms: ColumnTerms,
+    y0: torch.Tensor,
+    n_points: int,
+    n_sub: int,
+    h: float,
+    noise: torch.Tensor | None = None,
+    n_threads: int | None = None,
+) -> torch.Tensor:
+    """States [n_points, B, 3P] of ROS2 on the native C kernel (``native/ros2.c``): float32
+    CPU tensors, no gating, no gradient (the same scheme as :func:`ros2_rollout`'s torch
+    path, to float32 rounding). Raises RuntimeError where the kernel is unavailable."""
+    from colenv.models.column import native
+
+    lib = native._lib_or_raise()
+    fn = lib.colenv_ros2_forward
+    fn.argtypes = [ctypes.POINTER(_Ros2Problem)]
+    fn.restype = ctypes.c_int
+    c = terms.constants
+    n_int = n_points - 1
+    P = terms.n_pop
+    y0 = y0.detach().contiguous()
+    B = y0.shape[0]
+    if y0.shape != (B, 3 * P) or y0.dtype != torch.float32 or y0.device.type != "cpu":
+        raise ValueError(f"y0 must be a float32 CPU tensor [B, {3 * P}], got {y0.dtype} {list(y0.shape)}")  # fmt: skip
+    drive = terms.drive.detach()[:n_int].contiguous()
+    if drive.shape != (n_int, B, P):
+        raise ValueError(f"drive must be [{n_int}, {B}, {P}], got {list(drive.shape)}")
+    w_t = terms.w_t.detach().float()
+    blocks = column_blocks(w_t).contiguous()
+    rest = w_t.masked_fill(native._inside_blocks(P, BLOCK), 0.0)
+    row_ptr, col, val = native.sparse_by_target(rest)
+    kappa = terms.kappa.detach().float().contiguous()
+    if noise is not None:
+        noise = noise.detach()[:n_int].contiguous()
+        if noise.shape != (n_int, n_sub, B, P):
+            raise ValueError(f"noise must be [{n_int}, {n_sub}, {B}, {P}], got {list(noise.shape)}")  # fmt: skip
+    out = torch.empty(n_points, B, 3 * P, dtype=torch.float32)
+    e_r, w0, w1 = filter_weights(c["tau_s"], h)
+    prob = _Ros2Problem(
+        B=B,
+        P=P,
+        n_int=n_int,
+        n_sub=n_sub,
+        n_threads=n_threads or torch.get_num_threads(),
+        y0=y0.data_ptr(),
+        drive=drive.data_ptr(),
+        blk=blocks.data_ptr(),
+        row_ptr=row_ptr.data_ptr(),
+        col=col.data_ptr(),
+        val=val.data_ptr(),
+        kappa=kappa.data_ptr(),
+        noise=None if noise is None else noise.data_ptr(),
+        h=h,
+        gh=GAMMA * h,
+        da=c["da"],
+        db=c["db"],
+        inv_d=1.0 / c["d"],
+        inv_tau_m=1.0 / c["tau_m"],
+        inv_tau_a=1.0 / c["tau_a"],
+        e_r=e_r,
+        w0=w0,
+        w1=w1,
+        max_rate=c.get("max_rate", 0.0),
+        diag_v=1.0 + GAMMA * h / c["tau_m"],
+        out=out.data_ptr(),
+    )
+    if fn(ctypes.byref(prob)):
+        raise MemoryError("native ros2 kernel: out of memory for its scratch arrays")
+    return out
+
+
+def _use_native(kernel: str, terms: ColumnTerms, y0: torch.Tensor) -> bool:
+    """Whether this ros2 rollout runs on the native forward; with kernel="native", a
+    ConfigError saying why where it cannot."""
+    from colenv.models.column import native
+
+    tensors = (y0, terms.w_t, terms.drive, terms.kappa)
+    why = None
+    if torch.is_grad_enabled() and any(x.requires_grad for x in tensors):
+        why = "it has no gradient (ros2's gradient is autograd on the torch path)"
+    elif terms.gated:
+        why = "it has no gating synapse (the torch path integrates gated networks)"
+    elif not all(x.device.type == "cpu" and x.dtype == torch.float32 for x in tensors):
+        why = f"it takes float32 CPU tensors (got {y0.dtype} on {y0.device})"
+    elif not native.available():
+        why = f"it is unavailable here ({native.unavailable_reason()})"
+    if why is None:
+        return True
+    if kernel == "native":
+        raise ConfigError(f"solver.fast.kernel = 'native' cannot run this ros2 rollout: {why}")
+    return False
+
+
 def ros2_rollout(
     terms: ColumnTerms,
     y0: torch.Tensor,
@@ -167,6 +295,9 @@ def ros2_rollout(
             f"solver.fast.checkpoint_every = {options.checkpoint_every}: not implemented for "
             "method 'ros2' (its gradient is autograd through the steps); use 0"
         )
+    kernel = "auto" if options is None else options.kernel
+    if kernel != "torch" and _use_native(kernel, terms, y0):
+        return native_forward(terms, y0, n_points, n_sub, h, noise)
     P = terms.n_pop
     gate = gating(terms)
     n_var = 4 if gate is not None else 3

@@ -58,6 +58,8 @@ import torch
 
 SOURCE = Path(__file__).with_name("rk4exp.c")
 HEADERS = (Path(__file__).with_name("rk4exp_tile.h"),)
+# compiled into the same library: ROS2's forward (colenv.models.column.rosenbrock)
+EXTRA_SOURCES = (Path(__file__).with_name("ros2.c"),)
 FLAGS = (
     "-O3",
     "-march=native",
@@ -222,9 +224,8 @@ def _compile(cc: list[str], lib_path: Path) -> None:
     fd, tmp = tempfile.mkstemp(prefix=lib_path.name + ".", suffix=".tmp", dir=lib_path.parent)
     os.close(fd)
     try:
-        out = subprocess.run(
-            [*cc, *FLAGS, "-o", tmp, str(SOURCE), "-lm"], capture_output=True, text=True
-        )
+        cmd = [*cc, *FLAGS, "-o", tmp, str(SOURCE), *map(str, EXTRA_SOURCES), "-lm"]
+        out = subprocess.run(cmd, capture_output=True, text=True)
         if out.returncode:
             raise RuntimeError(f"{' '.join(cc)} failed: {out.stderr.strip()[-1000:]}")
         record = f"{os.path.getsize(tmp)} {_sha256(Path(tmp))}\n".encode()
@@ -254,7 +255,7 @@ def _build() -> ctypes.CDLL:
         )
     except (OSError, subprocess.SubprocessError) as err:
         raise RuntimeError(f"no working C compiler ({' '.join(cc) or '$CC'}: {err})") from err
-    src = SOURCE.read_bytes() + b"".join(h.read_bytes() for h in HEADERS)
+    src = SOURCE.read_bytes() + b"".join(h.read_bytes() for h in (*HEADERS, *EXTRA_SOURCES))
     key = hashlib.sha256(
         src + " ".join(FLAGS).encode() + version.stdout.encode() + _cpu_tag().encode()
     ).hexdigest()[:16]
