@@ -28,8 +28,8 @@ Variants (``VARIANTS``, in this order by default; the first one measured is the 
 (torchdiffeq fixed step), ``rk4exp-torch`` (colenv's fast exponential RK4, torch kernel,
 eager), ``rk4exp-compiled`` (the same under ``torch.compile``), ``rk4exp-native`` (the native
 C kernel; CPU, float32), ``ros2-torch`` (the linearly implicit Rosenbrock-W step,
-:mod:`colenv.models.column.rosenbrock`, torch, gradient by autograd), ``ros2-native`` (its C
-forward; a gradient takes the torch path), ``config`` (the config's own ``[solver]``) and, on request, the SDE variants (timed, and
+:mod:`colenv.models.column.rosenbrock`, torch, gradient by autograd), ``ros2-native`` (kernel
+"auto": its C forward on CPU in float32; the gradient of the fwd+bwd timing runs the torch path), ``config`` (the config's own ``[solver]``) and, on request, the SDE variants (timed, and
 reported by their largest rate, since a noisy rollout has no deterministic reference):
 ``rk4exp-sde`` (rk4exp with the noise kick on v, default kernel: native on CPU),
 ``rk4exp-sde-torch`` (the same on the torch path), ``sde-euler`` and ``sde-srk`` (torchsde's
@@ -155,8 +155,8 @@ def solver_variants(
             elif name == "ros2-torch":
                 cfg = SolverConfig("ros2", step_ms=step, fast={"kernel": "torch"})
                 out.append((f"ros2 torch {at}", cfg))
-            elif name == "ros2-native":
-                cfg = SolverConfig("ros2", step_ms=step, fast={"kernel": "native"})
+            elif name == "ros2-native":  # native forward; a gradient runs the torch path
+                cfg = SolverConfig("ros2", step_ms=step, fast={"kernel": "auto"})
                 out.append((f"ros2 native {at}", cfg))
             elif name == "rk4exp-sde":
                 out.append((f"rk4exp SDE {at}", SolverConfig("rk4exp", step_ms=step, sde=True)))

@@ -1,0 +1,68 @@
+"""ros2 (the linearly implicit Rosenbrock-W step) against rk4exp on the Decision network.
+
+Run: ``python -m pytest tests/benchmarks/test_bench_rosenbrock.py --benchmark-enable``
+(skipped in the unit run). One torch thread (conftest.py). Each case times one forward
+rollout of the shipped Decision network (colenv/Decision-v0's config, untrained) over its
+evaluation grid with the default kernel (native on CPU in float32), records its readout error
+against a float64 dopri5 reference (rtol = atol = 1e-9) in ``benchmark.extra_info`` and the
+time ratio against rk4exp at 0.1 ms (the shipped step) measured in the same run.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+
+import pytest
+import torch
+
+from colenv import SolverConfig, rollout
+from trainers.bench import build_network, readout_error_hz, reference_readout
+
+CASES = {
+    "rk4exp 0.1ms": SolverConfig("rk4exp", step_ms=0.1),
+    "rk4exp 0.5ms": SolverConfig("rk4exp", step_ms=0.5),
+    "ros2 0.1ms": SolverConfig("ros2", step_ms=0.1),
+    "ros2 0.25ms": SolverConfig("ros2", step_ms=0.25),
+    "ros2 0.5ms": SolverConfig("ros2", step_ms=0.5),
+}
+BASELINE = "rk4exp 0.1ms"
+
+
+@functools.lru_cache(maxsize=1)
+def _decision():
+    torch.manual_seed(0)
+    net = build_network("colenv/Decision-v0", device="cpu")
+    grid = net.trial(None, torch.float32)
+    return net, grid, reference_readout(net, grid)
+
+
+def _forward(net, grid, solver):
+    with torch.no_grad():
+        return rollout(net.model, grid.stimulus, grid.t_ms, solver).states
+
+
+@functools.lru_cache(maxsize=1)
+def _baseline_s() -> float:
+    net, grid, _ = _decision()
+    _forward(net, grid, CASES[BASELINE])  # warm-up (kernel build)
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        _forward(net, grid, CASES[BASELINE])
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+@pytest.mark.benchmark(group="ros2 decision forward")
+@pytest.mark.parametrize("case", list(CASES))
+def test_ros2_vs_rk4exp_decision(benchmark, case):
+    net, grid, ref = _decision()
+    base = _baseline_s()
+    states = benchmark.pedantic(lambda: _forward(net, grid, CASES[case]), rounds=3, warmup_rounds=1)
+    err, _ = readout_error_hz(net.model.readout(states), ref)
+    benchmark.extra_info.update(
+        readout_err_hz=err,
+        time_vs_rk4exp_0_1ms=benchmark.stats.stats.min / base,
+    )
+    assert torch.isfinite(states).all()
