@@ -185,7 +185,7 @@ def _stimulus(T=60, B=2, on=10):
 
 def test_column_network_against_dopri5():
     net = _network()
-    stim, t_ms = _stimulus()
+    stim, t_ms = _stimulus(T=40, on=5)
     with torch.no_grad():
         ref = rollout(
             net, stim, t_ms, SolverConfig("dopri5", adaptive={"rtol": 1e-9, "atol": 1e-9})
@@ -264,7 +264,7 @@ def test_sde_kicks_are_the_shared_increments():
 
 def test_gated_network_against_dopri5():
     net = _network(gating={"pairs": [["L23e", "L23e"]], "kinds": ["recurrent"]})
-    stim, t_ms = _stimulus(T=50)
+    stim, t_ms = _stimulus(T=30, on=5)
     with torch.no_grad():
         ref = rollout(
             net, stim, t_ms, SolverConfig("dopri5", adaptive={"rtol": 1e-9, "atol": 1e-9})
