@@ -355,7 +355,7 @@ def test_methods_without_gating_support_say_so(method):
         rollout(net, torch.zeros(3, 1, 1, dtype=F64), torch.linspace(0, 2, 3, dtype=F64), cfg)
 
 
-def test_float32_on_the_default_kernel_runs_the_torch_path():
+def test_float32_on_the_default_kernel_matches_float64():
     net = _net(dtype=torch.float32)
     stim = torch.full((21, 2, 1), 5.0)
     t = torch.linspace(0, 20, 21)

@@ -598,7 +598,7 @@ def fast_rollout(
 
     Args:
         terms: the weights, drive [T, B, P], adaptation, constants and noise of one rollout.
-        y0: [B, 3P] initial state.
+        y0: [B, 3P] initial state ([B, 4P] with gating).
         n_points: number of output grid points T.
         n_sub: steps per grid interval.
         h: step in seconds.
@@ -625,9 +625,11 @@ def fast_rollout(
             what removes Euler-Maruyama's rate artefacts). ``generator`` draws xi, all of
             the rollout's at once (:func:`noise_increments`); sigma = 0 adds nothing.
 
-    With the gating synapse (``terms.w_slow_t``, state [v, a, r, S]) only rk4exp runs
-    (classical RK4 on (v, a, S), r as without it; other methods raise ConfigError), on the
-    torch path (its own discrete adjoint, or autograd as the options say); noise on v only.
+    With the gating synapse (``terms.w_slow_t``, state [v, a, r, S]) rk4exp is classical RK4
+    on (v, a, S), r as without it, on the native kernel where ``kernel`` and the tensors allow
+    it (as above), else on the torch path (:func:`_gated_rollout`: its own discrete adjoint, or
+    autograd as the options say); noise on v only. expeuler and exprk2 raise ConfigError
+    (ros2 integrates it: :mod:`colenv.models.column.rosenbrock`).
 
     Returns:
         states [T, B, 3P] on the grid ([T, B, 4P] with gating).
