@@ -206,8 +206,9 @@ class FastOptions(StrictModel, metaclass=_ParseOnCall):
             )
         if self.kernel == "native" and method not in NATIVE_METHODS:
             return (
-                f"solver.fast.kernel = 'native': applies to method {_show(NATIVE_METHODS)} "
-                f"(with or without sde), not method {method!r}; allowed here: 'auto', 'torch'"
+                "solver.fast.kernel = 'native': applies to method rk4exp (with or without "
+                f"sde; its forward and adjoint) and ros2 (its forward), not method {method!r}; "
+                "allowed here: 'auto', 'torch'"
             )
         if method == "ros2" and self.checkpoint_every:
             return (
