@@ -118,10 +118,10 @@ def _shipped_configs() -> list[Path]:
 
 
 def test_no_shipped_config_holds_a_learned_weight():
-    """An explicit weight in a shipped config must be an anatomical default: a whole multiple
-    of the P&D afferent in-degree of its target (K_ff, or their mean where P&D give none)
-    times J. Weights copied out of a training run (like the earlier Parity tree's 26.0,
-    22.92, 67.8 nA) are not; nor may any table carry weight matrices ("init", "weights",
+    """An explicit weight in a shipped config must be an anatomical default: a whole or half
+    multiple (1, 1.5, 2, ...) of the P&D afferent in-degree of its target (K_ff, or their
+    mean where P&D give none) times J. Weights copied out of a training run (like the earlier
+    Parity tree's 26.0, 22.92, 67.8 nA) are not; nor may any table carry weight matrices ("init", "weights",
     "state_dict")."""
     j_na, k_default = _default_in_degrees()
     checked = 0
@@ -131,10 +131,10 @@ def test_no_shipped_config_holds_a_learned_weight():
         for key in ("state_dict", "weights =", "init ="):
             assert key not in text, f"{path}: {key!r}"
         for where, target, weight, _ in _explicit_weights(raw):
-            k = weight / j_na / k_default[population_index(target)]
-            assert round(k) >= 1 and abs(k - round(k)) < 0.005 * round(k), (
+            k = 2 * weight / j_na / k_default[population_index(target)]  # in halves
+            assert round(k) >= 2 and abs(k - round(k)) < 0.005 * round(k), (
                 f"{path.relative_to(ROOT)} {where}: {weight} nA is not a multiple of the "
-                f"anatomical default ({k:.4g} x K J): a learned weight?"
+                f"anatomical default ({k / 2:.4g} x K J): a learned weight?"
             )
             checked += 1
     assert checked > 0  # decision.toml's input edges are anatomical defaults, checked here
