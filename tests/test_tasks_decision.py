@@ -183,6 +183,26 @@ def test_stimulus_rmse_is_over_the_stimulus_and_the_trials_with_a_winner(hold_tr
     assert limit.stimulus_rmse_limit_hz == 1.0
 
 
+def test_stimulus_rmse_counts_the_trials_accuracy_scores(hold_trial):
+    """With accuracy_min_coherence_pct = 12.8 a lapse at 3.2 and 6.4 % (the other pool wins,
+    as a noisy subject's does) is outside stimulus_rmse_hz, which is then the hand value of
+    the strong trials (a 2 Hz error on one output: sqrt 2); with the default it counts."""
+    _, trial = hold_trial
+    weak = trial.conditions["coherence_pct"].abs() < 12.8
+    out = trial.target.clone()
+    out[100:1100, :, 1] += 2.0
+    out[100:1100, weak] = out[100:1100, weak].flip(-1)  # the wrong pool wins in the stimulus
+    strong_only = Decision(
+        pre_stimulus_ms=100,
+        post_stimulus_ms=500,
+        hold_window_ms=500,
+        accuracy_min_coherence_pct=12.8,
+    )
+    assert strong_only.evaluate(out, trial)["stimulus_rmse_hz"] == pytest.approx(2.0**0.5, rel=1e-5)
+    everyone = Decision(pre_stimulus_ms=100, post_stimulus_ms=500, hold_window_ms=500)
+    assert everyone.evaluate(out, trial)["stimulus_rmse_hz"] > 4.0
+
+
 def test_hold_kwargs_validation():
     for bad in (0, 50.0, 150.0, 300.0, float("nan"), True):
         with pytest.raises(ValueError, match="hold_window_ms must be a multiple of 100 ms"):

@@ -98,9 +98,12 @@ after scaling; docs/decision.md). With the column equations alone (no gating syn
 gating synapse (``network.gating``; docs/decision.md).
 
 ``rmse_hz`` is over the whole mask, the post-stimulus period included.
-``stimulus_rmse_hz`` is over the stimulus period only and over the trials with c' != 0 (at
-c' = 0 the noise-free pools rise together with no winner, which competing columns cannot
-follow): how well the winner's and the loser's columns track the pools while they decide.
+``stimulus_rmse_hz`` is over the stimulus period only and over the trials ``accuracy`` scores
+(c' != 0, and |c'| >= ``accuracy_min_coherence_pct``; at c' = 0 the noise-free pools rise
+together with no winner, which competing columns cannot follow): how well the winner's and the
+loser's columns track the pools while they decide. (Under noise a network as noisy as Wong &
+Wang's picks the other pool on a third of the 3.2 % trials, where the noise-free target is the
+favoured pool's; restricting the coherences keeps those lapses out of a rate error.)
 ``hold_solved`` is 1.0 when ``accuracy`` and ``hold_accuracy`` are >= 0.95 and
 ``stimulus_rmse_hz <= stimulus_rmse_limit_hz`` (default 3 Hz), else 0.0: the criterion of the
 holding Decision (``[success] metric = "hold_solved"``).
@@ -295,7 +298,7 @@ class Decision(TrialTask):
         n_held = int(held.sum())
         error2 = ((output - target) ** 2)[mask]
         stimulus = self.period("stimulus")
-        stim_error2 = ((output[stimulus] - target[stimulus]) ** 2)[:, decided]
+        stim_error2 = ((output[stimulus] - target[stimulus]) ** 2)[:, scored]
         accuracy = n_correct / n_scored if n_scored else math.nan
         hold_accuracy = n_held / n_scored if n_scored else math.nan
         stimulus_rmse = float(torch.sqrt(stim_error2.mean())) if stim_error2.numel() else math.nan
