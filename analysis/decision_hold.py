@@ -41,18 +41,27 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
 import scipy.optimize
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from column_bistability import column  # noqa: E402
+from colenv.reference.wong_wang import decide
+from colenv.tasks.decision import Decision
 
-from colenv.reference.wong_wang import decide  # noqa: E402
-from colenv.tasks.decision import Decision  # noqa: E402
+
+def _sibling(name: str):
+    """A module of analysis/ (this script's folder) by path, without touching sys.path."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+column = _sibling("column_bistability").column
 
 GAMMA = 0.641  # Wong & Wang (2006): gating saturation (phi in Hz, time in s)
 TAU_S = 0.1  # s, NMDA gating decay
