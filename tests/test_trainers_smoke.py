@@ -171,3 +171,27 @@ def test_bench_subcommand_is_trainers_bench(capsys):
         main(["bench", "--help"])
     assert done.value.code == 0
     assert "usage: python -m trainers.bench" in capsys.readouterr().out
+
+
+def test_solved_needs_the_criterion_at_patience_evaluations_in_a_row(tiny):
+    """success.patience = 2: a run whose criterion held at only its last evaluation (here a
+    rmse criterion met from step 2 on) is not solved; one more evaluation that meets it makes
+    it solved. Counted from the history, so it survives resume."""
+    from trainers.callbacks import criterion_streak
+
+    task = "colenv/XOR-v0"
+    criterion = ["success.metric=rmse_hz", "success.patience=2"]
+    first = train(load_config(task, tiny(task, *criterion, "success.threshold=1e9", steps=1)))
+    assert [h["step"] for h in first.history] == [1] and not first.solved
+    two = train(load_config(task, tiny(task, *criterion, "success.threshold=1e9", steps=2)))
+    assert two.solved
+    never = train(load_config(task, tiny(task, *criterion, "success.threshold=1e-9", steps=2)))
+    assert not never.solved
+
+    class State:  # a history with a break: only the evaluations after it count
+        config = load_config(task, criterion)
+        threshold = 1.0
+        history = [{"step": 1, "rmse_hz": 0.5}, {"step": 2, "rmse_hz": 3.0}]
+        history += [{"step": 3, "rmse_hz": 0.5}, {"step": 3, "rmse_hz": 0.5}]
+
+    assert criterion_streak(State()) == 1  # step 3 evaluated twice counts once

@@ -231,7 +231,7 @@ class Callbacks(list):
         result = Result(
             steps=state.step,
             wall_s=time.perf_counter() - state.start_time,
-            solved=state.solved,
+            solved=criterion_streak(state) >= state.config.success.patience,
             metrics=dict(state.metrics),
             history=list(state.history),
             checkpoint=state.checkpoint,
@@ -248,6 +248,24 @@ class Callbacks(list):
                 self.run.close()
         result.checkpoint = state.checkpoint
         return result
+
+
+def criterion_streak(state: TrainState) -> int:
+    """How many evaluations in a row, ending with the last one, met the success criterion
+    (one per evaluated step): a run is solved when this reaches ``success.patience``, so a
+    run that met it once and then stopped (a divergence, the budget) under patience 2 is not."""
+    metric = state.config.success.metric
+    up = higher_is_better(metric)
+    streak, seen = 0, set()
+    for row in reversed(state.history):
+        if row.get("step") in seen:
+            continue  # the same step evaluated twice counts once
+        seen.add(row.get("step"))
+        value = row.get(metric, math.nan)
+        if not (value >= state.threshold if up else value <= state.threshold):
+            break
+        streak += 1
+    return streak
 
 
 def _with_run_dir(config, run: RunFolder):

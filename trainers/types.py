@@ -24,7 +24,7 @@ class Result:
     wall_s: float
     """seconds spent in this fit call"""
     solved: bool
-    """the success criterion held at the last evaluation"""
+    """the success criterion held at the last ``success.patience`` evaluations in a row"""
     metrics: dict[str, float] = field(default_factory=dict)
     """the last evaluation's metrics (task.evaluate plus "loss")"""
     history: list[dict[str, Any]] = field(default_factory=list)
