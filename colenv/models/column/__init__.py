@@ -3,7 +3,7 @@ integrators (torch and a native C kernel) that the generic rollout asks it for."
 
 from colenv.models.column.network import ColumnNetwork, Dynamics
 from colenv.models.column.params import POPULATIONS, ColumnParams, load_params, population_index
-from colenv.models.column.spec import AreaSpec, ConnectionSpec, NetworkSpec
+from colenv.models.column.spec import AreaSpec, ConnectionSpec, GatingSpec, NetworkSpec
 from colenv.models.column.transfer import transfer
 
 __all__ = [
@@ -13,6 +13,7 @@ __all__ = [
     "ColumnParams",
     "ConnectionSpec",
     "Dynamics",
+    "GatingSpec",
     "NetworkSpec",
     "load_params",
     "population_index",
