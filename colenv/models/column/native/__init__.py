@@ -1,4 +1,5 @@
-"""The native (C) rk4exp kernel for CPU: ``rk4exp.c`` and ``rk4exp_tile.h`` beside this file.
+"""The native (C) rk4exp kernel for CPU: ``rk4exp.c``, ``rk4exp_tile.h`` and ``column_rate.h`` (the
+transfer function it shares with ``ros2.c``) beside this file.
 
 The torch fast path spends its time on per-op overheads, a dense [P, P] product and
 element-wise kernels (docs/profiling.md). The C kernel does the same scheme and the same
@@ -57,7 +58,7 @@ from pathlib import Path
 import torch
 
 SOURCE = Path(__file__).with_name("rk4exp.c")
-HEADERS = (Path(__file__).with_name("rk4exp_tile.h"),)
+HEADERS = (Path(__file__).with_name("rk4exp_tile.h"), Path(__file__).with_name("column_rate.h"))
 # compiled into the same library: ROS2's forward (colenv.models.column.rosenbrock)
 EXTRA_SOURCES = (Path(__file__).with_name("ros2.c"),)
 FLAGS = (

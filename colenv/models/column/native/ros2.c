@@ -33,64 +33,12 @@ typedef struct {
     float *out; /* [n_int + 1, B, 3P]; row 0 = y0 */
 } Ros2Problem;
 
-#define TINY 1e-30f
-#define EXP_CAP 60.0f
-#define Q_SERIES_BELOW 0.1f
+#include "column_rate.h"
 
-/* exp(x) for x in [-87, 88] (Cephes expf), as in rk4exp.c */
-static inline float exp_f(float x) {
-    x = x > 88.0f ? 88.0f : x;
-    x = x < -87.0f ? -87.0f : x;
-    float fx = floorf(x * 1.44269504088896341f + 0.5f);
-    x = x - fx * 0.693359375f;
-    x = x + fx * 2.12194440e-4f;
-    float z = x * x;
-    float y = 1.9875691500e-4f;
-    y = y * x + 1.3981999507e-3f;
-    y = y * x + 8.3334519073e-3f;
-    y = y * x + 4.1665795894e-2f;
-    y = y * x + 1.6666665459e-1f;
-    y = y * x + 5.0000001201e-1f;
-    y = y * z + x + 1.0f;
-    int32_t n = (int32_t)(fx == fx ? fx : 0.0f);
-    uint32_t bits = (uint32_t)(n + 127) << 23;
-    float scale;
-    memcpy(&scale, &bits, sizeof scale);
-    return y * scale;
-}
-
-/* phi(x) and (slope not NULL) dphi/dx: colenv.models.column.transfer.rate_function, the same
- * branches and series as rk4exp.c's rate_slope. */
+/* phi(x) and (slope not NULL) dphi/dx with this problem's constants (column_rate.h, as
+ * rk4exp.c); the soft ceiling where max_rate > 0. */
 static inline float rate_slope(float x, const Ros2Problem *p, float *slope) {
-    const float da = p->da, db = p->db, inv_d = p->inv_d, max_rate = p->max_rate;
-    float u = x * da - db;
-    float w = u < 0.0f ? -u : u;
-    w = w < TINY ? TINY : w;
-    w = w > EXP_CAP ? EXP_CAP : w;
-    float series =
-        1.0f + w * (-0.5f + w * (1.0f / 12.0f + w * w * (-1.0f / 720.0f + w * w * (1.0f / 30240.0f))));
-    float q = w < Q_SERIES_BELOW ? series : w / (exp_f(w) - 1.0f);
-    float relu = u > 0.0f ? u : 0.0f;
-    float phi = (relu + q) * inv_d;
-    float s = 0.0f;
-    if (slope) {
-        float sgn = u > 0.0f ? 1.0f : (u < 0.0f ? -1.0f : 0.0f);
-        float exact = (u > 0.0f ? 1.0f : 0.0f) + sgn * q * (1.0f - w - q) / w;
-        float gs = 0.5f + u * (1.0f / 6.0f) - u * u * u * (1.0f / 180.0f);
-        s = (w < 1e-2f ? gs : exact) * (da * inv_d);
-        s = u != u ? u : s;
-    }
-    if (max_rate > 0.0f) {
-        float z = phi * (1.0f / max_rate);
-        float e2 = exp_f(2.0f * (z < 30.0f ? z : 30.0f));
-        float th = z < 0.01f ? z * (1.0f - z * z * (1.0f / 3.0f - z * z * (2.0f / 15.0f)))
-                             : 1.0f - 2.0f / (e2 + 1.0f);
-        th = z != z ? z : th;
-        phi = max_rate * th;
-        s = s * (1.0f - th * th);
-    }
-    if (slope) *slope = s;
-    return phi;
+    return column_rate(x, p->da, p->db, p->inv_d, p->max_rate, p->max_rate > 0.0f, slope);
 }
 
 /* In-place LU with partial pivoting of an 8 x 8 row-major matrix; piv[i] = row swapped in. A
