@@ -237,3 +237,97 @@ def test_a_runaway_from_too_large_a_step_says_so(tiny):
         in result.message
     )
     assert "try solver.step_ms=0.5" in result.message
+
+
+class FailFirstDraw:
+    """A forward that diverges on the first draw of step index ``index`` only: a failure that
+    belongs to the draw (as a rare noise excursion does), not to the weights."""
+
+    def __init__(self, forward, index: int, seed: int) -> None:
+        from trainers.supervised import step_seed
+
+        self.forward = forward
+        self.bad_seed = step_seed(seed, index)
+        self.seeds: list[int] = []
+
+    def __call__(self, model, trial, config, solver, noise_seed):
+        from colenv.errors import DivergenceError
+
+        self.seeds.append(noise_seed)
+        if noise_seed == self.bad_seed:
+            raise DivergenceError("rates reached 1e9 Hz (a bad draw)")
+        return self.forward(model, trial, config, solver, noise_seed)
+
+
+class StopAfterRedo(Callback):
+    """Interrupts training at ``step`` steps once a step has been redone (the checkpoint then
+    holds a step still to run on its second draw)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, state):
+        return not (state.step == self.step and state.redraws)
+
+
+def test_a_rejected_step_runs_again_on_a_fresh_draw(tiny, monkeypatch, capsys):
+    """Step 3's first draw diverges whatever the weights: retried on the same draw it would
+    fail max_rejections times and stop; on a fresh draw it passes and training goes on."""
+    import trainers.supervised as supervised
+
+    fake = FailFirstDraw(supervised.forward, index=2, seed=0)
+    monkeypatch.setattr(supervised, "forward", fake)
+    extra = ["train.lr=0.1", "train.max_rejections=1", "train.conditions=random"]
+    result = train(load_config(TASK, tiny(TASK, *extra, steps=4)))
+    out = capsys.readouterr().out
+    assert out.count("step 3 rejected") == 1
+    assert "steps 2 and 3 run again on fresh trials and noise" in out
+    assert not result.diverged and result.steps == 4
+    assert read_checkpoint(result.checkpoint)["redraws"] == {1: 1, 2: 1}
+    # steps 2 and 3 ran again on seeds of their own, every other step on its first draw
+    s = supervised.step_seed
+    training = {s(0, k, d) for k in range(4) for d in range(3)}  # not the evaluations' seeds
+    seen = [x for x in fake.seeds if x in training]  # (checks rerun a step's own draw)
+    seen = [x for i, x in enumerate(seen) if i == 0 or x != seen[i - 1]]
+    assert seen == [s(0, 0), s(0, 1), s(0, 2), s(0, 1, 1), s(0, 2, 1), s(0, 3)]
+
+
+def test_resume_after_a_redo_draws_what_the_uninterrupted_run_drew(tmp_path, tiny, monkeypatch):
+    """Interrupted right after the redo of step 2, the checkpoint must carry step 3's redraw:
+    the resumed run ends bit for bit where the uninterrupted one did (on step 3's first draw it
+    would diverge again, with no snapshot to roll back to)."""
+    import trainers.supervised as supervised
+
+    monkeypatch.setattr(supervised, "forward", FailFirstDraw(supervised.forward, 2, 0))
+    extra = ["train.lr=0.1", "train.max_rejections=1", "train.conditions=random"]
+    full = train(load_config(TASK, tiny(TASK, *extra, "run_name=full", steps=4)))
+    config = load_config(TASK, tiny(TASK, *extra, "run_name=split", steps=4))
+    first = train(config, callbacks=[CheckpointCallback(every=0), StopAfterRedo(2)])
+    assert first.steps == 2 and read_checkpoint(first.checkpoint)["redraws"] == {1: 1, 2: 1}
+    second = train(resume_config(str(tmp_path / "split"), []))
+    assert not second.diverged and second.steps == 4
+    a, b = read_checkpoint(full.checkpoint), read_checkpoint(second.checkpoint)
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    assert [h["loss"] for h in full.history] == [h["loss"] for h in second.history]
+
+
+def test_step_seeds_first_draws_unchanged_and_redraws_distinct():
+    from trainers.supervised import eval_seed, step_seed
+
+    assert step_seed(3, 5) == 3 * 1_000_003 + 5  # the first draw: runs before redraws repeat
+    firsts = {step_seed(s, k) for s in range(4) for k in range(-50, 200)}
+    firsts |= {eval_seed(s, k) for s in range(4) for k in range(200)}
+    redraws = {step_seed(s, k, d) for s in range(4) for k in range(200) for d in (1, 2, 3)}
+    assert len(redraws) == 4 * 200 * 3 and not redraws & firsts
+    assert all(0 <= x < 2**62 for x in redraws)
+
+
+@pytest.mark.parametrize("bad", [[1, 2], {"1": 1}, {1: 0}, {1: 1.5}])
+def test_a_damaged_redraws_entry_is_a_checkpoint_error(tmp_path, tiny, bad):
+    result = train(load_config(TASK, tiny(TASK, "run_name=r", steps=1)))
+    ckpt = torch.load(result.checkpoint, weights_only=True)
+    ckpt["redraws"] = bad
+    torch.save(ckpt, result.checkpoint)
+    with pytest.raises(CheckpointError, match="redraws"):
+        train(resume_config(str(tmp_path / "r"), ["train.steps=2"]))

@@ -9,7 +9,8 @@ it; nothing in it runs code on load)::
      "config": {...},                                # the run's TrainConfig as a plain dict
      "state_dict": {...}, "optimizer": {...} | None, "scheduler": {...} | None,
      "rng": {"python", "numpy", "torch", "cuda", "trials"},
-     "callbacks": {name: state}, "metrics", "history", "eval_step", "solved", "best"}
+     "callbacks": {name: state}, "metrics", "history", "eval_step", "solved", "best",
+     "redraws": {step: draw}}                         # steps redrawn after a rejection
 
 ``evaluate`` and ``resume`` rebuild the task and model from ``config`` (so any registered model
 kind works, a user's own included) and check them against ``task`` and ``model``: a different
@@ -138,6 +139,7 @@ def save_checkpoint(state: TrainState, path: str | Path) -> Path:
         "history": list(state.history),
         "eval_step": state.eval_step,
         "solved": state.solved,
+        "redraws": dict(state.redraws),
         "best": state.best,
     }
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -302,6 +304,15 @@ def load_checkpoint(path: str | Path, state: TrainState) -> dict[str, Any]:
     state.eval_step = ckpt["eval_step"]
     state.solved = ckpt["solved"]
     state.best = ckpt["best"]
+    redraws = ckpt.get("redraws", {})  # absent in checkpoints written before it existed
+    if not isinstance(redraws, dict) or not all(
+        type(k) is int and type(v) is int and v > 0 for k, v in redraws.items()
+    ):
+        raise CheckpointError(
+            f"checkpoint {p} has redraws = {_short(redraws)}; a colenv checkpoint holds a dict "
+            "of step index -> draw (positive int) there; it is damaged"
+        )
+    state.redraws = dict(redraws)
     state.checkpoint = str(p)
     state.resumed_from = ckpt["config"]
     return ckpt

@@ -85,7 +85,7 @@ class SupervisedTrainer:
         while state.step < t.steps:
             # --- the batch of this step, seeded by (seed, step): a resume sees the same ones
             step_start = time.perf_counter()
-            noise_seed = step_seed(t.seed, state.step)
+            noise_seed = step_seed(t.seed, state.step, state.redraws.get(state.step, 0))
             state.trial_generator.manual_seed(noise_seed)
             trial = draw_batch(train_task, t, state.trial_generator, device, dtype)
 
@@ -111,10 +111,15 @@ class SupervisedTrainer:
                 if guard.should_retry():
                     lr = guard.restore(state.step)
                     print(
-                        f"step {state.step + 1} rejected ({failure}); learning rate halved to "
-                        f"{lr:.3g}" + (f".{hint}" if hint else ""),
+                        f"step {state.step + 1} rejected ({failure}); steps {state.step} and "
+                        f"{state.step + 1} run again on fresh trials and noise; learning rate "
+                        f"halved to {lr:.3g}" + (f".{hint}" if hint else ""),
                         flush=True,
                     )
+                    # both steps run again, each on a fresh draw: under noise a failure can
+                    # be the draw's (a rare excursion), which the same draw would repeat
+                    for k in (state.step - 1, state.step):
+                        state.redraws[k] = state.redraws.get(k, 0) + 1
                     state.step -= 1  # redo the step whose update tipped the network over
                     continue
                 state.diverged = True
@@ -206,9 +211,17 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def step_seed(seed: int, step: int) -> int:
-    """The seed of step ``step``'s trials (and SDE noise): distinct for every (seed, step)."""
-    return (seed * 1_000_003 + step) % (2**62)
+def step_seed(seed: int, step: int, draw: int = 0) -> int:
+    """The seed of step ``step``'s trials (and SDE noise): distinct for every (seed, step).
+
+    ``draw`` > 0: the seed of the step's ``draw``-th redraw (a step computed again after a
+    rejection, :class:`RunawayGuard`), from numpy's SeedSequence of (seed, step, draw): a
+    62-bit value independent of the first draws' seeds."""
+    if draw == 0:
+        return (seed * 1_000_003 + step) % (2**62)
+    entropy = (seed, step % (2**62), draw)
+    state = np.random.SeedSequence(entropy).generate_state(2, dtype=np.uint32)
+    return ((int(state[0]) << 30) ^ int(state[1])) % (2**62)
 
 
 def draw_batch(task, t, generator: torch.Generator, device, dtype) -> Trial:

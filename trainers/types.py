@@ -119,3 +119,6 @@ class TrainState:
     """the config (plain dict) of the checkpoint this run resumed from, else None"""
     start_time: float = 0.0
     """time.perf_counter() when fitting began"""
+    redraws: dict = field(default_factory=dict)
+    """{step index: draw}: steps computed again after a rejected step draw fresh trials and
+    noise (draw 0, the first, is absent); checkpointed, so a resume draws the same"""
