@@ -240,21 +240,22 @@ def test_a_runaway_from_too_large_a_step_says_so(tiny):
 
 
 class FailFirstDraw:
-    """A forward that diverges on the first draw of step index ``index`` only: a failure that
-    belongs to the draw (as a rare noise excursion does), not to the weights."""
+    """A forward that diverges on the first draw of step index ``index`` only (and on the
+    draws in ``also``, (index, draw) pairs): a failure that belongs to the draw (as a rare
+    noise excursion does), not to the weights."""
 
-    def __init__(self, forward, index: int, seed: int) -> None:
+    def __init__(self, forward, index: int, seed: int, also=()) -> None:
         from trainers.supervised import step_seed
 
         self.forward = forward
-        self.bad_seed = step_seed(seed, index)
+        self.bad_seeds = {step_seed(seed, index)} | {step_seed(seed, *x) for x in also}
         self.seeds: list[int] = []
 
     def __call__(self, model, trial, config, solver, noise_seed):
         from colenv.errors import DivergenceError
 
         self.seeds.append(noise_seed)
-        if noise_seed == self.bad_seed:
+        if noise_seed in self.bad_seeds:
             raise DivergenceError("rates reached 1e9 Hz (a bad draw)")
         return self.forward(model, trial, config, solver, noise_seed)
 
@@ -281,7 +282,7 @@ def test_a_rejected_step_runs_again_on_a_fresh_draw(tiny, monkeypatch, capsys):
     result = train(load_config(TASK, tiny(TASK, *extra, steps=4)))
     out = capsys.readouterr().out
     assert out.count("step 3 rejected") == 1
-    assert "steps 2 and 3 run again on fresh trials and noise" in out
+    assert "steps 2-3 run again on fresh trials and noise" in out
     assert not result.diverged and result.steps == 4
     assert read_checkpoint(result.checkpoint)["redraws"] == {1: 1, 2: 1}
     # steps 2 and 3 ran again on seeds of their own, every other step on its first draw
@@ -290,6 +291,29 @@ def test_a_rejected_step_runs_again_on_a_fresh_draw(tiny, monkeypatch, capsys):
     seen = [x for x in fake.seeds if x in training]  # (checks rerun a step's own draw)
     seen = [x for i, x in enumerate(seen) if i == 0 or x != seen[i - 1]]
     assert seen == [s(0, 0), s(0, 1), s(0, 2), s(0, 1, 1), s(0, 2, 1), s(0, 3)]
+
+
+def test_a_redone_step_that_fails_too_is_retried_from_the_same_snapshot(tiny, monkeypatch, capsys):
+    """Step 3 fails, and so does step 2 run again on its second draw (on the weights of the
+    snapshot itself): the guard restores that snapshot once more (it is kept), step 2 runs on
+    a third draw, and training goes on with the step count and schedule in line."""
+    import trainers.supervised as supervised
+
+    fake = FailFirstDraw(supervised.forward, index=2, seed=0, also=[(1, 1)])
+    monkeypatch.setattr(supervised, "forward", fake)
+    extra = ["train.lr=0.1", "train.max_rejections=2", "train.conditions=random"]
+    result = train(load_config(TASK, tiny(TASK, *extra, steps=4)))
+    out = capsys.readouterr().out
+    assert "step 3 rejected" in out and "steps 2-3 run again" in out
+    assert "step 2 rejected" in out and "step 2 runs again" in out
+    assert not result.diverged and result.steps == 4
+    assert result.history[-1]["step"] == 4  # (evaluations of redone steps repeat, 1 2 2 3 4)
+    s = supervised.step_seed
+    training = {s(0, k, d) for k in range(4) for d in range(4)}
+    seen = [x for x in fake.seeds if x in training]
+    seen = [x for i, x in enumerate(seen) if i == 0 or x != seen[i - 1]]
+    expected = [s(0, 0), s(0, 1), s(0, 2), s(0, 1, 1), s(0, 1, 2), s(0, 2, 1), s(0, 3)]
+    assert seen == expected
 
 
 def test_resume_after_a_redo_draws_what_the_uninterrupted_run_drew(tmp_path, tiny, monkeypatch):

@@ -110,17 +110,23 @@ class SupervisedTrainer:
             if failure is not None:
                 if guard.should_retry():
                     lr = guard.restore(state.step)
+                    redo = range(guard.saved_step, state.step + 1)
                     print(
-                        f"step {state.step + 1} rejected ({failure}); steps {state.step} and "
-                        f"{state.step + 1} run again on fresh trials and noise; learning rate "
-                        f"halved to {lr:.3g}" + (f".{hint}" if hint else ""),
+                        f"step {state.step + 1} rejected ({failure}); "
+                        + (
+                            f"steps {redo[0] + 1}-{redo[-1] + 1} run"
+                            if len(redo) > 1
+                            else f"step {redo[0] + 1} runs"
+                        )
+                        + f" again on fresh trials and noise; learning rate halved to {lr:.3g}"
+                        + (f".{hint}" if hint else ""),
                         flush=True,
                     )
-                    # both steps run again, each on a fresh draw: under noise a failure can
-                    # be the draw's (a rare excursion), which the same draw would repeat
-                    for k in (state.step - 1, state.step):
+                    # every step run again draws afresh: under noise a failure can be the
+                    # draw's (a rare excursion), which the same draw would repeat
+                    for k in redo:
                         state.redraws[k] = state.redraws.get(k, 0) + 1
-                    state.step -= 1  # redo the step whose update tipped the network over
+                    state.step = guard.saved_step  # redo from the update that tipped it over
                     continue
                 state.diverged = True
                 state.stop_reason = (
@@ -161,8 +167,11 @@ class RunawayGuard:
     Before each update, :meth:`snapshot` keeps the weights, optimizer and schedule. When the
     next step fails, :meth:`should_retry` says whether to roll back (a snapshot exists and
     fewer than ``max_rejections`` rollbacks ran in a row) and :meth:`restore` puts the snapshot
-    back with half the learning rate. The count restarts once an update past the rejected
-    step survives. ``max_rejections = 0`` keeps no snapshot (no copy cost) and never retries.
+    back with half the learning rate; training then redoes the step whose update the snapshot
+    preceded (:attr:`saved_step`). The snapshot stays after a restore, so when the redone step
+    fails as well (on the snapshot's own weights) the next retry starts from it again. The
+    count restarts once an update past the rejected step survives. ``max_rejections = 0``
+    keeps no snapshot (no copy cost) and never retries.
     """
 
     def __init__(self, params, optimizer, scheduler, max_rejections: int) -> None:
@@ -171,6 +180,7 @@ class RunawayGuard:
         self.scheduler = scheduler
         self.max_rejections = max_rejections
         self.saved: tuple | None = None
+        self.saved_step = -1
         self.rejections = 0
         self.rejected_at = -1
 
@@ -179,17 +189,23 @@ class RunawayGuard:
         if step > self.rejected_at:  # a fresh update survived: the rejection run is over
             self.rejections = 0
         if self.max_rejections:
-            self.saved = (
-                [p.detach().clone() for p in self.params],
-                copy.deepcopy(self.optimizer.state_dict()),
-                copy.deepcopy(self.scheduler.state_dict()),
-            )
+            self.saved = self._copy([p.detach().clone() for p in self.params])
+            self.saved_step = step
+
+    def _copy(self, weights: list) -> tuple:
+        return (
+            weights,
+            copy.deepcopy(self.optimizer.state_dict()),
+            copy.deepcopy(self.scheduler.state_dict()),
+        )
 
     def should_retry(self) -> bool:
         return self.saved is not None and self.rejections < self.max_rejections
 
     def restore(self, step: int) -> float:
-        """Put the snapshot back with half the learning rate; returns the new rate."""
+        """Step ``step`` (0-based) failed: put the snapshot back with half the learning rate
+        (the snapshot is kept, at the new rate); returns the new rate. Training goes on from
+        step :attr:`saved_step`."""
         assert self.saved is not None
         self.rejections += 1
         self.rejected_at = step
@@ -200,7 +216,7 @@ class RunawayGuard:
         self.optimizer.load_state_dict(opt_state)
         self.scheduler.load_state_dict(sched_state)
         rescale_lr(self.optimizer, self.scheduler, 0.5)
-        self.saved = None
+        self.saved = self._copy(weights)
         return self.optimizer.param_groups[0]["lr"]
 
 
