@@ -270,6 +270,9 @@ def test_unknown_task_lists_the_known_ids_and_missing_files_are_named(tmp_path):
         load_config("colenv/Nope-v0")
     assert "unknown task 'colenv/Nope-v0'" in str(err.value)
     assert all(task in str(err.value) for task in TASKS)
+    assert "override" not in str(err.value)
+    with pytest.raises(ConfigError, match="looks like a key=value override: give overrides "):
+        load_config("train.threads=1")  # what `reproduce --tasks a.toml train.threads=1` passes
     with pytest.raises(ConfigError, match="not found"):
         load_config(tmp_path / "missing.toml")
     bad = tmp_path / "bad.toml"

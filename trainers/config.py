@@ -381,9 +381,15 @@ def config_path(task_or_path: str | Path) -> Path:
         return path
     if text.endswith(".toml"):
         raise ConfigError(f"config file {text!r} not found")
+    hint = ""
+    if "=" in text:  # e.g. `reproduce --tasks a.toml train.lr=0.1`: --tasks took the override
+        hint = (
+            f"; {text!r} looks like a key=value override: give overrides before --tasks "
+            "(which takes every word after it)"
+        )
     raise ConfigError(
         f"unknown task {text!r} (and no such file); known: {', '.join(TASKS)}, or the path of "
-        "a .toml file"
+        f"a .toml file{hint}"
     )
 
 
