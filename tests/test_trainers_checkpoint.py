@@ -355,3 +355,46 @@ def test_a_damaged_redraws_entry_is_a_checkpoint_error(tmp_path, tiny, bad):
     torch.save(ckpt, result.checkpoint)
     with pytest.raises(CheckpointError, match="redraws"):
         train(resume_config(str(tmp_path / "r"), ["train.steps=2"]))
+
+
+class _Two(torch.nn.Module):
+    def __init__(self, a, b) -> None:
+        super().__init__()
+        self.a = torch.nn.Parameter(torch.zeros_like(a))
+        self.b = torch.nn.Parameter(torch.zeros_like(b))
+        self.a.grad, self.b.grad = a.clone(), b.clone()
+
+
+def test_an_exploding_but_finite_gradient_is_clipped_not_a_failure():
+    """float32 gradients of ~1e25 (finite; their norm overflows float32) are scaled to
+    grad_clip along their own direction; a NaN or inf gradient still fails the step, and
+    without clipping an overflowing norm is a failure that says how to clip."""
+    from trainers.supervised import clip_gradients
+
+    a, b = torch.tensor([3e25, -4e25]), torch.tensor([[1e25, 0.0], [0.0, 2e24]])
+    m = _Two(a, b)
+    assert clip_gradients(m, list(m.parameters()), 1.0, loss=1.0) is None
+    flat = torch.cat([m.a.grad.double(), m.b.grad.double().flatten()])
+    expected = torch.cat([a.double(), b.double().flatten()])
+    assert flat.norm().item() == pytest.approx(1.0, rel=1e-6)
+    assert torch.allclose(flat, expected / expected.norm(), rtol=1e-5, atol=1e-12)
+
+    m = _Two(a, b)
+    message = clip_gradients(m, list(m.parameters()), 0.0, loss=2.0)
+    assert "beyond float32" in message and "train.grad_clip > 0" in message
+
+    m = _Two(torch.tensor([1.0, math.nan]), b)
+    message = clip_gradients(m, list(m.parameters()), 1.0, loss=3.0)
+    assert "non-finite in a" in message and "at loss 3" in message
+
+
+def test_ordinary_gradients_are_clipped_exactly_as_torch_does():
+    from trainers.supervised import clip_gradients
+
+    g = torch.Generator().manual_seed(0)
+    a, b = torch.randn(5, generator=g) * 3, torch.randn(2, 3, generator=g)
+    for clip in (0.0, 0.5, 100.0):
+        m, ref = _Two(a, b), _Two(a, b)
+        assert clip_gradients(m, list(m.parameters()), clip, loss=0.0) is None
+        torch.nn.utils.clip_grad_norm_(list(ref.parameters()), clip if clip > 0 else math.inf)
+        assert torch.equal(m.a.grad, ref.a.grad) and torch.equal(m.b.grad, ref.b.grad)

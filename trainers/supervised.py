@@ -303,17 +303,40 @@ def rate_penalty(model, states: torch.Tensor, t) -> torch.Tensor | float:
 
 
 def clip_gradients(model, params, grad_clip: float, loss: float) -> str | None:
-    """Clip the gradient norm to ``grad_clip`` (0 = off); a message if it is not finite."""
-    norm = torch.nn.utils.clip_grad_norm_(params, grad_clip if grad_clip > 0 else math.inf)
-    if torch.isfinite(norm):
-        return None
-    bad = [
-        name
-        for name, p in model.named_parameters()
-        if p.grad is not None and not bool(torch.isfinite(p.grad).all())
-    ]
-    where = f"non-finite in {', '.join(bad)}" if bad else "overflows the dtype"
-    return f"gradient norm is {float(norm)} ({where}) at loss {loss:.6g}"
+    """Clip the gradient norm to ``grad_clip`` (0 = off); a message if a gradient is not finite.
+
+    The norm is torch's (in the gradients' dtype). Where that overflows although every
+    gradient is finite (float32 gradients above ~1e19: an exploding gradient through a long
+    rollout), it is taken in float64 instead and the gradients are scaled down to
+    ``grad_clip`` as usual: clipping is the remedy for exploding gradients, so only
+    non-finite gradients (NaN, inf) fail the step."""
+    max_norm = grad_clip if grad_clip > 0 else math.inf
+    grads = [p.grad for p in params if p.grad is not None]
+    norm = torch.nn.utils.get_total_norm(grads)
+    if not torch.isfinite(norm):
+        bad = [
+            name
+            for name, p in model.named_parameters()
+            if p.grad is not None and not bool(torch.isfinite(p.grad).all())
+        ]
+        if bad:
+            return f"gradient norm is {float(norm)} (non-finite in {', '.join(bad)}) at loss {loss:.6g}"  # fmt: skip
+        norm = torch.linalg.vector_norm(
+            torch.stack([torch.linalg.vector_norm(g.double()) for g in grads])
+        )
+        if not torch.isfinite(norm):  # beyond float64 too: nothing to scale
+            return f"gradient norm overflows float64 at loss {loss:.6g}"
+        if grad_clip <= 0:
+            return (
+                f"gradient norm is {float(norm):.3g}, beyond {norm_dtype(grads)} (set "
+                f"train.grad_clip > 0 to clip it) at loss {loss:.6g}"
+            )
+    torch.nn.utils.clip_grads_with_norm_(params, max_norm, norm)
+    return None
+
+
+def norm_dtype(grads) -> str:
+    return str(grads[0].dtype).removeprefix("torch.") if grads else "the dtype"
 
 
 def eval_seed(seed: int, step: int) -> int:
