@@ -144,7 +144,12 @@ class TrainLoopConfig(StrictModel):
         description="learning-rate schedule: constant, cosine (to 0 at steps), step (x0.1 "
         "every steps/3)",
     )
-    grad_clip: float = Field(1.0, ge=0, description="max gradient norm; 0 = off")
+    grad_clip: float = Field(
+        1.0,
+        ge=0,
+        description="max gradient norm (a norm beyond float32 is taken in float64 and "
+        "clipped too; only NaN/inf gradients fail a step); 0 = off",
+    )
     rate_limit_hz: float = Field(
         0.0,
         ge=0,
