@@ -18,12 +18,15 @@ Solvers (``SOLVERS``) and the option table each family reads (:meth:`SolverConfi
 |---|---|---|---|
 | torchdiffeq fixed | euler, midpoint, heun2, heun3, rk4, explicit_adams, implicit_adams, fixed_adams | ``step_ms`` | none |
 | torchdiffeq adaptive | dopri5, dopri8, bosh3, fehlberg2, adaptive_heun | error control | ``[solver.adaptive]`` |
-| fast (the model's own scheme) | expeuler, exprk2, rk4exp, ros2 | ``step_ms`` | ``[solver.fast]`` |
+| fast (the model's own scheme) | expeuler, exprk2, rk4exp, ros2, exprb2 | ``step_ms`` | ``[solver.fast]`` |
 | torchsde (``sde=True``) | euler, milstein, srk, heun, midpoint, euler_heun, reversible_heun | ``step_ms`` | ``[solver.torchsde]`` |
-| fast SDE (``sde=True``) | expeuler, exprk2, rk4exp, ros2 + additive noise kick on v | ``step_ms`` | ``[solver.fast]`` |
+| fast SDE (``sde=True``) | expeuler, exprk2, rk4exp, ros2, exprb2 + additive noise kick on v | ``step_ms`` | ``[solver.fast]`` |
 
 ros2 is the column model's linearly implicit (Rosenbrock-W) step for stiff networks
-(:mod:`colenv.models.column.rosenbrock`, docs/numerics.md).
+(:mod:`colenv.models.column.rosenbrock`, docs/numerics.md); exprb2 its exponential
+Rosenbrock-Euler step with a restart at every change of the drive, the one that keeps the
+stiff Decision network within 0.5 Hz of float64 at 0.5 ms
+(:mod:`colenv.models.column.exprb`, docs/numerics.md).
 
 The Adams methods are multistep: their history straddles the stimulus jumps on the grid, so
 they lose accuracy there (explicit_adams diverges on the stiff test problem of
@@ -61,7 +64,7 @@ ODE_FIXED = (
     "fixed_adams",
 )
 ODE_ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
-FAST = ("expeuler", "exprk2", "rk4exp", "ros2")
+FAST = ("expeuler", "exprk2", "rk4exp", "ros2", "exprb2")
 SDE_METHODS = ("euler", "milstein", "srk", "heun", "midpoint", "euler_heun", "reversible_heun")
 SOLVERS: dict[str, tuple[str, ...]] = {
     "ode_fixed": ODE_FIXED,
@@ -188,6 +191,20 @@ class FastOptions(StrictModel, metaclass=_ParseOnCall):
         "native forward where no gradient is needed and the network has no gating",
     )
 
+    onset_refine: int = Field(
+        16,
+        ge=1,
+        description="exprb2: steps of step_ms / onset_refine inside the onset window after "
+        "every change of the drive (1 = no refinement)",
+    )
+    onset_window_ms: float = Field(
+        5.0,
+        ge=0,
+        allow_inf_nan=False,
+        description="exprb2: length (ms) of the refined window after every change of the "
+        "piecewise-constant drive and after the initial state (0 = no refinement)",
+    )
+
     def problem(self, method: str, sde: bool = False) -> str | None:
         """Why these options cannot run ``method`` (with or without ``sde``): a message
         naming the option (``solver.fast.<key> = <value>: ...``), or None."""
@@ -210,11 +227,18 @@ class FastOptions(StrictModel, metaclass=_ParseOnCall):
                 f"sde; its forward and adjoint) and ros2 (its forward), not method {method!r}; "
                 "allowed here: 'auto', 'torch'"
             )
-        if method == "ros2" and self.checkpoint_every:
+        if method in ("ros2", "exprb2") and self.checkpoint_every:
             return (
                 f"solver.fast.checkpoint_every = {self.checkpoint_every}: not implemented for "
-                "method 'ros2' (its gradient is autograd through the steps); use 0"
+                f"method {method!r} (its gradient is autograd through the steps); use 0"
             )
+        for key, default in (("onset_refine", 16), ("onset_window_ms", 5.0)):
+            value = getattr(self, key)
+            if method != "exprb2" and value != default:
+                return (
+                    f"solver.fast.{key} = {value}: applies to method 'exprb2' (its restart "
+                    f"after a change of the drive), not {method!r}; remove it"
+                )
         if sde and self.checkpoint_every and (not adjoint or self.backward == "autograd"):
             return (
                 f"solver.fast.checkpoint_every = {self.checkpoint_every}: with sde=true it needs "

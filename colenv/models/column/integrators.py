@@ -75,7 +75,13 @@ from colenv.solve import ADJOINT_METHODS, FastOptions
 if TYPE_CHECKING:
     from colenv.models.column.network import ColumnTerms
 
-STAGES = {"expeuler": 1, "exprk2": 2, "rk4exp": 4, "ros2": 2}  # drift evaluations per step
+STAGES = {
+    "expeuler": 1,
+    "exprk2": 2,
+    "rk4exp": 4,
+    "ros2": 2,
+    "exprb2": 1,
+}  # drift evaluations per step
 DEFAULT_UNROLL = 5  # grid intervals per compiled graph of the adjoint path (docs/profiling.md)
 
 
@@ -651,6 +657,10 @@ def fast_rollout(
         from colenv.models.column import rosenbrock
 
         return rosenbrock.ros2_rollout(terms, y0, n_points, n_sub, h, options, noise=dws)
+    if method == "exprb2":  # exponential Rosenbrock-Euler (colenv.models.column.exprb)
+        from colenv.models.column import exprb
+
+        return exprb.exprb2_rollout(terms, y0, n_points, n_sub, h, options, noise=dws)
     if options.kernel != "torch" and _use_native(options.kernel, method, backward, y0, terms):
         from colenv.models.column import native
 

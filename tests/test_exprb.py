@@ -1,0 +1,231 @@
+"""EXPRB2, exponential Rosenbrock-Euler with the onset restart (colenv.models.column.exprb).
+
+Expected values come from closed-form solutions (the linear regime's matrix exponential, see
+tests/test_rosenbrock.py), a float64 dopri5 reference and finite differences, not from the
+scheme's own output.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from colenv.errors import ConfigError
+from colenv.models.column import integrators
+from colenv.models.column.exprb import coupled_groups, onset_intervals
+from colenv.solve import FastOptions, SolverConfig, rollout
+from tests.test_rosenbrock import (
+    F64,
+    SLOPE,
+    C,
+    _column,
+    _linear_matrix,
+    _linear_problem,
+    _linear_terms,
+    _network,
+    _stimulus,
+)
+
+REFERENCE = SolverConfig("dopri5", adaptive={"rtol": 1e-9, "atol": 1e-9})
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Small matrices: one thread is fastest (and does not fight a busy machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _exprb(terms, y0, n_int, n_sub, h, **fast):
+    with torch.no_grad():
+        return integrators.fast_rollout(
+            terms, y0[None], n_int + 1, n_sub, h, "exprb2", FastOptions(**fast)
+        )
+
+
+def _two_columns(both_ways: bool):
+    """Two linear-regime columns coupled from column 0 to column 1 (and back)."""
+    g = torch.Generator().manual_seed(3)
+    w_a, k_a, _, y_a = _column(4)
+    w_b, k_b, _, y_b = _column(5)
+    P = 16
+    w_t = torch.zeros(P, P, dtype=F64)
+    w_t[:8, :8], w_t[8:, 8:] = w_a, w_b
+    cross = torch.randn(8, 8, generator=g, dtype=F64) * 0.2
+    w_t[:8, 8:] = cross  # source column 0 -> target column 1
+    if both_ways:
+        w_t[8:, :8] = cross.t()
+    kappa = torch.cat([k_a, k_b])
+    x = torch.cat([y_a[:8] - y_a[8:16], y_b[:8] - y_b[8:16]])
+    phi = SLOPE * x - C["db"] / C["d"]
+    v, a = x + kappa * phi, kappa * phi
+    drive_p = v / C["tau_m"] - phi @ w_t
+    return w_t, kappa, drive_p, torch.cat([v + 5.0, a, phi])
+
+
+def test_exact_on_the_linear_problem_at_any_step():
+    # the linear regime: exprb2 integrates the linearisation exactly, so it is exact there,
+    # also with an eigenvalue of -1e5 1/s (h lambda = -50 at 0.5 ms)
+    for stiff in (None, 1e5):
+        w_t, kappa, drive_p, y0 = _column(1, stiff=stiff)
+        if stiff:
+            assert float(torch.linalg.eigvals(_linear_matrix(w_t, kappa)).real.min()) < -0.9e5
+        t_end = 20e-3
+        exact = _linear_problem(w_t, kappa, drive_p, y0, t_end)
+        terms = _linear_terms(w_t, kappa, drive_p.expand(40, 1, -1).clone())
+        out = _exprb(terms, y0, 40, 1, 0.5e-3, onset_refine=1)
+        scale = float((exact - y0).abs().max())  # how far the solution moved
+        assert float((out[-1, 0] - exact).abs().max()) < 1e-9 * scale
+
+
+def test_coupled_groups_are_the_strongly_connected_components():
+    w_t, *_ = _two_columns(both_ways=False)
+    assert [g.tolist() for g in coupled_groups(w_t)] == [list(range(8)), list(range(8, 16))]
+    w_t, *_ = _two_columns(both_ways=True)
+    assert [g.tolist() for g in coupled_groups(w_t)] == [list(range(16))]
+    # an edge closing a cycle 0 -> 1 -> 2 -> 0 merges them; 3 only receives
+    w = torch.zeros(4, 4)
+    w[0, 1] = w[1, 2] = w[2, 0] = w[2, 3] = 1.0
+    assert [g.tolist() for g in coupled_groups(w)] == [[0, 1, 2], [3]]
+    # the gated entries count as edges too
+    ws = torch.zeros(4, 4)
+    ws[3, 0] = 1.0
+    assert [g.tolist() for g in coupled_groups(w, ws)] == [[0, 1, 2, 3]]
+
+
+def test_order_one_across_groups_exact_within_one():
+    # one-way coupling: two groups, the coupling explicit -> order 1 (2x per halving)
+    w_t, kappa, drive_p, y0 = _two_columns(both_ways=False)
+    t_end = 2e-3
+    terms = _linear_terms(w_t, kappa, drive_p.expand(1, 1, -1).clone())
+    exact = _linear_problem(w_t, kappa, drive_p, y0, t_end)
+    errs = []
+    for n_sub in (8, 16, 32, 64):
+        out = _exprb(terms, y0, 1, n_sub, t_end / n_sub, onset_refine=1)
+        errs.append(float((out[-1, 0] - exact).abs().max()))
+    ratios = [errs[i] / errs[i + 1] for i in range(3)]
+    assert all(1.7 < q < 2.3 for q in ratios), (errs, ratios)
+    # both ways: one group, the full Jacobian, exact again
+    w_t, kappa, drive_p, y0 = _two_columns(both_ways=True)
+    terms = _linear_terms(w_t, kappa, drive_p.expand(1, 1, -1).clone())
+    exact = _linear_problem(w_t, kappa, drive_p, y0, t_end)
+    out = _exprb(terms, y0, 1, 4, t_end / 4, onset_refine=1)
+    assert float((out[-1, 0] - exact).abs().max()) < 1e-9 * float((exact - y0).abs().max())
+
+
+def test_onset_intervals_follow_the_drive_changes():
+    drive = torch.zeros(12, 2, 3)
+    drive[4:, 1, 2] = 1.0  # one trial, one population changes at interval 4
+    drive[9:, 0, 0] = 2.0
+    fine = onset_intervals(drive, 11, 2)
+    assert torch.nonzero(fine).flatten().tolist() == [0, 1, 4, 5, 9, 10]
+    assert not onset_intervals(drive, 11, 0).any()
+
+
+def test_stiff_network_within_half_a_hertz_at_half_a_millisecond():
+    # two MT columns with strong lateral inhibition and a large stimulus onset: rk4exp at
+    # 0.5 ms leaves the reference, ros2 is Hz off; exprb2 (onset restart) stays within 0.1 Hz
+    # and converges at order 2; without the restart it is far off at 0.5 ms
+    net = _network(lateral={"enabled": True, "init_k": 5000, "trainable": True})
+    stim, t_ms = _stimulus(T=40, on=5)
+    stim = 10.0 * stim
+    with torch.no_grad():
+        ref = net.readout(rollout(net, stim, t_ms, REFERENCE).states)
+
+        def error(method, step, **fast):
+            try:
+                out = rollout(net, stim, t_ms, SolverConfig(method, step_ms=step, fast=fast))
+            except Exception:  # a runaway
+                return float("inf")
+            return float((net.readout(out.states) - ref).abs().max())
+
+        errs = {step: error("exprb2", step) for step in (0.5, 0.25, 0.125)}
+        assert errs[0.5] < 0.1, errs
+        assert errs[0.25] / errs[0.125] > 3.0, errs
+        assert error("exprb2", 0.5, onset_refine=1) > 5.0
+        assert error("ros2", 0.5) > 1.0
+        assert error("rk4exp", 0.5, kernel="torch") > 0.1
+
+
+def test_gradient_matches_finite_differences():
+    net = _network(input={"trainable": True}, recurrent={"trainable": True})
+    stim, t_ms = _stimulus(T=30, on=5)
+    solver = SolverConfig("exprb2", step_ms=0.5, fast={"onset_refine": 2, "onset_window_ms": 2})
+    target = torch.linspace(0.0, 5.0, 30, dtype=F64)[:, None, None]
+    y0 = net.initial_state(2)  # fixed: the rest state itself depends on the weights
+
+    def loss():
+        out = rollout(net, stim, t_ms, solver, y0=y0)
+        return ((net.readout(out.states) - target) ** 2).mean()
+
+    net.zero_grad()
+    loss().backward()
+    checked = 0
+    for name, p in net.named_parameters():
+        grad = p.grad
+        if grad is None:
+            continue
+        checked += 1
+        idx = grad.abs().flatten().argmax()
+        eps = 1e-6
+        with torch.no_grad():
+            old = float(p.view(-1)[idx])
+            p.view(-1)[idx] = old + eps
+            up = float(loss())
+            p.view(-1)[idx] = old - eps
+            down = float(loss())
+            p.view(-1)[idx] = old
+        fd = (up - down) / (2 * eps)
+        assert float(grad.view(-1)[idx]) == pytest.approx(fd, rel=1e-5), name
+    assert checked == 3  # recurrent, lateral and input weights
+
+
+@torch.no_grad()
+def test_sde_zero_noise_is_the_ode_and_a_seed_reproduces():
+    stim, t_ms = _stimulus(T=25, on=5)
+    net0 = _network(noise_std=0.0)
+    ode = rollout(net0, stim, t_ms, SolverConfig("exprb2", step_ms=0.5)).states
+    sde0 = rollout(net0, stim, t_ms, SolverConfig("exprb2", step_ms=0.5, sde=True), seed=3)
+    assert torch.equal(ode, sde0.states)
+    net = _network(noise_std=1.0)
+    solver = SolverConfig("exprb2", step_ms=0.5, sde=True)
+    a = rollout(net, stim, t_ms, solver, seed=3).states
+    b = rollout(net, stim, t_ms, solver, seed=3).states
+    c = rollout(net, stim, t_ms, solver, seed=4).states
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    # the same increments as rk4exp: at a small step the two noisy rollouts agree
+    fine = rollout(net, stim, t_ms, SolverConfig("exprb2", step_ms=0.1, sde=True), seed=7)
+    rk4 = SolverConfig("rk4exp", step_ms=0.1, sde=True, fast={"kernel": "torch"})
+    other = rollout(net, stim, t_ms, rk4, seed=7)
+    assert float((net.rates(fine.states) - net.rates(other.states)).abs().max()) < 0.2
+
+
+def test_gated_network_against_dopri5():
+    net = _network(gating={"pairs": [["L23e", "L23e"]], "kinds": ["recurrent"]})
+    stim, t_ms = _stimulus(T=30, on=5)
+    with torch.no_grad():
+        ref = rollout(net, stim, t_ms, REFERENCE)
+        out = rollout(net, stim, t_ms, SolverConfig("exprb2", step_ms=0.25))
+    assert out.states.shape[-1] == 4 * net.n_pop
+    P = net.n_pop
+    assert float((net.rates(out.states) - net.rates(ref.states)).abs().max()) < 0.5
+    assert float((out.states[..., 3 * P :] - ref.states[..., 3 * P :]).abs().max()) < 1e-3
+
+
+def test_config_errors_name_the_option():
+    with pytest.raises(ConfigError, match="onset_refine"):
+        SolverConfig("exprb2", fast={"onset_refine": 0})
+    with pytest.raises(ConfigError, match="onset_window_ms"):
+        SolverConfig("exprb2", fast={"onset_window_ms": -1.0})
+    with pytest.raises(ConfigError, match=r"onset_refine = 4: applies to method 'exprb2'"):
+        SolverConfig("rk4exp", fast={"onset_refine": 4})
+    with pytest.raises(ConfigError, match=r"onset_window_ms = 2.0: applies to method 'exprb2'"):
+        SolverConfig("ros2", fast={"onset_window_ms": 2.0})
+    with pytest.raises(ConfigError, match="checkpoint_every"):
+        SolverConfig("exprb2", fast={"checkpoint_every": 5})
+    with pytest.raises(ConfigError, match="discrete_adjoint"):
+        SolverConfig("exprb2", fast={"backward": "discrete_adjoint"})
+    with pytest.raises(ConfigError, match="kernel = 'native'"):
+        SolverConfig("exprb2", fast={"kernel": "native"})
