@@ -29,7 +29,8 @@ Variants (``VARIANTS``, in this order by default; the first one measured is the 
 eager), ``rk4exp-compiled`` (the same under ``torch.compile``), ``rk4exp-native`` (the native
 C kernel; CPU, float32), ``ros2-torch`` (the linearly implicit Rosenbrock-W step,
 :mod:`colenv.models.column.rosenbrock`, torch, gradient by autograd), ``ros2-native`` (kernel
-"auto": its C forward on CPU in float32; the gradient of the fwd+bwd timing runs the torch path), ``config`` (the config's own ``[solver]``) and, on request, the SDE variants (timed, and
+"auto": its C forward on CPU in float32; the gradient of the fwd+bwd timing runs the torch path), ``exprb2-torch`` (exponential Rosenbrock-Euler with the onset restart,
+:mod:`colenv.models.column.exprb`, torch, gradient by autograd), ``config`` (the config's own ``[solver]``) and, on request, the SDE variants (timed, and
 reported by their largest rate, since a noisy rollout has no deterministic reference):
 ``rk4exp-sde`` (rk4exp with the noise kick on v, default kernel: native on CPU),
 ``rk4exp-sde-torch`` (the same on the torch path), ``sde-euler`` and ``sde-srk`` (torchsde's
@@ -94,6 +95,7 @@ VARIANTS = (
     "rk4exp-native",
     "ros2-torch",
     "ros2-native",
+    "exprb2-torch",
     "config",
     "rk4exp-sde",
     "rk4exp-sde-torch",
@@ -109,6 +111,7 @@ FIXED_STEP = {
     "rk4exp-native",
     "ros2-torch",
     "ros2-native",
+    "exprb2-torch",
     *SDE_VARIANTS,
 }
 
@@ -158,6 +161,8 @@ def solver_variants(
             elif name == "ros2-native":  # native forward; a gradient runs the torch path
                 cfg = SolverConfig("ros2", step_ms=step, fast={"kernel": "auto"})
                 out.append((f"ros2 native {at}", cfg))
+            elif name == "exprb2-torch":  # exponential Rosenbrock-Euler + onset restart
+                out.append((f"exprb2 torch {at}", SolverConfig("exprb2", step_ms=step)))
             elif name == "rk4exp-sde":
                 out.append((f"rk4exp SDE {at}", SolverConfig("rk4exp", step_ms=step, sde=True)))
             elif name == "rk4exp-sde-torch":
