@@ -293,10 +293,11 @@ def test_a_rejected_step_runs_again_on_a_fresh_draw(tiny, monkeypatch, capsys):
     assert seen == [s(0, 0), s(0, 1), s(0, 2), s(0, 1, 1), s(0, 2, 1), s(0, 3)]
 
 
-def test_a_redone_step_that_fails_too_is_retried_from_the_same_snapshot(tiny, monkeypatch, capsys):
-    """Step 3 fails, and so does step 2 run again on its second draw (on the weights of the
-    snapshot itself): the guard restores that snapshot once more (it is kept), step 2 runs on
-    a third draw, and training goes on with the step count and schedule in line."""
+def test_a_redone_step_that_fails_too_rolls_back_one_update_further(tiny, monkeypatch, capsys):
+    """Step 3 fails; step 2, run again on the weights before its update, fails as well: those
+    weights are bad too, so the guard goes one update further back (to before step 1's) and
+    steps 1-2 run again, each on a fresh draw; training goes on with the step count and the
+    schedule in line."""
     import trainers.supervised as supervised
 
     fake = FailFirstDraw(supervised.forward, index=2, seed=0, also=[(1, 1)])
@@ -305,15 +306,17 @@ def test_a_redone_step_that_fails_too_is_retried_from_the_same_snapshot(tiny, mo
     result = train(load_config(TASK, tiny(TASK, *extra, steps=4)))
     out = capsys.readouterr().out
     assert "step 3 rejected" in out and "steps 2-3 run again" in out
-    assert "step 2 rejected" in out and "step 2 runs again" in out
+    assert "step 2 rejected" in out and "steps 1-2 run again" in out
     assert not result.diverged and result.steps == 4
-    assert result.history[-1]["step"] == 4  # (evaluations of redone steps repeat, 1 2 2 3 4)
+    assert result.history[-1]["step"] == 4  # (evaluations of redone steps repeat)
     s = supervised.step_seed
     training = {s(0, k, d) for k in range(4) for d in range(4)}
     seen = [x for x in fake.seeds if x in training]
     seen = [x for i, x in enumerate(seen) if i == 0 or x != seen[i - 1]]
-    expected = [s(0, 0), s(0, 1), s(0, 2), s(0, 1, 1), s(0, 1, 2), s(0, 2, 1), s(0, 3)]
-    assert seen == expected
+    expected = [s(0, 0), s(0, 1), s(0, 2), s(0, 1, 1), s(0, 0, 1), s(0, 1, 2), s(0, 2, 1)]
+    assert seen == [*expected, s(0, 3)]
+    ckpt = read_checkpoint(result.checkpoint)
+    assert ckpt["redraws"] == {0: 1, 1: 2, 2: 1}
 
 
 def test_resume_after_a_redo_draws_what_the_uninterrupted_run_drew(tmp_path, tiny, monkeypatch):

@@ -19,6 +19,7 @@ retries at half the learning rate.
 
 from __future__ import annotations
 
+import collections
 import copy
 import math
 import random
@@ -162,16 +163,18 @@ class SupervisedTrainer:
 
 # ----------------------------------------------------------------------------- the guard
 class RunawayGuard:
-    """Rolls back the update that made the next step diverge (``train.max_rejections``).
+    """Rolls back the updates that made the next step diverge (``train.max_rejections``).
 
-    Before each update, :meth:`snapshot` keeps the weights, optimizer and schedule. When the
-    next step fails, :meth:`should_retry` says whether to roll back (a snapshot exists and
-    fewer than ``max_rejections`` rollbacks ran in a row) and :meth:`restore` puts the snapshot
-    back with half the learning rate; training then redoes the step whose update the snapshot
-    preceded (:attr:`saved_step`). The snapshot stays after a restore, so when the redone step
-    fails as well (on the snapshot's own weights) the next retry starts from it again. The
-    count restarts once an update past the rejected step survives. ``max_rejections = 0``
-    keeps no snapshot (no copy cost) and never retries.
+    Before each update, :meth:`snapshot` keeps the weights, optimizer and schedule (the last
+    ``max_rejections`` + 1 snapshots). When a step fails, :meth:`should_retry` says whether to
+    roll back (a snapshot exists and fewer than ``max_rejections`` rollbacks ran in a row) and
+    :meth:`restore` puts a snapshot back with half the learning rate; training then redoes
+    the steps from the one whose update that snapshot preceded (:attr:`saved_step`). The first
+    rollback undoes the last update. A redone step that fails on the restored weights
+    themselves shows those are bad too (an update a few steps back crossed into a runaway
+    regime, where the loss is finite and then explodes), so the next rollback goes one
+    update further back. The count restarts once an update past the rejected step survives.
+    ``max_rejections = 0`` keeps no snapshot (no copy cost) and never retries.
     """
 
     def __init__(self, params, optimizer, scheduler, max_rejections: int) -> None:
@@ -179,18 +182,24 @@ class RunawayGuard:
         self.optimizer = optimizer
         self.scheduler = scheduler
         self.max_rejections = max_rejections
-        self.saved: tuple | None = None
-        self.saved_step = -1
+        self.saved: collections.deque = collections.deque(maxlen=max_rejections + 1)
         self.rejections = 0
         self.rejected_at = -1
+
+    @property
+    def saved_step(self) -> int:
+        """The step (0-based) whose update the newest snapshot precedes; -1 without one."""
+        return self.saved[-1][0] if self.saved else -1
 
     def snapshot(self, step: int) -> None:
         """Keep the state before the update of ``step`` (0-based)."""
         if step > self.rejected_at:  # a fresh update survived: the rejection run is over
             self.rejections = 0
         if self.max_rejections:
-            self.saved = self._copy([p.detach().clone() for p in self.params])
-            self.saved_step = step
+            if self.saved and self.saved[-1][0] >= step:  # a redo replaces what it redoes
+                while self.saved and self.saved[-1][0] >= step:
+                    self.saved.pop()
+            self.saved.append((step, *self._copy([p.detach().clone() for p in self.params])))
 
     def _copy(self, weights: list) -> tuple:
         return (
@@ -200,23 +209,25 @@ class RunawayGuard:
         )
 
     def should_retry(self) -> bool:
-        return self.saved is not None and self.rejections < self.max_rejections
+        return bool(self.saved) and self.rejections < self.max_rejections
 
     def restore(self, step: int) -> float:
-        """Step ``step`` (0-based) failed: put the snapshot back with half the learning rate
-        (the snapshot is kept, at the new rate); returns the new rate. Training goes on from
-        step :attr:`saved_step`."""
-        assert self.saved is not None
+        """Step ``step`` (0-based) failed: put a snapshot back with half the learning rate
+        and return the new rate; training goes on from step :attr:`saved_step`. A failure of
+        the step the newest snapshot precedes (its own weights) drops that snapshot first."""
+        assert self.saved
+        if step == self.saved[-1][0] and len(self.saved) > 1:
+            self.saved.pop()
         self.rejections += 1
-        self.rejected_at = step
-        weights, opt_state, sched_state = self.saved
+        self.rejected_at = max(step, self.rejected_at)
+        saved_step, weights, opt_state, sched_state = self.saved[-1]
         with torch.no_grad():
             for p, saved in zip(self.params, weights, strict=True):
                 p.copy_(saved)
         self.optimizer.load_state_dict(opt_state)
         self.scheduler.load_state_dict(sched_state)
         rescale_lr(self.optimizer, self.scheduler, 0.5)
-        self.saved = self._copy(weights)
+        self.saved[-1] = (saved_step, *self._copy(weights))  # kept, at the new rate
         return self.optimizer.param_groups[0]["lr"]
 
 
