@@ -229,3 +229,19 @@ def test_config_errors_name_the_option():
         SolverConfig("exprb2", fast={"backward": "discrete_adjoint"})
     with pytest.raises(ConfigError, match="kernel = 'native'"):
         SolverConfig("exprb2", fast={"kernel": "native"})
+
+
+@pytest.mark.slow
+def test_decision_within_half_a_hertz_at_half_a_millisecond():
+    # the shipped Decision network (untrained), its evaluation grid, float32 as in training,
+    # against float64 dopri5 as python -m trainers.bench measures it (measured 0.089 Hz; ros2
+    # 6.2 Hz; rk4exp runs away)
+    from trainers.bench import build_network, readout_error_hz, reference_readout
+
+    net = build_network("colenv/Decision-v0", device="cpu")
+    grid = net.trial(None, torch.float32)
+    ref = reference_readout(net, grid)
+    err, _ = readout_error_hz(net.readout(grid, SolverConfig("exprb2", step_ms=0.5)), ref)
+    assert err < 0.5
+    err_ros2, _ = readout_error_hz(net.readout(grid, SolverConfig("ros2", step_ms=0.5)), ref)
+    assert err_ros2 > 1.0
