@@ -33,8 +33,8 @@ is within 0.9 Hz everywhere else. So the rollout restarts with ``onset_refine`` 
 steps for ``onset_window_ms`` after every grid point where the piecewise-constant drive
 changes (any trial, any population; and from the initial state): a classical restart at a
 discontinuity. The stimulus onset's transient decays within a few ms (1 / 790 1/s = 1.3 ms),
-so the window costs little (Decision: 2 windows of 5 ms in a 1.5 s trial). A drive that
-changes at every grid point (a noisy stimulus) is refined everywhere.
+so the windows cost little (Decision: 3 windows of 5 ms in a 1.5 s trial, 15 % more
+steps). A drive that changes at every grid point (a noisy stimulus) is refined everywhere.
 
 SDE (``noise``): the kick v += s xi of the other fast methods after each step of h (after the
 ``onset_refine`` sub-steps that make it up inside a window): the same increments tensor, so a
