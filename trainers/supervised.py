@@ -196,9 +196,8 @@ class RunawayGuard:
         if step > self.rejected_at:  # a fresh update survived: the rejection run is over
             self.rejections = 0
         if self.max_rejections:
-            if self.saved and self.saved[-1][0] >= step:  # a redo replaces what it redoes
-                while self.saved and self.saved[-1][0] >= step:
-                    self.saved.pop()
+            while self.saved and self.saved[-1][0] >= step:  # a redo replaces what it redoes
+                self.saved.pop()
             self.saved.append((step, *self._copy([p.detach().clone() for p in self.params])))
 
     def _copy(self, weights: list) -> tuple:
