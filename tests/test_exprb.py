@@ -149,69 +149,9 @@ def test_stiff_network_within_half_a_hertz_at_half_a_millisecond():
         assert error("rk4exp", 0.5, kernel="torch") > 0.1
 
 
-def test_gradient_matches_finite_differences():
-    net = _network(input={"trainable": True}, recurrent={"trainable": True})
-    stim, t_ms = _stimulus(T=30, on=5)
-    solver = SolverConfig("exprb2", step_ms=0.5, fast={"onset_refine": 2, "onset_window_ms": 2})
-    target = torch.linspace(0.0, 5.0, 30, dtype=F64)[:, None, None]
-    y0 = net.initial_state(2)  # fixed: the rest state itself depends on the weights
-
-    def loss():
-        out = rollout(net, stim, t_ms, solver, y0=y0)
-        return ((net.readout(out.states) - target) ** 2).mean()
-
-    net.zero_grad()
-    loss().backward()
-    checked = 0
-    for name, p in net.named_parameters():
-        grad = p.grad
-        if grad is None:
-            continue
-        checked += 1
-        idx = grad.abs().flatten().argmax()
-        eps = 1e-6
-        with torch.no_grad():
-            old = float(p.view(-1)[idx])
-            p.view(-1)[idx] = old + eps
-            up = float(loss())
-            p.view(-1)[idx] = old - eps
-            down = float(loss())
-            p.view(-1)[idx] = old
-        fd = (up - down) / (2 * eps)
-        assert float(grad.view(-1)[idx]) == pytest.approx(fd, rel=1e-5), name
-    assert checked == 3  # recurrent, lateral and input weights
-
-
-@torch.no_grad()
-def test_sde_zero_noise_is_the_ode_and_a_seed_reproduces():
-    stim, t_ms = _stimulus(T=25, on=5)
-    net0 = _network(noise_std=0.0)
-    ode = rollout(net0, stim, t_ms, SolverConfig("exprb2", step_ms=0.5)).states
-    sde0 = rollout(net0, stim, t_ms, SolverConfig("exprb2", step_ms=0.5, sde=True), seed=3)
-    assert torch.equal(ode, sde0.states)
-    net = _network(noise_std=1.0)
-    solver = SolverConfig("exprb2", step_ms=0.5, sde=True)
-    a = rollout(net, stim, t_ms, solver, seed=3).states
-    b = rollout(net, stim, t_ms, solver, seed=3).states
-    c = rollout(net, stim, t_ms, solver, seed=4).states
-    assert torch.equal(a, b) and not torch.equal(a, c)
-    # the same increments as rk4exp: at a small step the two noisy rollouts agree
-    fine = rollout(net, stim, t_ms, SolverConfig("exprb2", step_ms=0.1, sde=True), seed=7)
-    rk4 = SolverConfig("rk4exp", step_ms=0.1, sde=True, fast={"kernel": "torch"})
-    other = rollout(net, stim, t_ms, rk4, seed=7)
-    assert float((net.rates(fine.states) - net.rates(other.states)).abs().max()) < 0.2
-
-
-def test_gated_network_against_dopri5():
-    net = _network(gating={"pairs": [["L23e", "L23e"]], "kinds": ["recurrent"]})
-    stim, t_ms = _stimulus(T=30, on=5)
-    with torch.no_grad():
-        ref = rollout(net, stim, t_ms, REFERENCE)
-        out = rollout(net, stim, t_ms, SolverConfig("exprb2", step_ms=0.25))
-    assert out.states.shape[-1] == 4 * net.n_pop
-    P = net.n_pop
-    assert float((net.rates(out.states) - net.rates(ref.states)).abs().max()) < 0.5
-    assert float((out.states[..., 3 * P :] - ref.states[..., 3 * P :]).abs().max()) < 1e-3
+# The gradient against finite differences, the SDE kick (zero noise = ODE, seeds, the shared
+# increments) and the gated network against dopri5: tests/test_rosenbrock.py, parametrized
+# over ros2 and exprb2 (LINEARISED).
 
 
 def test_config_errors_name_the_option():

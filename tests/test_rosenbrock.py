@@ -198,10 +198,24 @@ def test_column_network_against_dopri5():
     assert errs[0.25] / errs[0.125] > 2.5, errs  # converging at about order 2
 
 
-def test_gradient_matches_finite_differences():
+# The linearised steps, ros2 and exprb2 (tests/test_exprb.py), share the tests below: the
+# gradient of the discrete scheme, the SDE kick, gated networks. exprb2 with short onset
+# windows keeps the small test networks cheap; `gated_ms` is the step each needs there.
+LINEARISED = {
+    "ros2": {"fast": {}, "gated_ms": 0.125},
+    "exprb2": {"fast": {"onset_refine": 2, "onset_window_ms": 2.0}, "gated_ms": 0.25},
+}
+
+
+def _solver(method: str, step_ms: float, sde: bool = False) -> SolverConfig:
+    return SolverConfig(method, step_ms=step_ms, sde=sde, fast=LINEARISED[method]["fast"])
+
+
+@pytest.mark.parametrize("method", LINEARISED)
+def test_gradient_matches_finite_differences(method):
     net = _network(input={"trainable": True}, recurrent={"trainable": True})
     stim, t_ms = _stimulus(T=30, on=5)
-    solver = SolverConfig("ros2", step_ms=0.5)
+    solver = _solver(method, 0.5)
     target = torch.linspace(0.0, 5.0, 30, dtype=F64)[:, None, None]
     y0 = net.initial_state(2)  # fixed: the rest state itself depends on the weights
 
@@ -231,15 +245,16 @@ def test_gradient_matches_finite_differences():
     assert checked == 3  # recurrent, lateral and input weights
 
 
+@pytest.mark.parametrize("method", LINEARISED)
 @torch.no_grad()
-def test_sde_zero_noise_is_the_ode_and_a_seed_reproduces():
+def test_sde_zero_noise_is_the_ode_and_a_seed_reproduces(method):
     stim, t_ms = _stimulus(T=25, on=5)
     net0 = _network(noise_std=0.0)
-    ode = rollout(net0, stim, t_ms, SolverConfig("ros2", step_ms=0.5)).states
-    sde0 = rollout(net0, stim, t_ms, SolverConfig("ros2", step_ms=0.5, sde=True), seed=3).states
+    ode = rollout(net0, stim, t_ms, _solver(method, 0.5)).states
+    sde0 = rollout(net0, stim, t_ms, _solver(method, 0.5, sde=True), seed=3).states
     assert torch.equal(ode, sde0)
     net = _network(noise_std=1.0)
-    solver = SolverConfig("ros2", step_ms=0.5, sde=True)
+    solver = _solver(method, 0.5, sde=True)
     a = rollout(net, stim, t_ms, solver, seed=3).states
     b = rollout(net, stim, t_ms, solver, seed=3).states
     c = rollout(net, stim, t_ms, solver, seed=4).states
@@ -249,12 +264,13 @@ def test_sde_zero_noise_is_the_ode_and_a_seed_reproduces():
     assert 0.05 < float((a[:, :, :P] - ode[:, :, :P]).abs().max()) < 20.0
 
 
+@pytest.mark.parametrize("method", LINEARISED)
 @torch.no_grad()
-def test_sde_kicks_are_the_shared_increments():
-    # the same increments as the other fast methods: rk4exp and ros2 at a tiny step agree
+def test_sde_kicks_are_the_shared_increments(method):
+    # the same increments as the other fast methods: each and rk4exp at a small step agree
     stim, t_ms = _stimulus(T=10, on=3)
     net = _network(noise_std=1.0)
-    a = rollout(net, stim, t_ms, SolverConfig("ros2", step_ms=0.1, sde=True), seed=7).states
+    a = rollout(net, stim, t_ms, _solver(method, 0.1, sde=True), seed=7).states
     b = rollout(
         net, stim, t_ms, SolverConfig("rk4exp", step_ms=0.1, sde=True, fast={"kernel": "torch"}),
         seed=7,
@@ -262,14 +278,15 @@ def test_sde_kicks_are_the_shared_increments():
     assert float((net.rates(a) - net.rates(b)).abs().max()) < 0.2
 
 
-def test_gated_network_against_dopri5():
+@pytest.mark.parametrize("method", LINEARISED)
+def test_gated_network_against_dopri5(method):
     net = _network(gating={"pairs": [["L23e", "L23e"]], "kinds": ["recurrent"]})
     stim, t_ms = _stimulus(T=30, on=5)
     with torch.no_grad():
         ref = rollout(
             net, stim, t_ms, SolverConfig("dopri5", adaptive={"rtol": 1e-9, "atol": 1e-9})
         )
-        out = rollout(net, stim, t_ms, SolverConfig("ros2", step_ms=0.125))
+        out = rollout(net, stim, t_ms, _solver(method, LINEARISED[method]["gated_ms"]))
     assert out.states.shape[-1] == 4 * net.n_pop
     P = net.n_pop
     assert float((net.rates(out.states) - net.rates(ref.states)).abs().max()) < 0.5
