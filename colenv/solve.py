@@ -232,9 +232,9 @@ class FastOptions(StrictModel, metaclass=_ParseOnCall):
                 f"solver.fast.checkpoint_every = {self.checkpoint_every}: not implemented for "
                 f"method {method!r} (its gradient is autograd through the steps); use 0"
             )
-        for key, default in (("onset_refine", 16), ("onset_window_ms", 5.0)):
+        for key in ("onset_refine", "onset_window_ms"):
             value = getattr(self, key)
-            if method != "exprb2" and value != default:
+            if method != "exprb2" and value != type(self).model_fields[key].default:
                 return (
                     f"solver.fast.{key} = {value}: applies to method 'exprb2' (its restart "
                     f"after a change of the drive), not {method!r}; remove it"

@@ -51,17 +51,11 @@ from typing import TYPE_CHECKING
 
 import torch
 
-from colenv.errors import ConfigError
 from colenv.models.column.transfer import rate_function
+from colenv.solve import FastOptions
 
 if TYPE_CHECKING:
     from colenv.models.column.network import ColumnTerms
-    from colenv.solve import FastOptions
-
-ONSET_REFINE = 16
-"""default ``solver.fast.onset_refine``: steps of h / 16 inside an onset window"""
-ONSET_WINDOW_MS = 5.0
-"""default ``solver.fast.onset_window_ms``: about 4 decay times of Decision's onset ringing"""
 
 
 def coupled_groups(*weights_t: torch.Tensor) -> list[torch.Tensor]:
@@ -189,15 +183,6 @@ class _Drift:
         return y + inc.reshape(B, nv * P)
 
 
-def check_options(options: FastOptions | None) -> None:
-    """ConfigError naming the option where ``options`` cannot run exprb2."""
-    if options is not None and options.checkpoint_every:
-        raise ConfigError(
-            f"solver.fast.checkpoint_every = {options.checkpoint_every}: not implemented for "
-            "method 'exprb2' (its gradient is autograd through the steps); use 0"
-        )
-
-
 def exprb2_rollout(
     terms: ColumnTerms,
     y0: torch.Tensor,
@@ -213,9 +198,9 @@ def exprb2_rollout(
     ``terms.drive`` ([T, B, P]), with ``options.onset_refine`` times smaller steps for
     ``options.onset_window_ms`` after every change of the drive; ``noise``: None or the
     kicks on v [n_points - 1, n_sub, B, P]. Gradient by autograd."""
-    check_options(options)
-    refine = ONSET_REFINE if options is None else options.onset_refine
-    window_ms = ONSET_WINDOW_MS if options is None else options.onset_window_ms
+    options = FastOptions() if options is None else options
+    options.check("exprb2", sde=noise is not None)  # (fast_rollout may skip SolverConfig's)
+    refine, window_ms = options.onset_refine, options.onset_window_ms
     P = terms.n_pop
     drift = _Drift(terms)
     if y0.shape[-1] != drift.n_var * P:

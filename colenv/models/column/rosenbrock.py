@@ -290,11 +290,8 @@ def ros2_rollout(
     """States [n_points, B, S] of ROS2 from y0 [B, S] (S = 3P, or 4P with gating), ``n_sub``
     steps of ``h`` seconds per grid interval under the piecewise-constant ``terms.drive``;
     ``noise``: None or the kicks on v [n_points - 1, n_sub, B, P]. Gradient by autograd."""
-    if options is not None and options.checkpoint_every:
-        raise ConfigError(
-            f"solver.fast.checkpoint_every = {options.checkpoint_every}: not implemented for "
-            "method 'ros2' (its gradient is autograd through the steps); use 0"
-        )
+    if options is not None:  # the rule SolverConfig applies (fast_rollout may skip it)
+        options.check("ros2", sde=noise is not None)
     kernel = "auto" if options is None else options.kernel
     if kernel != "torch" and _use_native(kernel, terms, y0):
         return native_forward(terms, y0, n_points, n_sub, h, noise)
