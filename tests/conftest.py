@@ -64,3 +64,16 @@ def offline_wandb(tmp_path, monkeypatch) -> Path:
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.delenv("WANDB_API_KEY", raising=False)
     return tmp_path
+
+
+@pytest.fixture
+def one_thread():
+    """torch on one thread for the test, restored after: rollouts of many small ops run many
+    times slower with more threads on a shared machine (and benchmarks publish one-thread
+    figures). A module takes it with ``pytestmark = pytest.mark.usefixtures("one_thread")``."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

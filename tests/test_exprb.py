@@ -29,13 +29,7 @@ from tests.test_rosenbrock import (
 REFERENCE = SolverConfig("dopri5", adaptive={"rtol": 1e-9, "atol": 1e-9})
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Small matrices: one thread is fastest (and does not fight a busy machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # many small ops
 
 
 def _exprb(terms, y0, n_int, n_sub, h, **fast):

@@ -21,25 +21,18 @@ from colenv.models.column import native
 from colenv.models.column.integrators import _filter_weights, noise_increments
 from colenv.models.column.transfer import rate_function
 
-pytestmark = pytest.mark.skipif(
-    not native.available(), reason=f"native kernel unavailable: {native.unavailable_reason()}"
-)
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),  # the float64 reference: many small ops
+    pytest.mark.skipif(
+        not native.available(), reason=f"native kernel unavailable: {native.unavailable_reason()}"
+    ),
+]
 
 ROOT = Path(__file__).resolve().parents[1]
 RECURRENT = {"pairs": [["L23e", "L23e"]], "kinds": ["recurrent"]}
 WITH_LATERAL = {"pairs": [["L23e", "L23e"], ["L23e", "L23i"]], "kinds": ["recurrent", "lateral"]}
 H = 0.25e-3  # step (s): 4 steps per 1 ms grid interval
 N_SUB = 4
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: the eager float64 reference makes thousands of tiny ops, which on a
-    shared machine are many times slower with more threads."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 def decision_net(gating: dict | None, noise_std: float = 0.0) -> ColumnNetwork:

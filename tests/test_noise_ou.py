@@ -41,14 +41,7 @@ BURN_MS = 50  # 5 tau_m: the variance has reached 1 - e^{-10} of its stationary 
 TOL = 0.05
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One torch thread: these rollouts are many small ops, which two threads on a shared
-    machine make ~20x slower."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # many small ops
 
 
 def ou_network() -> ColumnNetwork:

@@ -21,12 +21,7 @@ RAN_AWAY = (
 )
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # many small ops
 
 
 def noisy_parity(noise_std: float = 2.0) -> ColumnNetwork:

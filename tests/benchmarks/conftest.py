@@ -11,7 +11,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-import torch
 
 HERE = Path(__file__).resolve().parent
 
@@ -30,9 +29,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(autouse=True)
-def _one_thread():
-    """Every benchmark on one torch thread (the published figures' setting)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_thread(one_thread):
+    """Every benchmark on one torch thread (the published figures' setting; tests/conftest.py)."""
     yield
-    torch.set_num_threads(n)
