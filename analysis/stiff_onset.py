@@ -41,6 +41,7 @@ import torch
 from colenv import SolverConfig, rollout
 from colenv.errors import DivergenceError
 from colenv.models.column import rosenbrock
+from colenv.models.column.exprb import onset_intervals
 from colenv.models.column.transfer import rate_function
 from colenv.solve import FastOptions
 from trainers.bench import build_network, readout_error_hz, reference_readout
@@ -133,22 +134,13 @@ def exprb_step(model: Model, y, drive, h, kind: str):
     return u + 2.0 * h * phi_products(hj, [torch.zeros_like(d), torch.zeros_like(d), d])
 
 
-def changes(drive: torch.Tensor) -> list[int]:
-    """Grid intervals k whose drive differs from interval k - 1's (any trial)."""
-    return [k for k in range(1, drive.shape[0]) if not torch.equal(drive[k], drive[k - 1])]
-
-
 def integrate(scheme, terms, y0, n_points, n_sub, h, refine, window_ms, dt_ms):
     """States [n_points, B, 3P] of ``scheme`` (see the module docstring)."""
     onset = scheme.endswith("+onset")
     base = scheme.removesuffix("+onset")
     n_int = n_points - 1
-    fine = [False] * n_int
-    if onset:
-        span = max(1, round(window_ms / dt_ms))
-        for k in [0, *changes(terms.drive[:n_int])]:
-            for j in range(k, min(k + span, n_int)):
-                fine[j] = True
+    span = max(1, round(window_ms / dt_ms)) if onset else 0
+    fine = onset_intervals(terms.drive, n_int, span).tolist()  # exprb2's own windows
     if base == "ros2":  # the shipped scheme, run over runs of equally refined intervals
         options = FastOptions(kernel="torch")
         out, y, k = [y0], y0, 0
