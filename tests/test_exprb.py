@@ -7,12 +7,14 @@ scheme's own output.
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
 from colenv.errors import ConfigError
-from colenv.models.column import integrators
-from colenv.models.column.exprb import coupled_groups, onset_intervals
+from colenv.models.column import exprb, integrators
+from colenv.models.column.exprb import onset_intervals
 from colenv.solve import FastOptions, SolverConfig, rollout
 from tests.test_rosenbrock import (
     F64,
@@ -74,39 +76,69 @@ def test_exact_on_the_linear_problem_at_any_step():
         assert float((out[-1, 0] - exact).abs().max()) < 1e-9 * scale
 
 
-def test_coupled_groups_are_the_strongly_connected_components():
-    w_t, *_ = _two_columns(both_ways=False)
-    assert [g.tolist() for g in coupled_groups(w_t)] == [list(range(8)), list(range(8, 16))]
-    w_t, *_ = _two_columns(both_ways=True)
-    assert [g.tolist() for g in coupled_groups(w_t)] == [list(range(16))]
-    # an edge closing a cycle 0 -> 1 -> 2 -> 0 merges them; 3 only receives
-    w = torch.zeros(4, 4)
-    w[0, 1] = w[1, 2] = w[2, 0] = w[2, 3] = 1.0
-    assert [g.tolist() for g in coupled_groups(w)] == [[0, 1, 2], [3]]
-    # the gated entries count as edges too
-    ws = torch.zeros(4, 4)
-    ws[3, 0] = 1.0
-    assert [g.tolist() for g in coupled_groups(w, ws)] == [[0, 1, 2, 3]]
-
-
-def test_order_one_across_groups_exact_within_one():
-    # one-way coupling: two groups, the coupling explicit -> order 1 (2x per halving)
+def test_exact_with_coupling_in_one_direction():
+    # J is the full Jacobian (its action, one product per term), so a one-way coupling between
+    # two columns is integrated exactly too (a per-column block would make it order 1)
     w_t, kappa, drive_p, y0 = _two_columns(both_ways=False)
     t_end = 2e-3
     terms = _linear_terms(w_t, kappa, drive_p.expand(1, 1, -1).clone())
     exact = _linear_problem(w_t, kappa, drive_p, y0, t_end)
-    errs = []
-    for n_sub in (8, 16, 32, 64):
-        out = _exprb(terms, y0, 1, n_sub, t_end / n_sub, onset_refine=1)
-        errs.append(float((out[-1, 0] - exact).abs().max()))
-    ratios = [errs[i] / errs[i + 1] for i in range(3)]
-    assert all(1.7 < q < 2.3 for q in ratios), (errs, ratios)
-    # both ways: one group, the full Jacobian, exact again
-    w_t, kappa, drive_p, y0 = _two_columns(both_ways=True)
-    terms = _linear_terms(w_t, kappa, drive_p.expand(1, 1, -1).clone())
-    exact = _linear_problem(w_t, kappa, drive_p, y0, t_end)
     out = _exprb(terms, y0, 1, 4, t_end / 4, onset_refine=1)
     assert float((out[-1, 0] - exact).abs().max()) < 1e-9 * float((exact - y0).abs().max())
+
+
+def _theta(m: int, u, mp) -> float:
+    """theta_m of Al-Mohy & Higham (2011, sec. 3): the largest theta with
+    sum_{k > m} |c_k| theta^(k - 1) <= u, c_k the series coefficients of log(e^-x T_m(x))."""
+    n = m + 80
+    g = [
+        mp.fsum(
+            (-1) ** i / mp.factorial(i) / mp.factorial(k - i) for i in range(max(0, k - m), k + 1)
+        )
+        for k in range(n + 1)
+    ]  # e^-x T_m(x)
+    c = [mp.mpf(0)] * (n + 1)  # log g: k c_k = k g_k - sum_i i c_i g_(k-i)
+    for k in range(1, n + 1):
+        c[k] = (k * g[k] - mp.fsum(i * c[i] * g[k - i] for i in range(1, k))) / k
+    lo, hi = mp.mpf(0), mp.mpf(30)
+    for _ in range(60):
+        mid = (lo + hi) / 2
+        if mp.fsum(abs(c[k]) * mid ** (k - 1) for k in range(m + 1, n + 1)) > u:
+            hi = mid
+        else:
+            lo = mid
+    return float(lo)
+
+
+def test_theta_tables_are_al_mohy_and_highams():
+    # their Table 3.1 (m = 5, 10, ..., 55; two digits), single and double precision
+    single = (1.3e-1, 1.0, 2.2, 3.6, 4.9, 6.3, 7.7, 9.1, 1.1e1, 1.2e1, 1.3e1)
+    double = (2.4e-3, 1.4e-1, 6.4e-1, 1.4, 2.4, 3.5, 4.7, 6.0, 7.2, 8.5, 9.9)
+    for table, published in ((exprb.THETA_SINGLE, single), (exprb.THETA_DOUBLE, double)):
+        assert len(table) == exprb.M_MAX == 55
+        assert all(a < b for a, b in zip(table, table[1:], strict=False))
+        for m, value in zip(range(5, 56, 5), published, strict=True):
+            assert table[m - 1] == pytest.approx(value, rel=0.06), (m, table[m - 1], value)
+    # and every digit kept, from the series itself (a few degrees; mpmath comes with torch)
+    mp = pytest.importorskip("mpmath")
+    mp.mp.dps = 50
+    for m in (3, 12, 30):
+        assert exprb.THETA_SINGLE[m - 1] == pytest.approx(_theta(m, mp.mpf(2) ** -24, mp), rel=1e-4)
+        assert exprb.THETA_DOUBLE[m - 1] == pytest.approx(_theta(m, mp.mpf(2) ** -53, mp), rel=1e-4)
+
+
+def test_taylor_plan_minimises_the_products():
+    # ||hJ|| = 0: one term; a norm within theta_m of a degree: one substep; a large norm: the
+    # cheapest (m, s) with ||hJ|| / s <= theta_m, as a brute-force search finds it
+    m, s = exprb.taylor_plan(torch.tensor([0.0, 3.0, 50.0, 400.0]), torch.float32)
+    theta = exprb.THETA_SINGLE
+    for norm, mi, si in zip((0.0, 3.0, 50.0, 400.0), m.tolist(), s.tolist(), strict=True):
+        assert norm / si <= theta[mi - 1]
+        best = min(d * max(1, math.ceil(norm / theta[d - 1])) for d in range(1, 56))
+        assert mi * si == best
+    assert (m[0].item(), s[0].item()) == (1, 1)
+    with pytest.raises(FloatingPointError, match="not finite"):
+        exprb.taylor_plan(torch.tensor([float("inf")]), torch.float32)
 
 
 def test_onset_intervals_follow_the_drive_changes():

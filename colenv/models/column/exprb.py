@@ -13,18 +13,23 @@ J_n the Jacobian of F at y_n. It is of order 2 (the remainder F(y) - J_n y has z
 at y_n) and exact for linear problems, with no step bound from stiffness: an oscillatory
 mode of any frequency is rotated and damped exactly as the linearised equations say.
 
-**Jacobian.** J_n is the exact Jacobian of (v, a, r) (and S, gated) restricted to the
-*coupled groups*: the strongly connected components of the directed graph of the weights
-(w_t, and w_slow_t with gating). A column is one group; lateral connections in both
-directions merge an area's columns into one (Decision: its two columns, 16 populations, J
-48 x 48); a feedforward path between areas (one direction only) leaves the areas separate
-groups. Where every connection lies within groups (Decision) J_n is the full Jacobian and the
-scheme has order 2; entries between groups stay explicit in F and reduce the order of their
-contribution to 1 (in practice small: that coupling is not the stiff part).
+**Jacobian and phi1.** J_n is the exact Jacobian of (v, a, r) (and S, gated) at y_n, never
+formed: the equations' structure gives its action on a vector z for one P x P product,
 
-phi1(h J_n) F is one ``torch.linalg.matrix_exp`` of the augmented matrix
-[[h J_g, h F_g], [0, 0]] per group and trial (its last column; Al-Mohy & Higham 2011, SIAM J
-Sci Comput 33:488, Thm 2.1), batched over trials and over the groups of one size.
+    q = phi'(x_n) (z_v - z_a),   J z = (q W - z_v / tau_m, (kappa q - z_a) / tau_a,
+                                       (q - z_r) / tau_s [, gamma (1 - S) q - (1/tau_S + gamma phi) z_S])
+
+(with gating z_v's row also gets (z_S / (gamma tau_S)) W_slow). The increment u = h phi1(h J_n)
+F(y_n) solves u' = J_n u + F(y_n), u(0) = 0 over one step: the truncated Taylor series of the
+augmented exponential exp([[h J, h F], [0, 0]]) e_last (Al-Mohy & Higham 2011, SIAM J Sci
+Comput 33:488, "Computing the action of the matrix exponential", Algorithm 3.2) in s substeps
+of degree <= m: per substep t_1 = (h/s)(J u + F), t_j = (h/s) J t_{j-1} / j, u += sum_j t_j.
+(m, s) minimise m s subject to ||h J||_1 / s <= theta_m, theta_m the largest norm for which
+the degree-m polynomial has a backward error within the dtype's unit roundoff u (their
+Table 3.1, recomputed here: THETA_SINGLE, THETA_DOUBLE); ||J||_1 is bounded by its column
+sums (:meth:`_Drift.norm_bound`). A substep stops early when its last two terms are below
+u times the increment so far (their early termination). On Decision at 0.5 ms this takes
+12-18 products per step, where a dense 48 x 48 exponential costs ~10 matrix products.
 
 **Onset refinement.** The linearisation at y_n fails over a step in which the rates leave
 the exponential foot of the transfer function: right after a large step of drive (the
@@ -40,8 +45,8 @@ SDE (``noise``): the kick v += s xi of the other fast methods after each step of
 ``onset_refine`` sub-steps that make it up inside a window): the same increments tensor, so a
 seed reproduces a rollout and ``noise_std = 0`` is the ODE exactly.
 
-Gradient: autograd through the steps (``torch.linalg.matrix_exp`` included), the exact
-gradient of the discrete scheme. Torch path only: any device, any dtype, gated networks.
+Gradient: autograd through the steps, the exact gradient of the discrete scheme ((m, s) and
+the early stops are piecewise constant). Any device, any dtype, gated networks.
 """
 
 from __future__ import annotations
@@ -58,27 +63,149 @@ if TYPE_CHECKING:
     from colenv.models.column.network import ColumnTerms
 
 
-def coupled_groups(*weights_t: torch.Tensor) -> list[torch.Tensor]:
-    """The strongly connected components of the directed graph with an edge source -> target
-    wherever any of ``weights_t`` ([P source, P target]) is nonzero (self-loops implied):
-    sorted index tensors, in order of their smallest index."""
-    P = weights_t[0].shape[0]
-    adj = torch.eye(P, dtype=torch.bool, device=weights_t[0].device)
-    for w in weights_t:
-        adj |= w.detach() != 0
-    reach = adj.clone()
-    for _ in range(max(1, math.ceil(math.log2(max(P, 2))))):  # transitive closure
-        reach = reach | ((reach.float() @ reach.float()) > 0)
-    same = reach & reach.T  # i and j reach each other
-    seen = torch.zeros(P, dtype=torch.bool)
-    groups = []
-    for i in range(P):
-        if seen[i]:
-            continue
-        members = torch.nonzero(same[i].cpu(), as_tuple=False).flatten()
-        seen[members] = True
-        groups.append(members.to(weights_t[0].device))
-    return groups
+# theta_m, m = 1..55: the largest ||h J||_1 / s for which the degree-m Taylor polynomial has a
+# backward error within the unit roundoff u (Al-Mohy & Higham 2011, sec. 3, Table 3.1;
+# computed from the series of log(e^-x T_m(x)) in tests/test_exprb.py)
+THETA_SINGLE = (
+    1.1921e-07,
+    5.9789e-04,
+    1.1234e-02,
+    5.1166e-02,
+    1.3085e-01,
+    2.4953e-01,
+    4.0146e-01,
+    5.8005e-01,
+    7.7951e-01,
+    9.9518e-01,
+    1.2235e00,
+    1.4617e00,
+    1.7076e00,
+    1.9599e00,
+    2.2170e00,
+    2.4783e00,
+    2.7428e00,
+    3.0101e00,
+    3.2796e00,
+    3.5509e00,
+    3.8239e00,
+    4.0981e00,
+    4.3735e00,
+    4.6498e00,
+    4.9269e00,
+    5.2047e00,
+    5.4831e00,
+    5.7620e00,
+    6.0414e00,
+    6.3211e00,
+    6.6011e00,
+    6.8815e00,
+    7.1620e00,
+    7.4428e00,
+    7.7238e00,
+    8.0049e00,
+    8.2862e00,
+    8.5676e00,
+    8.8491e00,
+    9.1307e00,
+    9.4123e00,
+    9.6940e00,
+    9.9758e00,
+    1.0258e01,
+    1.0539e01,
+    1.0821e01,
+    1.1103e01,
+    1.1385e01,
+    1.1667e01,
+    1.1949e01,
+    1.2231e01,
+    1.2513e01,
+    1.2795e01,
+    1.3077e01,
+    1.3359e01,
+)
+THETA_DOUBLE = (
+    2.2204e-16,
+    2.5810e-08,
+    1.3863e-05,
+    3.3972e-04,
+    2.4009e-03,
+    9.0657e-03,
+    2.3845e-02,
+    4.9912e-02,
+    8.9578e-02,
+    1.4418e-01,
+    2.1424e-01,
+    2.9962e-01,
+    3.9978e-01,
+    5.1391e-01,
+    6.4108e-01,
+    7.8029e-01,
+    9.3053e-01,
+    1.0909e00,
+    1.2604e00,
+    1.4383e00,
+    1.6237e00,
+    1.8161e00,
+    2.0147e00,
+    2.2190e00,
+    2.4286e00,
+    2.6429e00,
+    2.8614e00,
+    3.0840e00,
+    3.3102e00,
+    3.5397e00,
+    3.7722e00,
+    4.0076e00,
+    4.2455e00,
+    4.4858e00,
+    4.7283e00,
+    4.9729e00,
+    5.2194e00,
+    5.4676e00,
+    5.7174e00,
+    5.9688e00,
+    6.2216e00,
+    6.4757e00,
+    6.7310e00,
+    6.9875e00,
+    7.2451e00,
+    7.5036e00,
+    7.7632e00,
+    8.0236e00,
+    8.2849e00,
+    8.5469e00,
+    8.8097e00,
+    9.0732e00,
+    9.3373e00,
+    9.6021e00,
+    9.8675e00,
+)
+M_MAX = 55  # largest Taylor degree of one substep (Al-Mohy & Higham's m_max)
+
+
+def theta_table(dtype: torch.dtype) -> tuple[float, ...]:
+    """theta_m (m = 1..55) for the unit roundoff of ``dtype``: float32 (and lower) takes the
+    single-precision table, float64 the double one."""
+    return THETA_DOUBLE if dtype == torch.float64 else THETA_SINGLE
+
+
+def unit_roundoff(dtype: torch.dtype) -> float:
+    """u of ``dtype`` (2^-24 float32, 2^-53 float64): the Taylor series' stopping tolerance."""
+    return 2.0**-53 if dtype == torch.float64 else 2.0**-24
+
+
+def taylor_plan(norm: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """(m, s) [B] long: the degree and number of substeps that minimise m * s subject to
+    ||h J||_1 / s <= theta_m (``norm`` [B], an upper bound of ||h J||_1), the first minimum
+    (the smallest m of equal cost)."""
+    theta = torch.tensor(theta_table(dtype), dtype=torch.float64, device=norm.device)
+    degrees = torch.arange(1, M_MAX + 1, dtype=torch.float64, device=norm.device)
+    n = norm.detach().to(torch.float64).clamp_min(0.0)
+    if not bool(torch.isfinite(n).all()):
+        raise FloatingPointError(f"exprb2: the Jacobian's norm is not finite ({n.max().item()})")
+    substeps = torch.ceil(n[:, None] / theta).clamp_min(1.0)  # [B, M_MAX]
+    best = torch.argmin(degrees * substeps, dim=1)
+    return best + 1, substeps.gather(1, best[:, None]).squeeze(1).long()
 
 
 def onset_intervals(drive: torch.Tensor, n_int: int, window: int) -> torch.Tensor:
@@ -98,8 +225,8 @@ def onset_intervals(drive: torch.Tensor, n_int: int, window: int) -> torch.Tenso
 
 
 class _Drift:
-    """F and the coupled groups' Jacobian blocks of one rollout's column equations; state
-    y = [v, a, r] ([v, a, r, S] with gating), each [B, P]."""
+    """F, the action of its Jacobian J and a bound of ||J||_1 for one rollout's column
+    equations; state y = [v, a, r] ([v, a, r, S] with gating), each [B, P]."""
 
     def __init__(self, terms: ColumnTerms) -> None:
         c = terms.constants
@@ -110,26 +237,15 @@ class _Drift:
         self.rate = rate_function(c, "slope")
         self.w_slow = getattr(terms, "w_slow_t", None)
         self.n_var = 3 if self.w_slow is None else 4
-        if self.w_slow is not None:
-            self.tau_g, self.gamma_g = float(terms.gate_tau), float(terms.gate_gamma)
-            self.inv_g = 1.0 / (self.gamma_g * self.tau_g)
-            self.groups = coupled_groups(self.w_t, self.w_slow)
-        else:
-            self.groups = coupled_groups(self.w_t)
-        by_size: dict[int, list[torch.Tensor]] = {}
-        for g in self.groups:
-            by_size.setdefault(int(g.numel()), []).append(g)
-        # per group size: the groups' populations [G, s] and their weights [G, s tgt, s src]
-        self.buckets = []
-        for s, gs in sorted(by_size.items()):
-            idx = torch.stack(gs)
-            w_in = self.w_t[idx.unsqueeze(2), idx.unsqueeze(1)].transpose(1, 2)
-            ws_in = None
+        with torch.no_grad():  # the norm bound only picks (m, s): no gradient
+            self.row_sum = (
+                self.w_t.abs().sum(1) + self.kappa.abs() * self.inv_tau_a + self.inv_tau_s
+            )
+            self.floor = max(self.inv_tau_m, self.inv_tau_a)
             if self.w_slow is not None:
-                ws_in = self.w_slow[idx.unsqueeze(2), idx.unsqueeze(1)].transpose(1, 2)
-            self.buckets.append((s, idx, w_in, ws_in))
-        order = torch.cat([idx.flatten() for _, idx, _, _ in self.buckets])
-        self.unsort = torch.argsort(order)  # bucket order -> population order
+                self.tau_g, self.gamma_g = float(terms.gate_tau), float(terms.gate_gamma)
+                self.inv_g = 1.0 / (self.gamma_g * self.tau_g)
+                self.slow_sum = self.w_slow.abs().sum(1) * self.inv_g
 
     def f(self, y: torch.Tensor, drive: torch.Tensor):
         """(F(y), rates phi, slopes phi') at y [B, n_var P]."""
@@ -144,43 +260,65 @@ class _Drift:
             parts.append(self.gamma_g * (1.0 - S) * p - S / self.tau_g)
         return torch.cat(parts, dim=-1), p, s
 
+    def jacobian_action(self, y, p, s):
+        """z -> J z, J the Jacobian of F at y (rates p, slopes s there): one P x P product."""
+        P = self.P
+        kappa = self.kappa
+        S = y[:, 3 * P :] if self.w_slow is not None else None
+
+        def apply(z: torch.Tensor) -> torch.Tensor:
+            zv, za, zr = z[:, :P], z[:, P : 2 * P], z[:, 2 * P : 3 * P]
+            q = s * (zv - za)
+            ov = torch.mm(q, self.w_t) - zv * self.inv_tau_m
+            parts = [ov, (kappa * q - za) * self.inv_tau_a, (q - zr) * self.inv_tau_s]
+            if S is not None:
+                zs = z[:, 3 * P :]
+                parts[0] = ov + torch.mm(zs * self.inv_g, self.w_slow)
+                decay = 1.0 / self.tau_g + self.gamma_g * p
+                parts.append(self.gamma_g * (1.0 - S) * q - decay * zs)
+            return torch.cat(parts, dim=-1)
+
+        return apply
+
+    def norm_bound(self, y, p, s) -> torch.Tensor:
+        """[B]: an upper bound of ||J||_1 (the largest column sum of |J|)."""
+        with torch.no_grad():
+            col = s.abs() * self.row_sum
+            if self.w_slow is not None:
+                S = y[:, 3 * self.P :]
+                col = col + self.gamma_g * (1.0 - S).abs() * s.abs()
+            bound = (col.amax(1) + self.floor).clamp_min(self.inv_tau_s)
+            if self.w_slow is not None:
+                slow = self.slow_sum + (1.0 / self.tau_g + self.gamma_g * p).abs()
+                bound = torch.maximum(bound, slow.amax(1))
+            return bound
+
     def step(self, y: torch.Tensor, drive: torch.Tensor, h: float) -> torch.Tensor:
-        """y + h phi1(h J) F(y), J the Jacobian within the coupled groups."""
-        P, nv = self.P, self.n_var
-        B = y.shape[0]
+        """y + h phi1(h J) F(y), phi1's action by the substepped Taylor series."""
         f, p, s = self.f(y, drive)
-        fv = f.view(B, nv, P)
-        pieces = []
-        for size, idx, w_in, ws_in in self.buckets:
-            G = idx.shape[0]
-            n = nv * size
-            sg = s[:, idx]  # [B, G, s]
-            eye = torch.eye(size, dtype=y.dtype, device=y.device)
-            ws = w_in.unsqueeze(0) * sg.unsqueeze(2)  # [B, G, tgt, src]
-            m = y.new_zeros(B, G, n + 1, n + 1)
-            sl = [slice(i * size, (i + 1) * size) for i in range(nv)]
-            m[..., sl[0], sl[0]] = ws - eye * self.inv_tau_m
-            m[..., sl[0], sl[1]] = -ws
-            kg = self.kappa[idx] * sg
-            m[..., sl[1], sl[0]] = torch.diag_embed(kg * self.inv_tau_a)
-            m[..., sl[1], sl[1]] = torch.diag_embed(-(1.0 + kg) * self.inv_tau_a)
-            m[..., sl[2], sl[0]] = torch.diag_embed(sg * self.inv_tau_s)
-            m[..., sl[2], sl[1]] = torch.diag_embed(-sg * self.inv_tau_s)
-            m[..., sl[2], sl[2]] = -eye * self.inv_tau_s
-            if ws_in is not None:
-                S = y[:, 3 * P :][:, idx]
-                gs = self.gamma_g * (1.0 - S) * sg
-                m[..., sl[0], sl[3]] = (ws_in * self.inv_g).expand(B, G, size, size)
-                m[..., sl[3], sl[0]] = torch.diag_embed(gs)
-                m[..., sl[3], sl[1]] = torch.diag_embed(-gs)
-                decay = 1.0 / self.tau_g + self.gamma_g * p[:, idx]
-                m[..., sl[3], sl[3]] = torch.diag_embed(-decay)
-            m = m * h  # [[h J_g, h F_g], [0, 0]]
-            m[..., :n, n] = fv[:, :, idx].transpose(1, 2).reshape(B, G, n) * h  # var-major
-            phi1f = torch.linalg.matrix_exp(m)[..., :n, n].reshape(B, G, nv, size)
-            pieces.append(phi1f.permute(0, 2, 1, 3).reshape(B, nv, G * size))
-        inc = torch.cat(pieces, dim=2)[:, :, self.unsort]
-        return y + inc.reshape(B, nv * P)
+        jac = self.jacobian_action(y, p, s)
+        degree, substeps = taylor_plan(self.norm_bound(y, p, s) * h, y.dtype)
+        tol = unit_roundoff(y.dtype)
+        c = (h / substeps.to(y.dtype))[:, None]
+        m_max, s_max = int(degree.max()), int(substeps.max())
+        u = torch.zeros_like(y)
+        for i in range(s_max):
+            live = (i < substeps)[:, None]  # [B, 1]: this trial still has substeps
+            t = c * (jac(u) + f)
+            acc = t
+            prev = t.abs().amax(1, keepdim=True)
+            for j in range(2, m_max + 1):
+                live = live & (j <= degree)[:, None]
+                if not bool(live.any()):
+                    break
+                t = c * jac(t) / j
+                acc = acc + torch.where(live, t, torch.zeros_like(t))
+                cur = t.abs().amax(1, keepdim=True)
+                done = (prev + cur) <= tol * (u + acc).abs().amax(1, keepdim=True)
+                live = live & ~done
+                prev = cur
+            u = torch.where((i < substeps)[:, None], u + acc, u)
+        return y + u
 
 
 def exprb2_rollout(
