@@ -60,7 +60,8 @@ import torch
 SOURCE = Path(__file__).with_name("rk4exp.c")
 HEADERS = (Path(__file__).with_name("rk4exp_tile.h"), Path(__file__).with_name("column_rate.h"))
 # compiled into the same library: ROS2's forward (colenv.models.column.rosenbrock)
-EXTRA_SOURCES = (Path(__file__).with_name("ros2.c"),)
+# exprb2.c: EXPRB2's forward and adjoint (colenv.models.column.exprb; exprb2_rollout below)
+EXTRA_SOURCES = (Path(__file__).with_name("ros2.c"), Path(__file__).with_name("exprb2.c"))
 FLAGS = (
     "-O3",
     "-march=native",
@@ -242,6 +243,12 @@ def _open(lib_path: Path) -> ctypes.CDLL:
     for fn in (lib.colenv_rk4exp_forward, lib.colenv_rk4exp_backward):
         fn.argtypes = [ctypes.POINTER(_Problem)]
         fn.restype = ctypes.c_int
+    for fn in (lib.colenv_exprb2_forward, lib.colenv_exprb2_backward):
+        fn.argtypes = [ctypes.POINTER(_Exprb2Problem)]
+        fn.restype = ctypes.c_int
+    lib.colenv_exprb2_rate.argtypes = [ctypes.c_int32, ctypes.c_void_p, *[ctypes.c_float] * 4,
+                                       *[ctypes.c_void_p] * 3]  # fmt: skip
+    lib.colenv_exprb2_rate.restype = None
     return lib
 
 
@@ -830,3 +837,281 @@ def _lib_or_raise() -> ctypes.CDLL:
     if lib is None:
         raise RuntimeError(f"the native rk4exp kernel is unavailable: {_error}")
     return lib
+
+
+# ---------------------------------------------------------------------------------------------
+# EXPRB2 (exprb2.c): exponential Rosenbrock-Euler with the onset restart, forward and adjoint
+
+
+class _Exprb2Problem(ctypes.Structure):
+    _fields_ = [
+        *((name, ctypes.c_int32) for name in ("B", "P", "n_int", "n_sub", "refine")),
+        ("n_threads", ctypes.c_int32),
+        ("gated", ctypes.c_int32),
+        *(
+            (name, ctypes.c_void_p)
+            for name in ("y0", "drive", "w_t", "w_slow_t", "kappa", "noise", "fine", "theta")
+        ),
+        *(
+            (name, ctypes.c_float)
+            for name in (
+                "h",
+                "h_fine",
+                "da",
+                "db",
+                "inv_d",
+                "max_rate",
+                "inv_tau_m",
+                "inv_tau_a",
+                "inv_tau_s",
+                "inv_tau_g",
+                "gamma",
+                "inv_g",
+                "tol",
+            )
+        ),
+        *(
+            (name, ctypes.c_void_p)
+            for name in ("out", "states", "g_states", "g_y0", "g_drive", "g_w", "g_ws", "counts")
+        ),
+    ]
+
+
+EXPRB2_TOL = 2.0**-24  # the series' early-termination tolerance in float32 (the unit roundoff)
+
+
+def exprb2_theta() -> torch.Tensor:
+    """theta_m (m = 1..55) of the float32 Taylor plan, the table the kernel is given:
+    :data:`colenv.models.column.exprb.THETA_SINGLE` (the torch path's), as float32."""
+    from colenv.models.column import exprb  # exprb uses this module: import when called
+
+    return torch.tensor(exprb.THETA_SINGLE, dtype=torch.float32)
+
+
+class _Exprb2Call:
+    """The checked arguments of one exprb2 rollout (tensors kept alive here) and its C calls."""
+
+    def __init__(self, y0, drive, w_t, kappa, c, n_points, n_sub, h, fine, refine, n_threads,
+                 noise, gate):  # fmt: skip
+        n_int = n_points - 1
+        self.n_int, self.n_sub, self.h, self.refine = n_int, n_sub, float(h), refine
+        self.drive = drive[:n_int].detach().contiguous()
+        self.noise = None if noise is None else noise[:n_int].detach().contiguous()
+        self.w_t = w_t.detach().contiguous()
+        self.kappa = kappa.detach().contiguous()
+        self.gate = gate
+        self.w_slow_t = None if gate is None else gate[0].detach().contiguous()
+        self.fine = torch.zeros(n_int, dtype=torch.uint8)
+        if fine is not None:
+            self.fine = fine[:n_int].to(torch.uint8).contiguous()
+        self.theta = exprb2_theta()
+        self.B, self.P = self.drive.shape[1], self.drive.shape[2]
+        self.width = (3 if gate is None else 4) * self.P
+        self.n_threads = n_threads or torch.get_num_threads()
+        self.c = c
+
+    def problem(self, **ptrs) -> _Exprb2Problem:
+        c = self.c
+        prob = _Exprb2Problem(
+            B=self.B, P=self.P, n_int=self.n_int, n_sub=self.n_sub, refine=self.refine,
+            n_threads=self.n_threads, gated=int(self.gate is not None),
+            drive=self.drive.data_ptr(), w_t=self.w_t.data_ptr(), kappa=self.kappa.data_ptr(),
+            fine=self.fine.data_ptr(), theta=self.theta.data_ptr(),
+            h=self.h, h_fine=self.h / self.refine, da=c["da"], db=c["db"], inv_d=1.0 / c["d"],
+            max_rate=c.get("max_rate", 0.0), inv_tau_m=1.0 / c["tau_m"],
+            inv_tau_a=1.0 / c["tau_a"], inv_tau_s=1.0 / c["tau_s"], tol=EXPRB2_TOL,
+        )  # fmt: skip
+        if self.noise is not None:
+            prob.noise = self.noise.data_ptr()
+        if self.gate is not None:
+            _, tau, gamma = self.gate
+            prob.w_slow_t = self.w_slow_t.data_ptr()
+            prob.inv_tau_g, prob.gamma = 1.0 / tau, float(gamma)
+            prob.inv_g = 1.0 / (float(gamma) * float(tau))
+        for name, x in ptrs.items():
+            setattr(prob, name, x.data_ptr())
+        return prob
+
+    @staticmethod
+    def call(fn, prob: _Exprb2Problem) -> None:
+        if fn(ctypes.byref(prob)):
+            raise MemoryError("native exprb2 kernel: out of memory for its scratch arrays")
+
+    def states(self, y0: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
+        """The states [n_points, B, width] from y0 [B, width]."""
+        out = torch.empty(self.n_int + 1, *y0.shape, dtype=torch.float32)
+        y0d = y0.detach().contiguous()
+        ptrs = dict(y0=y0d, out=out) if counts is None else dict(y0=y0d, out=out, counts=counts)
+        self.call(_lib_or_raise().colenv_exprb2_forward, self.problem(**ptrs))
+        return out
+
+    def gradients(self, states, g_states, need_drive, need_w, need_ws):
+        """(g_y0, g_drive [n_int, B, P] or None, g_w or None, g_ws or None): the discrete
+        adjoint from the forward's states and the loss gradients of all of them."""
+        g_y0 = torch.empty(self.B, self.width)
+        ptrs = dict(states=states, g_states=g_states, g_y0=g_y0)
+        g_drive = g_w = g_ws = None
+        if need_drive:
+            ptrs["g_drive"] = g_drive = torch.empty(self.n_int, self.B, self.P)
+        if need_w:
+            ptrs["g_w"] = g_w = torch.empty(self.P, self.P)
+        if need_ws and self.gate is not None:
+            ptrs["g_ws"] = g_ws = torch.empty(self.P, self.P)
+        self.call(_lib_or_raise().colenv_exprb2_backward, self.problem(**ptrs))
+        return g_y0, g_drive, g_w, g_ws
+
+
+def _exprb2_prepare(
+    y0, drive, w_t, kappa, c, n_points, n_sub, h, fine, refine, n_threads, noise, gate
+) -> _Exprb2Call:
+    # exprb2 has no r filter: _check's filter weights are a placeholder of the right length
+    _check(y0, drive, w_t, kappa, c, n_points, n_sub, h, (0.0,) * 3, n_threads, noise, gate)
+    if isinstance(refine, bool) or not isinstance(refine, int) or refine < 1:
+        raise ValueError(f"refine must be an integer >= 1, got {refine!r}")
+    n_int = n_points - 1
+    if fine is not None:
+        if not isinstance(fine, torch.Tensor) or fine.dtype != torch.bool or fine.dim() != 1:
+            got = f"{fine.dtype} {list(fine.shape)}" if isinstance(fine, torch.Tensor) else (
+                type(fine).__name__)  # fmt: skip
+            raise ValueError(
+                f"fine must be None or a 1-d bool tensor (colenv.models.column.exprb."
+                f"onset_intervals), got {got}"
+            )
+        if fine.shape[0] < n_int:
+            raise ValueError(
+                f"fine must be [>= {n_int}] (n_points - 1 grid intervals), got {list(fine.shape)}"
+            )
+    _lib_or_raise()
+    return _Exprb2Call(
+        y0, drive, w_t, kappa, c, n_points, n_sub, h, fine, refine, n_threads, noise, gate
+    )
+
+
+def exprb2_forward(
+    y0: torch.Tensor,
+    drive: torch.Tensor,
+    w_t: torch.Tensor,
+    kappa: torch.Tensor,
+    c: dict,
+    n_points: int,
+    n_sub: int,
+    h: float,
+    fine: torch.Tensor | None = None,
+    refine: int = 1,
+    n_threads: int | None = None,
+    noise: torch.Tensor | None = None,
+    *,
+    w_slow_t: torch.Tensor | None = None,
+    gate_tau: float | None = None,
+    gate_gamma: float | None = None,
+    counts: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """States [n_points, B, 3P] of exprb2 from y0 [B, 3P] under drive [>= n_points - 1, B, P],
+    no gradient.
+
+    The scheme of :func:`colenv.models.column.exprb.exprb2_rollout` (exponential
+    Rosenbrock-Euler, phi1(h J) F by the scaled Taylor series with the theta table
+    :func:`exprb2_theta` and early termination), computed by the C kernel in float32: ``n_sub``
+    steps of ``h`` seconds per grid interval; on an interval k with ``fine[k]`` (bool
+    [>= n_points - 1], :func:`colenv.models.column.exprb.onset_intervals`; None: none) each
+    step of h is ``refine`` steps of h / refine. With ``noise`` [>= n_points - 1, n_sub, B, P]
+    each step of h (its ``refine`` steps on a fine interval) is followed by v += noise[k, i].
+    w_t [P source, P target], kappa [P] and ``c`` (tau_m, tau_a, tau_s, da, db, d, max_rate)
+    as in :class:`colenv.models.column.network.ColumnTerms`; gating (``w_slow_t``,
+    ``gate_tau``, ``gate_gamma``) as in :func:`rk4exp_forward` (state [v, a, r, S], 4P).
+    ``counts``: an int64 tensor [2] that receives the number of steps and of Jacobian
+    applications (a diagnostic of the cost).
+
+    A step whose norm bound is not finite, or that would need more than 2^20 substeps (a
+    runaway), sets the state to NaN, which the rollout's finiteness check reports.
+
+    Raises:
+        ValueError: a tensor is not float32, not on the CPU, not contiguous (y0, drive, kappa)
+            or of the wrong shape, or a number is out of range; the message names it.
+        RuntimeError: the kernel is unavailable (check :func:`available` first).
+    """
+    gate = _gate_args(w_slow_t, gate_tau, gate_gamma)
+    call = _exprb2_prepare(
+        y0, drive, w_t, kappa, c, n_points, n_sub, h, fine, refine, n_threads, noise, gate
+    )
+    if counts is not None and (
+        not isinstance(counts, torch.Tensor) or counts.dtype != torch.int64 or counts.shape != (2,)
+    ):
+        raise ValueError("counts must be None or an int64 tensor [2]")
+    return call.states(y0, counts)
+
+
+class _Exprb2Adjoint(torch.autograd.Function):
+    """exprb2 on the native kernel with its discrete adjoint (exprb2.c's colenv_exprb2_backward:
+    reverse mode of the float32 scheme, (m, s*) and the early stops held constant). Forward
+    keeps only the grid states; backward recomputes each interval from its grid state with
+    stores (memory: one interval's series terms per thread)."""
+
+    @staticmethod
+    def forward(ctx, y0, drive, w_t, w_slow_t, call: _Exprb2Call):
+        states = call.states(y0)
+        ctx.call, ctx.drive_shape = call, drive.shape
+        ctx.save_for_backward(states)
+        return states
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g_states):
+        (states,) = ctx.saved_tensors
+        call: _Exprb2Call = ctx.call
+        need = ctx.needs_input_grad
+        g_y0, g_d, g_w, g_ws = call.gradients(
+            states, g_states.contiguous().float(), need[1], need[2], need[3]
+        )
+        g_drive = None
+        if g_d is not None:
+            g_drive = torch.zeros(ctx.drive_shape)
+            g_drive[: call.n_int] = g_d
+        return g_y0 if need[0] else None, g_drive, g_w, g_ws, None
+
+
+def exprb2_rollout(
+    y0: torch.Tensor,
+    drive: torch.Tensor,
+    w_t: torch.Tensor,
+    kappa: torch.Tensor,
+    c: dict,
+    n_points: int,
+    n_sub: int,
+    h: float,
+    fine: torch.Tensor | None = None,
+    refine: int = 1,
+    *,
+    n_threads: int | None = None,
+    noise: torch.Tensor | None = None,
+    w_slow_t: torch.Tensor | None = None,
+    gate_tau: float | None = None,
+    gate_gamma: float | None = None,
+) -> torch.Tensor:
+    """Like :func:`exprb2_forward`, differentiable in y0, drive, w_t and w_slow_t when they need
+    it (the native discrete adjoint, :class:`_Exprb2Adjoint`; w_t's and w_slow_t's gradients
+    dense [P, P]). kappa and ``noise`` get no gradient (a kappa that needs one belongs on the
+    torch path, as for rk4exp: :func:`supports`); the noise increments are constants of the
+    rollout, so the gradient is pathwise."""
+    gate = _gate_args(w_slow_t, gate_tau, gate_gamma)
+    inputs = (y0, drive, w_t) + (() if w_slow_t is None else (w_slow_t,))
+    call = _exprb2_prepare(
+        y0, drive, w_t, kappa, c, n_points, n_sub, h, fine, refine, n_threads, noise, gate
+    )
+    if not (torch.is_grad_enabled() and any(x.requires_grad for x in inputs)):
+        return call.states(y0)
+    return _Exprb2Adjoint.apply(y0, drive, w_t, w_slow_t, call)
+
+
+def exprb2_rate(x: torch.Tensor, c: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(phi, phi', phi'') of x (float32 CPU, any shape) as the exprb2 kernel computes them (the
+    column rate of column_rate.h and its second derivative, which the adjoint needs); ``c``:
+    da, db, d and max_rate (<= 0 or absent: no ceiling)."""
+    _check_tensor("x", x, None)
+    lib = _lib_or_raise()
+    p, s, s2 = torch.empty_like(x), torch.empty_like(x), torch.empty_like(x)
+    lib.colenv_exprb2_rate(
+        x.numel(), x.data_ptr(), c["da"], c["db"], 1.0 / c["d"], c.get("max_rate", 0.0),
+        p.data_ptr(), s.data_ptr(), s2.data_ptr(),
+    )  # fmt: skip
+    return p, s, s2
