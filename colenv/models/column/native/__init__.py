@@ -934,7 +934,13 @@ class _Exprb2Call:
 
     @staticmethod
     def call(fn, prob: _Exprb2Problem) -> None:
-        if fn(ctypes.byref(prob)):
+        code = fn(ctypes.byref(prob))
+        if code == 2:  # the torch path's taylor_plan raises the same
+            raise FloatingPointError(
+                "exprb2: the Jacobian's norm is not finite (or needs more than 2^20 Taylor "
+                "substeps in one step): the state ran away"
+            )
+        if code:
             raise MemoryError("native exprb2 kernel: out of memory for its scratch arrays")
 
     def states(self, y0: torch.Tensor, counts: torch.Tensor | None = None) -> torch.Tensor:
@@ -1022,13 +1028,13 @@ def exprb2_forward(
     ``counts``: an int64 tensor [2] that receives the number of steps and of Jacobian
     applications (a diagnostic of the cost).
 
-    A step whose norm bound is not finite, or that would need more than 2^20 substeps (a
-    runaway), sets the state to NaN, which the rollout's finiteness check reports.
 
     Raises:
         ValueError: a tensor is not float32, not on the CPU, not contiguous (y0, drive, kappa)
             or of the wrong shape, or a number is out of range; the message names it.
         RuntimeError: the kernel is unavailable (check :func:`available` first).
+        FloatingPointError: a step's bound of ||J||_1 is not finite (as on the torch path), or
+            it needs more than 2^20 Taylor substeps: the state ran away.
     """
     gate = _gate_args(w_slow_t, gate_tau, gate_gamma)
     call = _exprb2_prepare(
@@ -1095,6 +1101,11 @@ def exprb2_rollout(
     rollout, so the gradient is pathwise."""
     gate = _gate_args(w_slow_t, gate_tau, gate_gamma)
     inputs = (y0, drive, w_t) + (() if w_slow_t is None else (w_slow_t,))
+    if torch.is_grad_enabled() and isinstance(kappa, torch.Tensor) and kappa.requires_grad:
+        raise ValueError(
+            "kappa requires a gradient, which the native exprb2 adjoint does not compute; run "
+            "the torch path (solver.fast.kernel = 'torch') or detach kappa"
+        )
     call = _exprb2_prepare(
         y0, drive, w_t, kappa, c, n_points, n_sub, h, fine, refine, n_threads, noise, gate
     )

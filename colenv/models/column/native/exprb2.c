@@ -64,8 +64,8 @@ typedef struct {
     float *g_drive;        /* [n_int, B, P] or NULL */
     float *g_w;            /* [P, P] or NULL */
     float *g_ws;           /* [P, P] or NULL (gated) */
-    int64_t *counts;       /* NULL or [2]: steps and J applications of the forward (thread 0's
-                              trials only when several threads run; a diagnostic) */
+    int64_t *counts;       /* NULL or [2]: steps and J applications of the forward, all
+                              trials (a diagnostic of the cost) */
 } Exprb2Problem;
 
 /* What every trial shares: padded weights, row spans, norm bounds, constants. */
@@ -75,7 +75,7 @@ typedef struct {
     float *W, *Ws;    /* [P][PP] */
     int *lo, *hi;     /* [P]: each source row's nonzero span in W, in multiples of LANE */
     int *los, *his;   /* the same for Ws */
-    float *R;         /* [PP]: sum_tgt |W[i, tgt]| + kappa_i / tau_a + 1 / tau_s */
+    float *R;         /* [PP]: sum_tgt |W[i, tgt]| + |kappa_i| / tau_a + 1 / tau_s */
     float *RS;        /* [PP]: sum_tgt |Ws[i, tgt]| inv_g */
     float *kappa;     /* [PP] */
     int saturate;
@@ -97,7 +97,7 @@ typedef struct {
     size_t *sub; /* step_back: each substep's first stored float */
     size_t capsub;
     int failed;
-    int64_t steps, jmvs;
+    int64_t steps, jmvs, bad; /* bad: steps whose plan failed (norm not finite, or a runaway) */
 } Work;
 
 static int grow(void **buf, size_t *cap, size_t need, size_t elem) {
@@ -253,9 +253,10 @@ static int plan(const Shared *sh, const Work *w, const float *y, float h, int *m
         colmax = col > colmax ? col : colmax;
         if (pr->gated) {
             float cs = sh->RS[i] + fabsf(pr->inv_tau_g + pr->gamma * w->p[i]);
+            if (cs != cs) return 1;
             colS = cs > colS ? cs : colS;
         }
-        if (col != col) colmax = col;
+        if (col != col) return 1; /* NaN slope or weights (torch's max propagates NaN too) */
     }
     float norm = colmax + (pr->inv_tau_m > pr->inv_tau_a ? pr->inv_tau_m : pr->inv_tau_a);
     norm = norm > pr->inv_tau_s ? norm : pr->inv_tau_s;
@@ -291,6 +292,7 @@ static int step(const Shared *sh, Work *w, const float *d, float h, int rec) {
     long ns;
     if (plan(sh, w, y, h, &m, &ns)) {
         for (int i = 0; i < S; i++) y[i] = NAN;
+        w->bad++;
         m = 0, ns = 0; /* recorded as a step without substeps (its adjoint is then NaN-free
                           only in the identity part; the state is NaN anyway) */
         if (!rec) return 0;
@@ -699,7 +701,7 @@ static int shared_init(Shared *sh, const Exprb2Problem *pr) {
             sw += fabsf(sh->W[(size_t)j * PP + i]);
             ss += fabsf(sh->Ws[(size_t)j * PP + i]);
         }
-        sh->R[j] = sw + sh->kappa[j] * pr->inv_tau_a + pr->inv_tau_s;
+        sh->R[j] = sw + fabsf(sh->kappa[j]) * pr->inv_tau_a + pr->inv_tau_s;
         sh->RS[j] = ss * pr->inv_g;
     }
     return 0;
@@ -751,6 +753,9 @@ static int run(const Exprb2Problem *pr, int backward) {
             pr->counts[1] += workers[i].w.jmvs;
         }
     }
+    if (!failed)
+        for (int i = 0; i < nt; i++)
+            if (workers[i].w.bad) failed = 2;
     if (workers)
         for (int i = 0; i < nt; i++) work_free(&workers[i].w);
     free(workers);
@@ -758,9 +763,11 @@ static int run(const Exprb2Problem *pr, int backward) {
     return failed;
 }
 
-/* States of every grid point into out. Returns 0, or 1 if scratch memory could not be had. */
+/* States of every grid point into out. Returns 0; 1 if scratch memory could not be had; 2 if a
+ * step's norm bound was not finite or needed more than EXPRB2_S_MAX substeps (that trial's
+ * states are NaN from there on). */
 int colenv_exprb2_forward(const Exprb2Problem *pr) { return run(pr, 0); }
 
-/* The adjoint: g_y0, g_drive, g_w, g_ws from g_states and the forward's states. Returns 0, or
- * 1 if memory could not be had. */
+/* The adjoint: g_y0, g_drive, g_w, g_ws from g_states and the forward's states. Returns as
+ * colenv_exprb2_forward. */
 int colenv_exprb2_backward(const Exprb2Problem *pr) { return run(pr, 1); }

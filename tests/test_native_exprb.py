@@ -1,0 +1,275 @@
+"""The native exprb2 kernel (colenv/models/column/native/exprb2.c): forward and discrete adjoint.
+
+References, none of them the kernel itself: the torch path of the same scheme
+(colenv.models.column.exprb.exprb2_rollout with kernel "torch"; float32 for the forward,
+float64 autograd for the gradients), finite differences of the kernel's own forward, and
+torch's double backward of the transfer function for the second derivative the adjoint needs.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from colenv.models import ColumnNetwork
+from colenv.models.column import exprb, native
+from colenv.models.column.network import ColumnTerms
+from colenv.models.column.transfer import rate_function
+from colenv.solve import FastOptions
+
+pytestmark = [
+    pytest.mark.usefixtures("one_thread"),
+    pytest.mark.skipif(not native.available(), reason="no C compiler: native kernel unavailable"),
+]
+
+F32, F64 = torch.float32, torch.float64
+GATING = {"gating": {"pairs": [["L23e", "L23e"]], "kinds": ["recurrent"]}}
+
+
+def _network(dtype, gated: bool = False) -> ColumnNetwork:
+    """Two MT columns with lateral connections (16 populations), optionally gated."""
+    spec = {
+        "areas": [{"name": "a", "n_columns": 2, "sizes": "mt"}],
+        "n_inputs": 2,
+        "input_mode": "one_to_one",
+        "lateral": {"enabled": True, "init_k": 2000, "trainable": True},
+        **(GATING if gated else {}),
+    }
+    return ColumnNetwork(spec=spec, dtype=dtype)
+
+
+def _stimulus(T: int, on: int, dtype) -> torch.Tensor:
+    stim = torch.zeros(T, 2, 2, dtype=dtype)
+    stim[on:, 0, 0], stim[on:, 0, 1] = 20.0, 10.0
+    stim[on:, 1, 1] = 15.0
+    return stim
+
+
+def _fine(terms, n_points: int, n_sub: int, h: float, refine: int, window_ms: float):
+    """The onset intervals as the torch path derives them from its FastOptions."""
+    window = math.ceil(window_ms * 1e-3 / (n_sub * h) - 1e-9) if refine > 1 else 0
+    return exprb.onset_intervals(terms.drive, n_points - 1, window)
+
+
+def _torch_path(terms, y0, n_points, n_sub, h, refine, window_ms, noise=None):
+    options = FastOptions(kernel="torch", onset_refine=refine, onset_window_ms=window_ms)
+    return exprb.exprb2_rollout(terms, y0, n_points, n_sub, h, options, noise=noise)
+
+
+def _native(terms, y0, n_points, n_sub, h, refine, window_ms, noise=None, **kw):
+    fine = _fine(terms, n_points, n_sub, h, refine, window_ms)
+    gate = {}
+    if terms.w_slow_t is not None:
+        gate = dict(w_slow_t=terms.w_slow_t, gate_tau=terms.gate_tau, gate_gamma=terms.gate_gamma)
+    return native.exprb2_rollout(
+        y0, terms.drive, terms.w_t, terms.kappa, terms.constants, n_points, n_sub, h, fine,
+        refine, noise=noise, **gate, **kw,
+    )  # fmt: skip
+
+
+def _assert_states_close(got, want, P, rel=1e-4):
+    """Per state block (v, a, r[, S]): |got - want| <= rel (|want| + max |block|)."""
+    for i in range(want.shape[-1] // P):
+        g, w = got[..., i * P : (i + 1) * P].double(), want[..., i * P : (i + 1) * P].double()
+        scale = float(w.abs().max())
+        err = float(((g - w).abs() - rel * (w.abs() + scale)).max())
+        assert err <= 0.0, (i, float((g - w).abs().max()), scale)
+
+
+def test_theta_table_is_the_torch_paths():
+    theta = native.exprb2_theta()
+    assert theta.dtype == F32 and theta.shape == (exprb.M_MAX,)
+    assert torch.equal(theta, torch.tensor(exprb.theta_table(F32), dtype=F32))
+
+
+@pytest.mark.parametrize("gated", [False, True], ids=["ungated", "gated"])
+@pytest.mark.parametrize("refine", [1, 4], ids=["no-onset", "onset"])
+@pytest.mark.parametrize("sde", [False, True], ids=["ode", "sde"])
+@torch.no_grad()
+def test_forward_matches_the_torch_path(gated, refine, sde):
+    net = _network(F32, gated)
+    T, n_sub, h = 30, 2, 0.5e-3
+    terms = net.prepare(_stimulus(T, on=8, dtype=F32)).terms
+    y0 = net.initial_state(2)
+    noise = None
+    if sde:
+        noise = torch.randn(T - 1, n_sub, 2, net.n_pop, generator=torch.Generator().manual_seed(1))
+    want = _torch_path(terms, y0, T, n_sub, h, refine, 3.0, noise)
+    got = _native(terms, y0, T, n_sub, h, refine, 3.0, noise)
+    assert got.shape == want.shape == (T, 2, (4 if gated else 3) * net.n_pop)
+    assert float((want[-1] - want[0]).abs().max()) > 1.0  # the stimulus moved the state
+    _assert_states_close(got, want, net.n_pop)
+    if sde:  # the kicks are used: without them the states differ
+        ode = _native(terms, y0, T, n_sub, h, refine, 3.0)
+        assert float((ode - got)[..., : net.n_pop].abs().max()) > 0.1
+
+
+@torch.no_grad()
+def test_forward_on_the_decision_evaluation_grid():
+    # the shipped Decision network (untrained) over its evaluation grid (11 trials) up to 60 ms
+    # after the stimulus onset at 299 ms (the torch path is ~100x slower than the kernel),
+    # 0.5 ms steps, the default onset restart (16 x, 5 ms)
+    from trainers.bench import build_network
+
+    torch.manual_seed(0)
+    bench_net = build_network("colenv/Decision-v0", device="cpu")
+    net, stimulus = bench_net.model, bench_net.trial(None, F32).stimulus
+    T = 360
+    terms = net.prepare(stimulus[:T]).terms
+    y0 = net.initial_state(stimulus.shape[1])
+    defaults = FastOptions()
+    args = (terms, y0, T, 2, 0.5e-3, defaults.onset_refine, defaults.onset_window_ms)
+    want = _torch_path(*args)
+    got = _native(*args)
+    _assert_states_close(got, want, net.n_pop)
+    rates = net.rates(got)
+    assert float((rates[-1] - rates[290]).abs().max()) > 5.0  # the onset is in the window
+
+
+@pytest.mark.parametrize("gated", [False, True], ids=["ungated", "gated"])
+@pytest.mark.parametrize("sde", [False, True], ids=["ode", "sde"])
+def test_gradients_match_float64_autograd_of_the_torch_path(gated, sde):
+    net = _network(F64, gated)
+    T, n_sub, h, refine, window = 14, 2, 0.5e-3, 4, 2.0
+    terms = net.prepare(_stimulus(T, on=4, dtype=F64)).terms
+    terms = terms._replace(drive=terms.drive.detach(), w_t=terms.w_t.detach(),
+                           kappa=terms.kappa.detach())  # fmt: skip
+    if gated:
+        terms = terms._replace(w_slow_t=terms.w_slow_t.detach())
+    y0 = net.initial_state(2).detach()
+    g = torch.Generator().manual_seed(2)
+    noise = torch.randn(T - 1, n_sub, 2, net.n_pop, generator=g, dtype=F64) if sde else None
+    weights = torch.randn(T, 2, y0.shape[1], generator=g, dtype=F64)
+    names = ["y0", "drive", "w_t"] + (["w_slow_t"] if gated else [])
+
+    def grads(dtype, run):
+        leaves = {"y0": y0.to(dtype).clone().requires_grad_()}
+        for name in names[1:]:
+            leaves[name] = getattr(terms, name).to(dtype).clone().requires_grad_()
+        t = terms._replace(kappa=terms.kappa.to(dtype), **{n: leaves[n] for n in names[1:]})
+        out = run(t, leaves["y0"], T, n_sub, h, refine, window,
+                  None if noise is None else noise.to(dtype))  # fmt: skip
+        (out * weights.to(dtype)).sum().backward()
+        return {n: leaves[n].grad.double() for n in names}
+
+    want = grads(F64, _torch_path)
+    got = grads(F32, _native)
+    for name in names:
+        scale = float(want[name].abs().max())
+        assert scale > 0.0, name
+        err = float((got[name] - want[name]).abs().max())
+        assert err <= 2e-4 * scale, (name, err, scale)
+
+
+def test_gradient_matches_finite_differences():
+    # directional derivatives of the kernel's own float32 forward (central differences)
+    net = _network(F32)
+    T, n_sub, h = 12, 2, 0.5e-3
+    terms = net.prepare(_stimulus(T, on=3, dtype=F32)).terms
+    drive, w_t = terms.drive.detach().clone(), terms.w_t.detach().clone()
+    y0 = net.initial_state(2).detach()
+    g = torch.Generator().manual_seed(5)
+    weights = torch.randn(T, 2, y0.shape[1], generator=g)
+    P = net.n_pop
+
+    def loss(drive_, w_t_):
+        out = _native(terms._replace(drive=drive_, w_t=w_t_), y0, T, n_sub, h, 4, 1.0)
+        return (out[..., :P] * weights[..., :P]).sum() / 1000.0
+
+    d = drive.clone().requires_grad_()
+    w = w_t.clone().requires_grad_()
+    loss(d, w).backward()
+    for name, base, grad in (("drive", drive, d.grad), ("w_t", w_t, w.grad)):
+        direction = torch.randn(base.shape, generator=g) * (base.abs() + base.abs().mean())
+        eps = 1e-3
+        with torch.no_grad():
+            if name == "drive":
+                up = loss(drive + eps * direction, w_t)
+                down = loss(drive - eps * direction, w_t)
+            else:
+                up = loss(drive, w_t + eps * direction)
+                down = loss(drive, w_t - eps * direction)
+        fd = float(up.double() - down.double()) / (2 * eps)
+        analytic = float((grad.double() * direction.double()).sum())
+        assert abs(fd - analytic) <= 2e-2 * abs(analytic), (name, fd, analytic)
+
+
+@pytest.mark.parametrize("max_rate", [0.0, 500.0, 50.0])
+def test_second_derivative_of_the_rate_matches_double_backward(max_rate):
+    net = _network(F64)
+    c = dict(net.constants(), max_rate=max_rate)
+    # u = da x - db over the exponential foot, the linear regime and around the 0/0 point
+    u = torch.cat([torch.linspace(-70.0, 70.0, 14001, dtype=F64),
+                   torch.linspace(-1.0, 1.0, 4001, dtype=F64)])  # fmt: skip
+    x32 = ((u + c["db"]) / c["da"]).float()
+    x = x32.double().requires_grad_()
+    p = rate_function(c, "autograd")(x)
+    (s,) = torch.autograd.grad(p.sum(), x, create_graph=True)
+    (s2,) = torch.autograd.grad(s.sum(), x)
+    p_n, s_n, s2_n = native.exprb2_rate(x32, c)
+    for name, want, got in (("phi", p, p_n), ("phi'", s, s_n), ("phi''", s2, s2_n)):
+        want = want.detach()
+        err = float((got.double() - want).abs().max())
+        assert err <= 1e-4 * float(want.abs().max()), (name, err)
+    # pointwise where the value is not tiny (closed form and series both checked)
+    big = s2.abs() > 1e-3 * s2.abs().max()
+    rel = (s2_n.double() - s2).abs()[big] / s2.abs()[big]
+    assert float(rel.max()) < (1e-3 if max_rate == 0.0 else 2e-2)
+
+
+def _args(P=16, B=2, T=5, gated=False):
+    nv = 4 if gated else 3
+    net = _network(F32)
+    c = net.constants()
+    return dict(
+        y0=torch.zeros(B, nv * P), drive=torch.zeros(T, B, P), w_t=torch.zeros(P, P),
+        kappa=torch.zeros(P), c=c, n_points=T, n_sub=1, h=0.5e-3,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (dict(y0=torch.zeros(2, 48, dtype=F64)), "y0 must be float32"),
+        (dict(drive=torch.zeros(5, 2, 15)), r"drive must be \[\*, 2, 16\]"),
+        (dict(w_t=torch.zeros(16, 15)), r"w_t must be \[16, 16\]"),
+        (dict(y0=torch.zeros(2, 47)), r"y0 must be \[B, 3P\]"),
+        (dict(fine=torch.zeros(4, dtype=torch.int64)), "fine must be None or a 1-d bool"),
+        (dict(fine=torch.zeros(3, dtype=torch.bool)), r"fine must be \[>= 4\]"),
+        (dict(refine=0), "refine must be an integer >= 1"),
+        (dict(n_sub=0), "n_sub must be an integer >= 1"),
+        (dict(gate_tau=0.1), "gate_tau and gate_gamma apply with w_slow_t only"),
+        (dict(noise=torch.zeros(4, 2, 2, 16)), r"noise must be \[\*, 1, 2, 16\]"),
+    ],
+)
+def test_errors_name_the_argument(change, match):
+    with pytest.raises(ValueError, match=match):
+        native.exprb2_rollout(**{**_args(), **change})
+
+
+def test_gated_arguments_are_checked():
+    args = _args(gated=True)
+    with pytest.raises(ValueError, match="gate_tau must be a finite number > 0"):
+        native.exprb2_forward(**args, w_slow_t=torch.zeros(16, 16), gate_tau=0.0, gate_gamma=0.6)
+    with pytest.raises(ValueError, match=r"w_slow_t must be \[16, 16\]"):
+        native.exprb2_forward(**args, w_slow_t=torch.zeros(16, 8), gate_tau=0.1, gate_gamma=0.6)
+
+
+def test_kappa_gradient_is_refused_not_dropped():
+    args = _args()
+    args["kappa"] = args["kappa"].requires_grad_()
+    with pytest.raises(ValueError, match="kappa requires a gradient"):
+        native.exprb2_rollout(**args)
+
+
+def test_runaway_raises_like_the_torch_path():
+    args = _args()
+    args["y0"][0, 0] = float("nan")
+    with pytest.raises(FloatingPointError, match="norm is not finite"):
+        native.exprb2_forward(**args)
+    terms = ColumnTerms(w_t=args["w_t"], drive=args["drive"], kappa=args["kappa"],
+                        constants=args["c"])  # fmt: skip
+    with pytest.raises(FloatingPointError, match="norm is not finite"):
+        _torch_path(terms, args["y0"], args["n_points"], 1, args["h"], 1, 0.0)
