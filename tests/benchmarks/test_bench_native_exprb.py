@@ -1,0 +1,106 @@
+"""The native exprb2 kernel (colenv/models/column/native/exprb2.c) at 0.5 ms against the native
+rk4exp kernel at 0.1 ms (the shipped step) on the Decision network.
+
+Run: ``python -m pytest tests/benchmarks/test_bench_native_exprb.py --benchmark-enable``
+(skipped in the unit run). One torch thread (conftest.py). Workload: the shipped Decision
+network (colenv/Decision-v0's config, untrained) over its evaluation grid (11 trials, 1.5 s),
+float32 on the CPU. exprb2 runs on :func:`colenv.models.column.native.exprb2_rollout` with the
+default onset restart (16 x for 5 ms after every change of the drive); rk4exp through
+:func:`colenv.rollout` (native kernel). Forward: no gradient. Forward+backward: the gradient
+of a readout loss for the drive and the recurrent weights (exprb2), for every parameter
+(rk4exp). ``benchmark.extra_info`` holds the time ratio to rk4exp measured in the same run
+(``time_vs_rk4exp_0_1ms``) and, for the forward, exprb2's readout error against the float64
+dopri5 reference (rtol = atol = 1e-9), the Jacobian applications per step.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import time
+
+import pytest
+import torch
+
+from colenv import SolverConfig, rollout
+from colenv.models.column import exprb, native
+from colenv.solve import FastOptions
+from trainers.bench import build_network, readout_error_hz, reference_readout
+
+pytestmark = pytest.mark.skipif(not native.available(), reason="native kernel unavailable")
+
+STEP_S = 0.5e-3  # exprb2's step; the grid is 1 ms, so two steps per interval
+N_SUB = 2
+RK4EXP = SolverConfig("rk4exp", step_ms=0.1)
+
+
+@functools.lru_cache(maxsize=1)
+def _decision():
+    torch.manual_seed(0)
+    bench_net = build_network("colenv/Decision-v0", device="cpu")
+    grid = bench_net.trial(None, torch.float32)
+    return bench_net, grid
+
+
+def _exprb2(net, stimulus, grad: bool, counts=None):
+    terms = net.prepare(stimulus).terms
+    options = FastOptions()
+    n_points = stimulus.shape[0]
+    window = math.ceil(options.onset_window_ms * 1e-3 / (N_SUB * STEP_S) - 1e-9)
+    fine = exprb.onset_intervals(terms.drive, n_points - 1, window)
+    y0 = net.initial_state(stimulus.shape[1]).detach()
+    args = (y0, terms.drive, terms.w_t, terms.kappa.detach(), terms.constants, n_points)
+    if not grad:
+        with torch.no_grad():
+            return native.exprb2_forward(*args, N_SUB, STEP_S, fine, options.onset_refine,
+                                         counts=counts)  # fmt: skip
+    return native.exprb2_rollout(*args, N_SUB, STEP_S, fine, options.onset_refine)
+
+
+def _rk4exp(net, grid, grad: bool):
+    if not grad:
+        with torch.no_grad():
+            return rollout(net, grid.stimulus, grid.t_ms, RK4EXP).states
+    return rollout(net, grid.stimulus, grid.t_ms, RK4EXP).states
+
+
+def _run(case: str, grad: bool):
+    bench_net, grid = _decision()
+    net = bench_net.model
+    net.zero_grad()
+    states = _exprb2(net, grid.stimulus, grad) if case == "exprb2" else _rk4exp(net, grid, grad)
+    if grad:
+        net.readout(states).square().mean().backward()
+    return states
+
+
+@functools.lru_cache(maxsize=2)
+def _baseline_s(grad: bool) -> float:
+    _run("rk4exp", grad)  # warm-up (kernel build)
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.perf_counter()
+        _run("rk4exp", grad)
+        best = min(best, time.perf_counter() - t0)
+    return best
+
+
+@pytest.mark.benchmark(group="native exprb2 vs rk4exp, Decision")
+@pytest.mark.parametrize("grad", [False, True], ids=["forward", "forward+backward"])
+@pytest.mark.parametrize("case", ["exprb2", "rk4exp"], ids=["exprb2 0.5ms", "rk4exp 0.1ms"])
+def test_native_exprb2_vs_rk4exp_decision(benchmark, case, grad):
+    base = _baseline_s(grad)
+    states = benchmark.pedantic(lambda: _run(case, grad), rounds=3, warmup_rounds=1)
+    benchmark.extra_info["time_vs_rk4exp_0_1ms"] = benchmark.stats.stats.min / base
+    assert torch.isfinite(states).all()
+    if case == "exprb2" and not grad:
+        bench_net, grid = _decision()
+        counts = torch.zeros(2, dtype=torch.int64)
+        states = _exprb2(bench_net.model, grid.stimulus, False, counts)
+        err, _ = readout_error_hz(
+            bench_net.model.readout(states), reference_readout(bench_net, grid)
+        )
+        benchmark.extra_info.update(
+            readout_err_hz=err, jacobian_products_per_step=float(counts[1] / counts[0])
+        )
+        assert err < 0.5  # the reason for exprb2 at 0.5 ms (rk4exp runs away there)
