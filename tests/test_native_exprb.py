@@ -273,3 +273,28 @@ def test_runaway_raises_like_the_torch_path():
                         constants=args["c"])  # fmt: skip
     with pytest.raises(FloatingPointError, match="norm is not finite"):
         _torch_path(terms, args["y0"], args["n_points"], 1, args["h"], 1, 0.0)
+
+
+def test_grad_patterns_give_the_dense_gradient_on_the_pattern_and_zero_elsewhere():
+    net = _network(F32, gated=True)
+    T = 10
+    terms = net.prepare(_stimulus(T, on=3, dtype=F32)).terms
+    y0 = net.initial_state(2).detach()
+    weights = torch.randn(T, 2, y0.shape[1], generator=torch.Generator().manual_seed(4))
+    pattern, slow_pattern = terms.w_pattern_t, terms.w_slow_pattern_t
+    assert 0 < int(pattern.sum()) < pattern.numel() and 0 < int(slow_pattern.sum())
+
+    def grads(**patterns):
+        w = terms.w_t.detach().clone().requires_grad_()
+        ws = terms.w_slow_t.detach().clone().requires_grad_()
+        t = terms._replace(w_t=w, w_slow_t=ws, drive=terms.drive.detach())
+        (_native(t, y0, T, 2, 0.5e-3, 4, 2.0, **patterns) * weights).sum().backward()
+        return w.grad, ws.grad
+
+    dense, dense_slow = grads()
+    g, g_slow = grads(grad_pattern=pattern, slow_grad_pattern=slow_pattern)
+    assert float((dense * ~pattern).abs().max()) > 0.0  # the dense gradient has more entries
+    torch.testing.assert_close(g, dense * pattern, rtol=1e-6, atol=0.0)
+    torch.testing.assert_close(g_slow, dense_slow * slow_pattern, rtol=1e-6, atol=0.0)
+    with pytest.raises(ValueError, match=r"grad_pattern must be None or a \[16, 16\] bool"):
+        grads(grad_pattern=pattern.float())

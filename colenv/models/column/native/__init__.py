@@ -872,8 +872,11 @@ class _Exprb2Problem(ctypes.Structure):
         ),
         *(
             (name, ctypes.c_void_p)
-            for name in ("out", "states", "g_states", "g_y0", "g_drive", "g_w", "g_ws", "counts")
+            for name in ("out", "states", "g_states", "g_y0", "g_drive", "g_w", "g_ws")
         ),
+        ("grad_pattern", ctypes.c_void_p),
+        ("slow_grad_pattern", ctypes.c_void_p),
+        ("counts", ctypes.c_void_p),
     ]
 
 
@@ -951,11 +954,34 @@ class _Exprb2Call:
         self.call(_lib_or_raise().colenv_exprb2_forward, self.problem(**ptrs))
         return out
 
+    def set_grad_patterns(self, pattern, slow_pattern) -> None:
+        """Where w_t's (w_slow_t's) gradient is needed: [P source, P target] bool, or None
+        (everywhere)."""
+        P = self.P
+        self.patterns = []
+        for name, x in (("grad_pattern", pattern), ("slow_grad_pattern", slow_pattern)):
+            if x is not None and (
+                not isinstance(x, torch.Tensor) or tuple(x.shape) != (P, P) or x.dtype != torch.bool
+            ):
+                got = (
+                    f"{tuple(x.shape)} {x.dtype}"
+                    if isinstance(x, torch.Tensor)
+                    else type(x).__name__
+                )
+                raise ValueError(f"{name} must be None or a [{P}, {P}] bool tensor, got {got}")
+            self.patterns.append(None if x is None else x.detach().cpu().contiguous())
+
     def gradients(self, states, g_states, need_drive, need_w, need_ws):
         """(g_y0, g_drive [n_int, B, P] or None, g_w or None, g_ws or None): the discrete
-        adjoint from the forward's states and the loss gradients of all of them."""
+        adjoint from the forward's states and the loss gradients of all of them (weight
+        gradients zero outside their grad patterns)."""
         g_y0 = torch.empty(self.B, self.width)
         ptrs = dict(states=states, g_states=g_states, g_y0=g_y0)
+        pattern, slow_pattern = getattr(self, "patterns", (None, None))
+        masks = dict(grad_pattern=pattern, slow_grad_pattern=slow_pattern)
+        for name, x in masks.items():
+            if x is not None:
+                ptrs[name] = masks[name] = x.to(torch.uint8)
         g_drive = g_w = g_ws = None
         if need_drive:
             ptrs["g_drive"] = g_drive = torch.empty(self.n_int, self.B, self.P)
@@ -964,6 +990,10 @@ class _Exprb2Call:
         if need_ws and self.gate is not None:
             ptrs["g_ws"] = g_ws = torch.empty(self.P, self.P)
         self.call(_lib_or_raise().colenv_exprb2_backward, self.problem(**ptrs))
+        if g_w is not None and pattern is not None:
+            g_w.mul_(pattern)
+        if g_ws is not None and slow_pattern is not None:
+            g_ws.mul_(slow_pattern)
         return g_y0, g_drive, g_w, g_ws
 
 
@@ -1093,12 +1123,17 @@ def exprb2_rollout(
     w_slow_t: torch.Tensor | None = None,
     gate_tau: float | None = None,
     gate_gamma: float | None = None,
+    grad_pattern: torch.Tensor | None = None,
+    slow_grad_pattern: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Like :func:`exprb2_forward`, differentiable in y0, drive, w_t and w_slow_t when they need
-    it (the native discrete adjoint, :class:`_Exprb2Adjoint`; w_t's and w_slow_t's gradients
-    dense [P, P]). kappa and ``noise`` get no gradient (a kappa that needs one belongs on the
-    torch path, as for rk4exp: :func:`supports`); the noise increments are constants of the
-    rollout, so the gradient is pathwise."""
+    it (the native discrete adjoint, :class:`_Exprb2Adjoint`). w_t's gradient is dense [P, P],
+    or, given ``grad_pattern`` ([P source, P target] bool: the entries whose gradient is used,
+    e.g. ColumnTerms.w_pattern_t), formed on the pattern only and zero elsewhere (much cheaper
+    on sparse networks); ``slow_grad_pattern`` likewise for w_slow_t. kappa and ``noise`` get
+    no gradient (a kappa that needs one is refused: run the torch path, as for rk4exp,
+    :func:`supports`); the noise increments are constants of the rollout, so the gradient is
+    pathwise."""
     gate = _gate_args(w_slow_t, gate_tau, gate_gamma)
     inputs = (y0, drive, w_t) + (() if w_slow_t is None else (w_slow_t,))
     if torch.is_grad_enabled() and isinstance(kappa, torch.Tensor) and kappa.requires_grad:
@@ -1109,6 +1144,7 @@ def exprb2_rollout(
     call = _exprb2_prepare(
         y0, drive, w_t, kappa, c, n_points, n_sub, h, fine, refine, n_threads, noise, gate
     )
+    call.set_grad_patterns(grad_pattern, slow_grad_pattern)
     if not (torch.is_grad_enabled() and any(x.requires_grad for x in inputs)):
         return call.states(y0)
     return _Exprb2Adjoint.apply(y0, drive, w_t, w_slow_t, call)

@@ -28,8 +28,11 @@
  * backwards. It needs phi'' (rate_second below; the torch path gets it from autograd's double
  * backward). Weight gradients are accumulated per thread and summed at the end.
  *
- * The J product runs over the dense weights, rows padded to a multiple of 8 floats (the vector
- * width), each source's row restricted to the 8-float chunks holding its nonzeros. Built
+ * The weight products run over the dense weights, rows padded to a multiple of 8 floats (the
+ * vector width), each row restricted to the 8-float chunks holding its nonzeros (by source for
+ * J, by target, a transposed copy, for the adjoint: every product is a sum of row axpys, no
+ * horizontal sums); the weight gradients likewise over the rows' spans of the caller's grad
+ * patterns (the connectivity masks; everywhere without one). Built
  * together with rk4exp.c by colenv.models.column.native (same flags: fused multiply-adds, no
  * -ffast-math so that NaN and inf propagate as in torch).
  */
@@ -64,6 +67,10 @@ typedef struct {
     float *g_drive;        /* [n_int, B, P] or NULL */
     float *g_w;            /* [P, P] or NULL */
     float *g_ws;           /* [P, P] or NULL (gated) */
+    const uint8_t *grad_pattern;      /* [P, P] or NULL: W's gradient is needed on these
+                                         entries only (formed over each row's span of them;
+                                         the caller zeroes the rest); NULL: everywhere */
+    const uint8_t *slow_grad_pattern; /* the same for Ws */
     int64_t *counts;       /* NULL or [2]: steps and J applications of the forward, all
                               trials (a diagnostic of the cost) */
 } Exprb2Problem;
@@ -72,9 +79,12 @@ typedef struct {
 typedef struct {
     const Exprb2Problem *q;
     int P, PP, nv, S; /* S = nv PP: padded state size */
-    float *W, *Ws;    /* [P][PP] */
-    int *lo, *hi;     /* [P]: each source row's nonzero span in W, in multiples of LANE */
+    float *W, *Ws;    /* [P source][PP target] */
+    float *WT, *WsT;  /* [P target][PP source]: the adjoint's products */
+    int *lo, *hi;     /* [P]: each row's nonzero span in W, in multiples of LANE */
     int *los, *his;   /* the same for Ws */
+    int *lot, *hit, *lost, *hist; /* for WT, WsT */
+    int *glo, *ghi, *gslo, *gshi; /* where W's, Ws's gradients are formed (grad patterns) */
     float *R;         /* [PP]: sum_tgt |W[i, tgt]| + |kappa_i| / tau_a + 1 / tau_s */
     float *RS;        /* [PP]: sum_tgt |Ws[i, tgt]| inv_g */
     float *kappa;     /* [PP] */
@@ -161,15 +171,6 @@ static inline void axpy_span(float *restrict o, float a, const float *restrict r
                              int hi) {
     for (int k = lo; k < hi; k += LANE)
         for (int l = 0; l < LANE; l++) o[k + l] += a * row[k + l];
-}
-
-static inline float dot_span(const float *restrict x, const float *restrict row, int lo, int hi) {
-    float acc[LANE] = {0};
-    for (int k = lo; k < hi; k += LANE)
-        for (int l = 0; l < LANE; l++) acc[l] += x[k + l] * row[k + l];
-    float t = 0.0f;
-    for (int l = 0; l < LANE; l++) t += acc[l];
-    return t;
 }
 
 /* |x| as bits: order-preserving for non-negative floats (NaN sorts above inf, so a NaN term
@@ -397,17 +398,12 @@ static void jadj(const Shared *sh, Work *w, const float *s, const float *gS, con
         const float *oS = o + 3 * PP;
         for (int i = 0; i < PP; i++) qbar[i] += gS[i] * oS[i];
     }
-    float *gW = w->gW;
-    for (int j = 0; j < P; j++) {
-        const float *row = sh->W + (size_t)j * PP;
-        qbar[j] += dot_span(ov, row, sh->lo[j], sh->hi[j]);
-        if (gW) {
-            const float qj = q[j];
-            float *g = gW + (size_t)j * PP;
-            for (int k = 0; k < PP; k += LANE)
-                for (int l = 0; l < LANE; l++) g[k + l] += qj * ov[k + l];
-        }
-    }
+    /* qbar += W ov (by target: rows of W^T), W's adjoint += q (outer) ov on its rows' spans */
+    for (int t = 0; t < P; t++)
+        axpy_span(qbar, ov[t], sh->WT + (size_t)t * PP, sh->lot[t], sh->hit[t]);
+    if (w->gW)
+        for (int j = 0; j < P; j++)
+            axpy_span(w->gW + (size_t)j * PP, q[j], ov, sh->glo[j], sh->ghi[j]);
     for (int i = 0; i < PP; i++) {
         w->sbar[i] += qbar[i] * (zv[i] - za[i]);
         zbar[i] = s[i] * qbar[i] - ov[i] * pr->inv_tau_m;
@@ -416,19 +412,16 @@ static void jadj(const Shared *sh, Work *w, const float *s, const float *gS, con
     for (int i = 0; i < PP; i++) zbar[2 * PP + i] = -orr[i] * pr->inv_tau_s;
     if (pr->gated) {
         const float *zS = z + 3 * PP, *oS = o + 3 * PP;
-        float *gWs = w->gWs;
-        for (int j = 0; j < P; j++) {
-            const float *row = sh->Ws + (size_t)j * PP;
-            zbar[3 * PP + j] = dot_span(ov, row, sh->los[j], sh->his[j]) * pr->inv_g -
-                               dS[j] * oS[j];
-            if (gWs) {
-                const float a = zS[j] * pr->inv_g;
-                float *g = gWs + (size_t)j * PP;
-                for (int k = 0; k < PP; k += LANE)
-                    for (int l = 0; l < LANE; l++) g[k + l] += a * ov[k + l];
-            }
-        }
-        for (int i = P; i < PP; i++) zbar[3 * PP + i] = 0.0f;
+        float *zSbar = zbar + 3 * PP;
+        memset(zSbar, 0, (size_t)PP * sizeof(float));
+        for (int t = 0; t < P; t++)
+            axpy_span(zSbar, ov[t], sh->WsT + (size_t)t * PP, sh->lost[t], sh->hist[t]);
+        for (int i = 0; i < PP; i++) zSbar[i] = zSbar[i] * pr->inv_g - dS[i] * oS[i];
+        for (int i = P; i < PP; i++) zSbar[i] = 0.0f;
+        if (w->gWs)
+            for (int j = 0; j < P; j++)
+                axpy_span(w->gWs + (size_t)j * PP, zS[j] * pr->inv_g, ov, sh->gslo[j],
+                          sh->gshi[j]);
         for (int i = 0; i < PP; i++) {
             w->Sbar[i] -= pr->gamma * q[i] * oS[i];
             w->pbar[i] -= pr->gamma * zS[i] * oS[i];
@@ -499,16 +492,11 @@ static int step_back(const Shared *sh, Work *w, size_t fo, size_t io) {
         pbar[i] += sh->kappa[i] * Fa[i] * pr->inv_tau_a + Fr[i] * pr->inv_tau_s;
         w->dbar[i] += Fv[i];
     }
-    for (int j = 0; j < P; j++) {
-        const float *row = sh->W + (size_t)j * PP;
-        pbar[j] += dot_span(Fv, row, sh->lo[j], sh->hi[j]);
-        if (w->gW) {
-            const float pj = p[j];
-            float *g = w->gW + (size_t)j * PP;
-            for (int k = 0; k < PP; k += LANE)
-                for (int l = 0; l < LANE; l++) g[k + l] += pj * Fv[k + l];
-        }
-    }
+    for (int t = 0; t < P; t++)
+        axpy_span(pbar, Fv[t], sh->WT + (size_t)t * PP, sh->lot[t], sh->hit[t]);
+    if (w->gW)
+        for (int j = 0; j < P; j++)
+            axpy_span(w->gW + (size_t)j * PP, p[j], Fv, sh->glo[j], sh->ghi[j]);
     float *vbar = ybar, *abar = ybar + PP, *rbar = ybar + 2 * PP;
     if (pr->gated) {
         const float *FS = Fbar + 3 * PP, *Sy = y + 3 * PP;
@@ -517,16 +505,15 @@ static int step_back(const Shared *sh, Work *w, size_t fo, size_t io) {
             pbar[i] += w->gS[i] * FS[i];
             Sbar[i] += -pr->gamma * p[i] * FS[i] - FS[i] * pr->inv_tau_g;
         }
-        for (int j = 0; j < P; j++) {
-            const float *row = sh->Ws + (size_t)j * PP;
-            Sbar[j] += dot_span(Fv, row, sh->los[j], sh->his[j]) * pr->inv_g;
-            if (w->gWs) {
-                const float a = Sy[j] * pr->inv_g;
-                float *g = w->gWs + (size_t)j * PP;
-                for (int k = 0; k < PP; k += LANE)
-                    for (int l = 0; l < LANE; l++) g[k + l] += a * Fv[k + l];
-            }
-        }
+        float *tmp = w->q; /* free here */
+        memset(tmp, 0, (size_t)PP * sizeof(float));
+        for (int t = 0; t < P; t++)
+            axpy_span(tmp, Fv[t], sh->WsT + (size_t)t * PP, sh->lost[t], sh->hist[t]);
+        for (int i = 0; i < PP; i++) Sbar[i] += tmp[i] * pr->inv_g;
+        if (w->gWs)
+            for (int j = 0; j < P; j++)
+                axpy_span(w->gWs + (size_t)j * PP, Sy[j] * pr->inv_g, Fv, sh->gslo[j],
+                          sh->gshi[j]);
         for (int i = 0; i < P; i++) ybar[3 * PP + i] += Sbar[i];
     }
     for (int i = 0; i < P; i++) {
@@ -659,11 +646,13 @@ static void shared_free(Shared *sh) {
     free(sh->lo);
 }
 
-static void spans(const float *W, int P, int PP, int *lo, int *hi) {
+/* Each row's span [lo, hi) of nonzeros of the P x PP matrix W (or of pattern, if given: a
+ * P x P byte mask), widened to multiples of LANE. */
+static void spans(const float *W, const uint8_t *pattern, int P, int PP, int *lo, int *hi) {
     for (int j = 0; j < P; j++) {
         int first = -1, last = -1;
         for (int i = 0; i < P; i++)
-            if (W[(size_t)j * PP + i] != 0.0f) {
+            if (pattern ? pattern[(size_t)j * P + i] != 0 : W[(size_t)j * PP + i] != 0.0f) {
                 if (first < 0) first = i;
                 last = i;
             }
@@ -672,29 +661,47 @@ static void spans(const float *W, int P, int PP, int *lo, int *hi) {
     }
 }
 
+static void transpose(const float *W, int P, int PP, float *WT) {
+    for (int j = 0; j < P; j++)
+        for (int i = 0; i < P; i++) WT[(size_t)i * PP + j] = W[(size_t)j * PP + i];
+}
+
 static int shared_init(Shared *sh, const Exprb2Problem *pr) {
     memset(sh, 0, sizeof *sh);
     const int P = pr->P, PP = (P + LANE - 1) / LANE * LANE;
     sh->q = pr, sh->P = P, sh->PP = PP, sh->nv = pr->gated ? 4 : 3, sh->S = sh->nv * PP;
     sh->saturate = pr->max_rate > 0.0f;
     const size_t nW = (size_t)P * PP;
-    float *m = (float *)calloc(2 * nW + 3 * (size_t)PP, sizeof(float));
-    int *ints = (int *)calloc(4 * (size_t)P, sizeof(int));
+    float *m = (float *)calloc(4 * nW + 3 * (size_t)PP, sizeof(float));
+    int *ints = (int *)calloc(12 * (size_t)P, sizeof(int));
     if (!m || !ints) {
         free(m);
         free(ints);
         return 1;
     }
-    sh->W = m, sh->Ws = m + nW, sh->R = m + 2 * nW, sh->RS = sh->R + PP, sh->kappa = sh->RS + PP;
-    sh->lo = ints, sh->hi = ints + P, sh->los = ints + 2 * P, sh->his = ints + 3 * P;
+    sh->W = m, sh->Ws = m + nW, sh->WT = m + 2 * nW, sh->WsT = m + 3 * nW;
+    sh->R = m + 4 * nW, sh->RS = sh->R + PP, sh->kappa = sh->RS + PP;
+    int **idx[] = {&sh->lo, &sh->hi, &sh->los, &sh->his, &sh->lot, &sh->hit,
+                   &sh->lost, &sh->hist, &sh->glo, &sh->ghi, &sh->gslo, &sh->gshi};
+    for (int i = 0; i < 12; i++) *idx[i] = ints + i * P;
     for (int j = 0; j < P; j++) {
         memcpy(sh->W + (size_t)j * PP, pr->w_t + (size_t)j * P, (size_t)P * sizeof(float));
         if (pr->gated)
             memcpy(sh->Ws + (size_t)j * PP, pr->w_slow_t + (size_t)j * P, (size_t)P * sizeof(float));
         sh->kappa[j] = pr->kappa[j];
     }
-    spans(sh->W, P, PP, sh->lo, sh->hi);
-    spans(sh->Ws, P, PP, sh->los, sh->his);
+    transpose(sh->W, P, PP, sh->WT);
+    transpose(sh->Ws, P, PP, sh->WsT);
+    spans(sh->W, NULL, P, PP, sh->lo, sh->hi);
+    spans(sh->Ws, NULL, P, PP, sh->los, sh->his);
+    spans(sh->WT, NULL, P, PP, sh->lot, sh->hit);
+    spans(sh->WsT, NULL, P, PP, sh->lost, sh->hist);
+    for (int j = 0; j < P; j++) { /* gradients: everywhere unless a pattern says where */
+        sh->glo[j] = sh->gslo[j] = 0;
+        sh->ghi[j] = sh->gshi[j] = PP;
+    }
+    if (pr->grad_pattern) spans(NULL, pr->grad_pattern, P, PP, sh->glo, sh->ghi);
+    if (pr->slow_grad_pattern) spans(NULL, pr->slow_grad_pattern, P, PP, sh->gslo, sh->gshi);
     for (int j = 0; j < P; j++) {
         float sw = 0.0f, ss = 0.0f;
         for (int i = 0; i < P; i++) {
