@@ -298,3 +298,63 @@ def test_grad_patterns_give_the_dense_gradient_on_the_pattern_and_zero_elsewhere
     torch.testing.assert_close(g_slow, dense_slow * slow_pattern, rtol=1e-6, atol=0.0)
     with pytest.raises(ValueError, match=r"grad_pattern must be None or a \[16, 16\] bool"):
         grads(grad_pattern=pattern.float())
+
+
+def _odd_terms(dtype, gated: bool) -> ColumnTerms:
+    """P = 11 (not a multiple of the kernel's 8-float rows), sparse random weights with a
+    source that projects nowhere and a target that receives nothing; rates from the
+    exponential foot to the linear part of the transfer function, under a ceiling."""
+    g = torch.Generator().manual_seed(7)
+    P, T, B = 11, 12, 3
+    w_t = torch.randn(P, P, generator=g, dtype=F64) * 0.4
+    w_t[torch.rand(P, P, generator=g) < 0.5] = 0.0
+    w_t[3, :] = 0.0
+    w_t[:, 9] = 0.0
+    c = dict(_network(F64).constants(), max_rate=300.0)
+    drive = (10.0 + 25.0 * torch.rand(T, B, P, generator=g, dtype=F64)) / c["tau_m"]
+    drive[6:] *= 1.5
+    kw = {}
+    if gated:
+        w_slow = torch.zeros(P, P, dtype=F64)
+        w_slow[0, 1], w_slow[2, 0], w_slow[10, 10] = 0.8, -0.5, 0.3
+        kw = dict(w_slow_t=w_slow, gate_tau=0.1, gate_gamma=0.641)
+    terms = ColumnTerms(w_t=w_t, drive=drive, kappa=torch.rand(P, generator=g, dtype=F64) * 0.02,
+                        constants=c, **kw)  # fmt: skip
+    return terms._replace(**{k: v.to(dtype) for k, v in terms._asdict().items()
+                             if isinstance(v, torch.Tensor)})  # fmt: skip
+
+
+@pytest.mark.parametrize("gated", [False, True], ids=["ungated", "gated"])
+def test_odd_population_count_and_sparse_rows(gated):
+    terms32, terms64 = _odd_terms(F32, gated), _odd_terms(F64, gated)
+    P, (T, B) = terms32.n_pop, terms32.drive.shape[:2]
+    nv = 4 if gated else 3
+    g = torch.Generator().manual_seed(8)
+    y0 = torch.cat([10.0 + 25.0 * torch.rand(B, P, generator=g, dtype=F64),
+                    torch.zeros(B, (nv - 1) * P, dtype=F64)], dim=1)  # fmt: skip
+    with torch.no_grad():
+        want = _torch_path(terms32, y0.float(), T, 2, 0.5e-3, 4, 1.0)
+        got = _native(terms32, y0.float(), T, 2, 0.5e-3, 4, 1.0)
+    assert float((want[-1] - want[0])[:, :P].abs().max()) > 1.0
+    _assert_states_close(got, want, P)
+    # gradients vs float64 autograd, and the same on two threads (trials split between them)
+    weights = torch.randn(T, B, nv * P, generator=g, dtype=F64)
+    names = ["w_t", "drive"] + (["w_slow_t"] if gated else [])
+
+    def grads(terms, run, **kw):
+        leaves = {n: getattr(terms, n).clone().requires_grad_() for n in names}
+        y = y0.to(terms.w_t.dtype).clone().requires_grad_()
+        out = run(terms._replace(**leaves), y, T, 2, 0.5e-3, 4, 1.0, **kw)
+        (out * weights.to(out.dtype)).sum().backward()
+        return [y.grad.double()] + [leaves[n].grad.double() for n in names]
+
+    ref = grads(terms64, _torch_path)
+    one = grads(terms32, _native, n_threads=1)
+    two = grads(terms32, _native, n_threads=2)
+    for name, r, a, b in zip(["y0", *names], ref, one, two, strict=True):
+        scale = float(r.abs().max())
+        assert float((a - r).abs().max()) <= 2e-4 * scale, name
+        if name in ("y0", "drive"):  # per trial: the same arithmetic on any thread
+            assert torch.equal(a, b), name
+        else:  # summed over trials in another grouping
+            assert float((b - a).abs().max()) <= 1e-5 * scale, name

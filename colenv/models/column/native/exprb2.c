@@ -267,7 +267,7 @@ static int plan(const Shared *sh, const Work *w, const float *y, float h, int *m
     if (hn < 0.0) hn = 0.0;
     int best_m = 1;
     double best_cost = INFINITY, best_s = 1.0;
-    for (int m = 1; m <= EXPRB2_M_MAX; m++) {
+    for (int m = 1; m <= EXPRB2_M_MAX && m < best_cost; m++) { /* cost >= m: none cheaper */
         double sm = ceil(hn / (double)pr->theta[m - 1]);
         if (sm < 1.0) sm = 1.0;
         double cost = m * sm;
