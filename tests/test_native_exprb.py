@@ -142,13 +142,13 @@ def test_gradients_match_float64_autograd_of_the_torch_path(gated, sde):
     g = torch.Generator().manual_seed(2)
     noise = torch.randn(T - 1, n_sub, 2, net.n_pop, generator=g, dtype=F64) if sde else None
     weights = torch.randn(T, 2, y0.shape[1], generator=g, dtype=F64)
-    names = ["y0", "drive", "w_t"] + (["w_slow_t"] if gated else [])
+    names = ["y0", "drive", "w_t", "kappa"] + (["w_slow_t"] if gated else [])
 
     def grads(dtype, run):
         leaves = {"y0": y0.to(dtype).clone().requires_grad_()}
         for name in names[1:]:
             leaves[name] = getattr(terms, name).to(dtype).clone().requires_grad_()
-        t = terms._replace(kappa=terms.kappa.to(dtype), **{n: leaves[n] for n in names[1:]})
+        t = terms._replace(**{n: leaves[n] for n in names[1:]})
         out = run(t, leaves["y0"], T, n_sub, h, refine, window,
                   None if noise is None else noise.to(dtype))  # fmt: skip
         (out * weights.to(dtype)).sum().backward()
@@ -257,13 +257,6 @@ def test_gated_arguments_are_checked():
         native.exprb2_forward(**args, w_slow_t=torch.zeros(16, 8), gate_tau=0.1, gate_gamma=0.6)
 
 
-def test_kappa_gradient_is_refused_not_dropped():
-    args = _args()
-    args["kappa"] = args["kappa"].requires_grad_()
-    with pytest.raises(ValueError, match="kappa requires a gradient"):
-        native.exprb2_rollout(**args)
-
-
 def test_runaway_raises_like_the_torch_path():
     args = _args()
     args["y0"][0, 0] = float("nan")
@@ -339,7 +332,7 @@ def test_odd_population_count_and_sparse_rows(gated):
     _assert_states_close(got, want, P)
     # gradients vs float64 autograd, and the same on two threads (trials split between them)
     weights = torch.randn(T, B, nv * P, generator=g, dtype=F64)
-    names = ["w_t", "drive"] + (["w_slow_t"] if gated else [])
+    names = ["w_t", "drive", "kappa"] + (["w_slow_t"] if gated else [])
 
     def grads(terms, run, **kw):
         leaves = {n: getattr(terms, n).clone().requires_grad_() for n in names}

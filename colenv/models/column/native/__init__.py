@@ -20,6 +20,11 @@ with the same stages, and the adjoint carries S and gives w_slow_t's gradient. T
 is a separate compiled variant of each tile function: an ungated rollout runs exactly the
 instructions it ran before gating existed (same states and gradients, bit for bit).
 
+exprb2 (:mod:`colenv.models.column.exprb`, exponential Rosenbrock-Euler with the onset
+restart) has its forward and discrete adjoint in ``exprb2.c``, compiled into the same library:
+:func:`exprb2_forward`, :func:`exprb2_rollout` (gradients for y0, drive, w_t, kappa and
+w_slow_t), one trial per thread at a time, float32, ODE or SDE, gated or not.
+
 Built on first use with the system C compiler (``$CC``, else ``cc``; ``-O3 -march=native``,
 fused multiply-adds, no ``-ffast-math``), cached per source, compiler and CPU in
 ``$COLENV_CACHE_DIR`` (default ``~/.cache/colenv``); the build says so in one line on stderr.
@@ -872,7 +877,7 @@ class _Exprb2Problem(ctypes.Structure):
         ),
         *(
             (name, ctypes.c_void_p)
-            for name in ("out", "states", "g_states", "g_y0", "g_drive", "g_w", "g_ws")
+            for name in ("out", "states", "g_states", "g_y0", "g_drive", "g_w", "g_ws", "g_kappa")
         ),
         ("grad_pattern", ctypes.c_void_p),
         ("slow_grad_pattern", ctypes.c_void_p),
@@ -971,10 +976,10 @@ class _Exprb2Call:
                 raise ValueError(f"{name} must be None or a [{P}, {P}] bool tensor, got {got}")
             self.patterns.append(None if x is None else x.detach().cpu().contiguous())
 
-    def gradients(self, states, g_states, need_drive, need_w, need_ws):
-        """(g_y0, g_drive [n_int, B, P] or None, g_w or None, g_ws or None): the discrete
-        adjoint from the forward's states and the loss gradients of all of them (weight
-        gradients zero outside their grad patterns)."""
+    def gradients(self, states, g_states, need_drive, need_w, need_ws, need_kappa=False):
+        """(g_y0, g_drive [n_int, B, P] or None, g_w or None, g_ws or None, g_kappa or None):
+        the discrete adjoint from the forward's states and the loss gradients of all of them
+        (weight gradients zero outside their grad patterns)."""
         g_y0 = torch.empty(self.B, self.width)
         ptrs = dict(states=states, g_states=g_states, g_y0=g_y0)
         pattern, slow_pattern = getattr(self, "patterns", (None, None))
@@ -989,12 +994,15 @@ class _Exprb2Call:
             ptrs["g_w"] = g_w = torch.empty(self.P, self.P)
         if need_ws and self.gate is not None:
             ptrs["g_ws"] = g_ws = torch.empty(self.P, self.P)
+        g_kappa = None
+        if need_kappa:
+            ptrs["g_kappa"] = g_kappa = torch.empty(self.P)
         self.call(_lib_or_raise().colenv_exprb2_backward, self.problem(**ptrs))
         if g_w is not None and pattern is not None:
             g_w.mul_(pattern)
         if g_ws is not None and slow_pattern is not None:
             g_ws.mul_(slow_pattern)
-        return g_y0, g_drive, g_w, g_ws
+        return g_y0, g_drive, g_w, g_ws, g_kappa
 
 
 def _exprb2_prepare(
@@ -1084,7 +1092,7 @@ class _Exprb2Adjoint(torch.autograd.Function):
     stores (memory: one interval's series terms per thread)."""
 
     @staticmethod
-    def forward(ctx, y0, drive, w_t, w_slow_t, call: _Exprb2Call):
+    def forward(ctx, y0, drive, w_t, kappa, w_slow_t, call: _Exprb2Call):
         states = call.states(y0)
         ctx.call, ctx.drive_shape = call, drive.shape
         ctx.save_for_backward(states)
@@ -1096,14 +1104,14 @@ class _Exprb2Adjoint(torch.autograd.Function):
         (states,) = ctx.saved_tensors
         call: _Exprb2Call = ctx.call
         need = ctx.needs_input_grad
-        g_y0, g_d, g_w, g_ws = call.gradients(
-            states, g_states.contiguous().float(), need[1], need[2], need[3]
+        g_y0, g_d, g_w, g_ws, g_kappa = call.gradients(
+            states, g_states.contiguous().float(), need[1], need[2], need[4], need[3]
         )
         g_drive = None
         if g_d is not None:
             g_drive = torch.zeros(ctx.drive_shape)
             g_drive[: call.n_int] = g_d
-        return g_y0 if need[0] else None, g_drive, g_w, g_ws, None
+        return g_y0 if need[0] else None, g_drive, g_w, g_kappa, g_ws, None
 
 
 def exprb2_rollout(
@@ -1126,28 +1134,21 @@ def exprb2_rollout(
     grad_pattern: torch.Tensor | None = None,
     slow_grad_pattern: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Like :func:`exprb2_forward`, differentiable in y0, drive, w_t and w_slow_t when they need
-    it (the native discrete adjoint, :class:`_Exprb2Adjoint`). w_t's gradient is dense [P, P],
+    """Like :func:`exprb2_forward`, differentiable in y0, drive, w_t, kappa and w_slow_t when
+    they need it (the native discrete adjoint, :class:`_Exprb2Adjoint`). w_t's gradient is dense [P, P],
     or, given ``grad_pattern`` ([P source, P target] bool: the entries whose gradient is used,
     e.g. ColumnTerms.w_pattern_t), formed on the pattern only and zero elsewhere (much cheaper
-    on sparse networks); ``slow_grad_pattern`` likewise for w_slow_t. kappa and ``noise`` get
-    no gradient (a kappa that needs one is refused: run the torch path, as for rk4exp,
-    :func:`supports`); the noise increments are constants of the rollout, so the gradient is
-    pathwise."""
+    on sparse networks); ``slow_grad_pattern`` likewise for w_slow_t. ``noise`` gets no
+    gradient: the increments are constants of the rollout, so the gradient is pathwise."""
     gate = _gate_args(w_slow_t, gate_tau, gate_gamma)
-    inputs = (y0, drive, w_t) + (() if w_slow_t is None else (w_slow_t,))
-    if torch.is_grad_enabled() and isinstance(kappa, torch.Tensor) and kappa.requires_grad:
-        raise ValueError(
-            "kappa requires a gradient, which the native exprb2 adjoint does not compute; run "
-            "the torch path (solver.fast.kernel = 'torch') or detach kappa"
-        )
+    inputs = (y0, drive, w_t, kappa) + (() if w_slow_t is None else (w_slow_t,))
     call = _exprb2_prepare(
         y0, drive, w_t, kappa, c, n_points, n_sub, h, fine, refine, n_threads, noise, gate
     )
     call.set_grad_patterns(grad_pattern, slow_grad_pattern)
     if not (torch.is_grad_enabled() and any(x.requires_grad for x in inputs)):
         return call.states(y0)
-    return _Exprb2Adjoint.apply(y0, drive, w_t, w_slow_t, call)
+    return _Exprb2Adjoint.apply(y0, drive, w_t, kappa, w_slow_t, call)
 
 
 def exprb2_rate(x: torch.Tensor, c: dict) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:

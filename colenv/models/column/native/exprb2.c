@@ -67,6 +67,7 @@ typedef struct {
     float *g_drive;        /* [n_int, B, P] or NULL */
     float *g_w;            /* [P, P] or NULL */
     float *g_ws;           /* [P, P] or NULL (gated) */
+    float *g_kappa;        /* [P] or NULL */
     const uint8_t *grad_pattern;      /* [P, P] or NULL: W's gradient is needed on these
                                          entries only (formed over each row's span of them;
                                          the caller zeroes the rest); NULL: everywhere */
@@ -95,7 +96,7 @@ typedef struct {
 typedef struct {
     float *y, *F, *u, *acc, *ta, *tb, *q, *p, *s, *gS, *dS;
     /* backward */
-    float *ybar, *ubar, *tbar, *obar, *zbar, *Fbar, *pbar, *sbar, *Sbar, *dbar, *s2;
+    float *ybar, *ubar, *tbar, *obar, *zbar, *Fbar, *pbar, *sbar, *Sbar, *dbar, *s2, *kbar;
     float *gW, *gWs;
     /* growing stores of one interval */
     float *fs;
@@ -410,6 +411,8 @@ static void jadj(const Shared *sh, Work *w, const float *s, const float *gS, con
         zbar[PP + i] = -s[i] * qbar[i] - oa[i] * pr->inv_tau_a;
     }
     for (int i = 0; i < PP; i++) zbar[2 * PP + i] = -orr[i] * pr->inv_tau_s;
+    if (pr->g_kappa)
+        for (int i = 0; i < PP; i++) w->kbar[i] += q[i] * oa[i] * pr->inv_tau_a;
     if (pr->gated) {
         const float *zS = z + 3 * PP, *oS = o + 3 * PP;
         float *zSbar = zbar + 3 * PP;
@@ -492,6 +495,8 @@ static int step_back(const Shared *sh, Work *w, size_t fo, size_t io) {
         pbar[i] += sh->kappa[i] * Fa[i] * pr->inv_tau_a + Fr[i] * pr->inv_tau_s;
         w->dbar[i] += Fv[i];
     }
+    if (pr->g_kappa)
+        for (int i = 0; i < PP; i++) w->kbar[i] += p[i] * Fa[i] * pr->inv_tau_a;
     for (int t = 0; t < P; t++)
         axpy_span(pbar, Fv[t], sh->WT + (size_t)t * PP, sh->lot[t], sh->hit[t]);
     if (w->gW)
@@ -615,15 +620,15 @@ static void work_free(Work *w) {
 static int work_init(const Shared *sh, Work *w, int backward) {
     memset(w, 0, sizeof *w);
     const size_t S = sh->S, PP = sh->PP;
-    const size_t n = 12 * S + 10 * PP;
+    const size_t n = 12 * S + 11 * PP;
     float *m = (float *)calloc(n, sizeof(float));
     if (!m) return 1;
     float **vecs[] = {&w->y, &w->F, &w->u, &w->acc, &w->ta, &w->tb,
                       &w->ybar, &w->ubar, &w->tbar, &w->obar, &w->zbar, &w->Fbar};
     for (size_t i = 0; i < 12; i++) *vecs[i] = m + i * S;
-    float **small[] = {&w->q, &w->p, &w->s, &w->gS, &w->dS,
-                       &w->pbar, &w->sbar, &w->Sbar, &w->dbar, &w->s2};
-    for (size_t i = 0; i < 10; i++) *small[i] = m + 12 * S + i * PP;
+    float **small[] = {&w->q, &w->p, &w->s, &w->gS, &w->dS, &w->pbar,
+                       &w->sbar, &w->Sbar, &w->dbar, &w->s2, &w->kbar};
+    for (size_t i = 0; i < 11; i++) *small[i] = m + 12 * S + i * PP;
     const Exprb2Problem *pr = sh->q;
     if (backward && pr->g_w && !(w->gW = (float *)calloc((size_t)sh->P * PP, sizeof(float))))
         return 1;
@@ -753,6 +758,12 @@ static int run(const Exprb2Problem *pr, int backward) {
             }
         }
     }
+    if (!failed && backward && pr->g_kappa)
+        for (int j = 0; j < sh.P; j++) {
+            float acc = 0.0f;
+            for (int i = 0; i < nt; i++) acc += workers[i].w.kbar[j];
+            pr->g_kappa[j] = acc;
+        }
     if (!failed && pr->counts && !backward) {
         pr->counts[0] = pr->counts[1] = 0;
         for (int i = 0; i < nt; i++) {
@@ -775,6 +786,7 @@ static int run(const Exprb2Problem *pr, int backward) {
  * states are NaN from there on). */
 int colenv_exprb2_forward(const Exprb2Problem *pr) { return run(pr, 0); }
 
-/* The adjoint: g_y0, g_drive, g_w, g_ws from g_states and the forward's states. Returns as
+/* The adjoint: g_y0, g_drive, g_w, g_ws, g_kappa from g_states and the forward's states
+ * (kappa enters F and J; the norm bound's |kappa| only picks (m, s*)). Returns as
  * colenv_exprb2_forward. */
 int colenv_exprb2_backward(const Exprb2Problem *pr) { return run(pr, 1); }
