@@ -72,8 +72,9 @@ SOLVERS: dict[str, tuple[str, ...]] = {
     "fast": FAST,
     "sde": SDE_METHODS,
 }
-ADJOINT_METHODS = ("rk4exp",)  # fast methods with a hand-written discrete adjoint
-NATIVE_METHODS = ("rk4exp", "ros2")  # fast methods with a native C kernel (ros2: forward only)
+# fast methods with a hand-written discrete adjoint (exprb2: its native kernel's)
+ADJOINT_METHODS = ("rk4exp", "exprb2")
+NATIVE_METHODS = ("rk4exp", "ros2", "exprb2")  # with a native C kernel (ros2: forward only)
 Backward = Literal["auto", "discrete_adjoint", "autograd"]
 Kernel = Literal["auto", "torch", "native"]
 BACKWARDS: tuple[str, ...] = get_args(Backward)
@@ -174,9 +175,10 @@ class FastOptions(StrictModel, metaclass=_ParseOnCall):
     )
     backward: Backward = Field(
         "auto",
-        description="how gradients are computed: 'discrete_adjoint' (rk4exp: the scheme's "
-        "hand-written adjoint), 'autograd' (through the steps), 'auto' (the adjoint for "
-        "rk4exp, autograd for the others)",
+        description="how gradients are computed: 'discrete_adjoint' (rk4exp, exprb2: the "
+        "scheme's hand-written adjoint; exprb2's is its native kernel's), 'autograd' (through "
+        "the steps, torch path), 'auto' (the adjoint for rk4exp and native exprb2, autograd "
+        "for the others)",
     )
     unroll: int = Field(
         0,
@@ -186,9 +188,10 @@ class FastOptions(StrictModel, metaclass=_ParseOnCall):
     )
     kernel: Kernel = Field(
         "auto",
-        description="where rk4exp runs: 'native' (the C kernel: CPU, float32, ODE or SDE, no "
-        "kappa gradient), 'torch', or 'auto' (native where it applies and builds); ros2: its "
-        "native forward where no gradient is needed and the network has no gating",
+        description="where rk4exp and exprb2 run: 'native' (the C kernel with its discrete "
+        "adjoint: CPU, float32, ODE or SDE, gated or not, no kappa gradient), 'torch', or "
+        "'auto' (native where it applies and builds); ros2: its native forward where no "
+        "gradient is needed and the network has no gating",
     )
 
     onset_refine: int = Field(
@@ -215,17 +218,22 @@ class FastOptions(StrictModel, metaclass=_ParseOnCall):
                 f"solver.fast.backward = 'discrete_adjoint': implemented for "
                 f"{_show(ADJOINT_METHODS)}, not {method!r}; allowed for it: 'auto', 'autograd'"
             )
-        if self.unroll and (not adjoint or self.backward == "autograd"):
+        if self.unroll and (method != "rk4exp" or self.backward == "autograd"):
             return (
-                f"solver.fast.unroll = {self.unroll}: applies to the discrete-adjoint path "
-                f"({_show(ADJOINT_METHODS)} with backward 'auto' or 'discrete_adjoint'), not "
-                f"{with_backward}"
+                f"solver.fast.unroll = {self.unroll}: applies to rk4exp's discrete-adjoint "
+                f"torch path (backward 'auto' or 'discrete_adjoint'), not {with_backward}"
             )
         if self.kernel == "native" and method not in NATIVE_METHODS:
             return (
                 "solver.fast.kernel = 'native': applies to method rk4exp (with or without "
-                f"sde; its forward and adjoint) and ros2 (its forward), not method {method!r}; "
-                "allowed here: 'auto', 'torch'"
+                "sde; its forward and adjoint), exprb2 (the same) and ros2 (its forward), not "
+                f"method {method!r}; allowed here: 'auto', 'torch'"
+            )
+        if method == "exprb2" and self.backward == "discrete_adjoint" and self.kernel == "torch":
+            return (
+                "solver.fast.backward = 'discrete_adjoint': exprb2's discrete adjoint is its "
+                "native kernel's, not kernel = 'torch' (there its gradient is autograd); use "
+                "backward 'auto' or 'autograd', or kernel 'auto' or 'native'"
             )
         if method in ("ros2", "exprb2") and self.checkpoint_every:
             return (

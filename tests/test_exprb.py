@@ -191,10 +191,12 @@ def test_config_errors_name_the_option():
         SolverConfig("ros2", fast={"onset_window_ms": 2.0})
     with pytest.raises(ConfigError, match="checkpoint_every"):
         SolverConfig("exprb2", fast={"checkpoint_every": 5})
-    with pytest.raises(ConfigError, match="discrete_adjoint"):
-        SolverConfig("exprb2", fast={"backward": "discrete_adjoint"})
-    with pytest.raises(ConfigError, match="kernel = 'native'"):
-        SolverConfig("exprb2", fast={"kernel": "native"})
+    # its discrete adjoint is the native kernel's; unroll is rk4exp's torch path only
+    with pytest.raises(ConfigError, match="discrete adjoint is its native kernel's"):
+        SolverConfig("exprb2", fast={"backward": "discrete_adjoint", "kernel": "torch"})
+    with pytest.raises(ConfigError, match=r"unroll = 2: applies to rk4exp"):
+        SolverConfig("exprb2", fast={"unroll": 2})
+    SolverConfig("exprb2", fast={"kernel": "native", "backward": "discrete_adjoint"})
 
 
 @pytest.mark.slow

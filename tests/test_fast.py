@@ -335,11 +335,11 @@ def test_solver_config_validates_backward_and_unroll():
         SolverConfig("rk4exp", fast={"backward": "adjoint"})
     with pytest.raises(ConfigError, match="solver.fast applies to the fast methods"):
         SolverConfig("dopri5", fast={"backward": "autograd"})
-    with pytest.raises(ConfigError, match="implemented for rk4exp, not 'exprk2'"):
+    with pytest.raises(ConfigError, match="implemented for rk4exp, exprb2, not 'exprk2'"):
         SolverConfig("exprk2", fast={"backward": "discrete_adjoint"})
     with pytest.raises(ConfigError, match="solver.fast.unroll = -2"):
         SolverConfig("rk4exp", fast={"unroll": -2})
-    with pytest.raises(ConfigError, match="unroll = 4: applies to the discrete-adjoint path"):
+    with pytest.raises(ConfigError, match="unroll = 4: applies to rk4exp's discrete-adjoint torch path"):
         SolverConfig("rk4exp", fast={"backward": "autograd", "unroll": 4})
     with pytest.raises(ConfigError, match="unknown key 'solver.fast.unrol'"):
         SolverConfig("rk4exp", fast={"unrol": 4})
@@ -350,7 +350,7 @@ def test_solver_config_validates_backward_and_unroll():
 def test_fast_rollout_checks_its_options_against_the_method():
     net, stim, T = _one_column_problem()
     dyn = net.prepare(stim)
-    with pytest.raises(ConfigError, match="implemented for rk4exp, not 'expeuler'"):
+    with pytest.raises(ConfigError, match="implemented for rk4exp, exprb2, not 'expeuler'"):
         fast_rollout(
             dyn, net.initial_state(2), T, 2, 0.5e-3, "expeuler", backward="discrete_adjoint"
         )

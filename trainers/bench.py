@@ -30,7 +30,8 @@ eager), ``rk4exp-compiled`` (the same under ``torch.compile``), ``rk4exp-native`
 C kernel; CPU, float32), ``ros2-torch`` (the linearly implicit Rosenbrock-W step,
 :mod:`colenv.models.column.rosenbrock`, torch, gradient by autograd), ``ros2-native`` (kernel
 "auto": its C forward on CPU in float32; the gradient of the fwd+bwd timing runs the torch path), ``exprb2-torch`` (exponential Rosenbrock-Euler with the onset restart,
-:mod:`colenv.models.column.exprb`, torch, gradient by autograd), ``config`` (the config's own ``[solver]``) and, on request, the SDE variants (timed, and
+:mod:`colenv.models.column.exprb`, torch, gradient by autograd), ``exprb2-native`` (the same
+on its C kernel with its discrete adjoint; CPU, float32), ``config`` (the config's own ``[solver]``) and, on request, the SDE variants (timed, and
 reported by their largest rate, since a noisy rollout has no deterministic reference):
 ``rk4exp-sde`` (rk4exp with the noise kick on v, default kernel: native on CPU),
 ``rk4exp-sde-torch`` (the same on the torch path), ``sde-euler`` and ``sde-srk`` (torchsde's
@@ -96,6 +97,7 @@ VARIANTS = (
     "ros2-torch",
     "ros2-native",
     "exprb2-torch",
+    "exprb2-native",
     "config",
     "rk4exp-sde",
     "rk4exp-sde-torch",
@@ -112,6 +114,7 @@ FIXED_STEP = {
     "ros2-torch",
     "ros2-native",
     "exprb2-torch",
+    "exprb2-native",
     *SDE_VARIANTS,
 }
 
@@ -162,7 +165,11 @@ def solver_variants(
                 cfg = SolverConfig("ros2", step_ms=step, fast={"kernel": "auto"})
                 out.append((f"ros2 native {at}", cfg))
             elif name == "exprb2-torch":  # exponential Rosenbrock-Euler + onset restart
-                out.append((f"exprb2 torch {at}", SolverConfig("exprb2", step_ms=step)))
+                cfg = SolverConfig("exprb2", step_ms=step, fast={"kernel": "torch"})
+                out.append((f"exprb2 torch {at}", cfg))
+            elif name == "exprb2-native":
+                cfg = SolverConfig("exprb2", step_ms=step, fast={"kernel": "native"})
+                out.append((f"exprb2 native {at}", cfg))
             elif name == "rk4exp-sde":
                 out.append((f"rk4exp SDE {at}", SolverConfig("rk4exp", step_ms=step, sde=True)))
             elif name == "rk4exp-sde-torch":

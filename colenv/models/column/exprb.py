@@ -330,12 +330,15 @@ def exprb2_rollout(
     options: FastOptions | None = None,
     *,
     noise: torch.Tensor | None = None,
+    native: bool = False,
 ) -> torch.Tensor:
     """States [n_points, B, S] of exprb2 from y0 [B, S] (S = 3P, or 4P with gating),
     ``n_sub`` steps of ``h`` seconds per grid interval under the piecewise-constant
     ``terms.drive`` ([T, B, P]), with ``options.onset_refine`` times smaller steps for
     ``options.onset_window_ms`` after every change of the drive; ``noise``: None or the
-    kicks on v [n_points - 1, n_sub, B, P]. Gradient by autograd."""
+    kicks on v [n_points - 1, n_sub, B, P]. ``native``: on the C kernel
+    (:func:`colenv.models.column.native.exprb2_rollout`: float32 CPU tensors, its discrete
+    adjoint; the caller checks that it applies), else the torch path (gradient by autograd)."""
     options = FastOptions() if options is None else options
     options.check("exprb2", sde=noise is not None)  # (fast_rollout may skip SolverConfig's)
     refine, window_ms = options.onset_refine, options.onset_window_ms
@@ -346,7 +349,28 @@ def exprb2_rollout(
     n_int = n_points - 1
     dt_s = n_sub * h
     window = math.ceil(window_ms * 1e-3 / dt_s - 1e-9) if refine > 1 else 0
-    fine = onset_intervals(terms.drive, n_int, window).tolist()
+    fine_t = onset_intervals(terms.drive, n_int, window)
+    if native:
+        from colenv.models.column import native as kernel
+
+        gating = {}
+        if terms.gated:
+            gating = {"w_slow_t": terms.w_slow_t, "gate_tau": terms.gate_tau, "gate_gamma": terms.gate_gamma}  # fmt: skip
+        return kernel.exprb2_rollout(
+            y0.contiguous(),  # the kernel reads y0, drive and kappa in memory order
+            terms.drive.contiguous(),
+            terms.w_t,
+            terms.kappa.contiguous(),
+            terms.constants,
+            n_points,
+            n_sub,
+            h,
+            fine_t,
+            refine,
+            noise=noise,
+            **gating,
+        )
+    fine = fine_t.tolist()
     y = y0
     out = [y0]
     for k in range(n_int):

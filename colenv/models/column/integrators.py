@@ -660,7 +660,12 @@ def fast_rollout(
     if method == "exprb2":  # exponential Rosenbrock-Euler (colenv.models.column.exprb)
         from colenv.models.column import exprb
 
-        return exprb.exprb2_rollout(terms, y0, n_points, n_sub, h, options, noise=dws)
+        # its discrete adjoint is the native kernel's: asking for it asks for the kernel
+        kernel = "native" if backward == "discrete_adjoint" else options.kernel
+        native = kernel != "torch" and _use_native(kernel, method, backward, y0, terms)
+        return exprb.exprb2_rollout(
+            terms, y0, n_points, n_sub, h, options, noise=dws, native=native
+        )
     if options.kernel != "torch" and _use_native(options.kernel, method, backward, y0, terms):
         from colenv.models.column import native
 
@@ -747,8 +752,8 @@ def _use_native(kernel, method, backward, y0, terms: ColumnTerms) -> bool:
     inputs = (y0, w_t, drive, kappa) + (() if w_slow_t is None else (w_slow_t,))
     grad = torch.is_grad_enabled() and any(x.requires_grad for x in inputs)
     why = None
-    if method != "rk4exp":
-        why = f"it integrates rk4exp (method={method!r})"
+    if method not in ("rk4exp", "exprb2"):
+        why = f"it integrates rk4exp and exprb2 (method={method!r})"
     elif grad and backward == "autograd":
         why = "its gradient is the discrete adjoint (backward='autograd' was asked for)"
     elif not native.supports(y0, w_t, drive, kappa, w_slow_t):
