@@ -106,26 +106,37 @@ def test_forward_matches_the_torch_path(gated, refine, sde):
         assert float((ode - got)[..., : net.n_pop].abs().max()) > 0.1
 
 
+DECISION_GATING = 'model.network.gating={pairs=[["L23e", "L23e"]], kinds=["recurrent"]}'
+
+
+@pytest.mark.parametrize(
+    ("gated", "onset"), [(False, True), (False, False), (True, True)],
+    ids=["ungated-onset", "ungated-no-onset", "gated-onset"],
+)  # fmt: skip
 @torch.no_grad()
-def test_forward_on_the_decision_evaluation_grid():
-    # the shipped Decision network (untrained) over its evaluation grid (11 trials) up to 60 ms
-    # after the stimulus onset at 299 ms (the torch path is ~100x slower than the kernel),
-    # 0.5 ms steps, the default onset restart (16 x, 5 ms)
+def test_forward_on_the_decision_evaluation_grid(gated, onset):
+    # the shipped Decision network (untrained; gated: its L2/3e recurrence through the slow
+    # synapse) on its evaluation grid (11 trials) from rest 20 ms before the stimulus onset at
+    # 299 ms (the drive is constant before it) to 40 ms after it (the torch path is ~100x
+    # slower than the kernel), 0.5 ms steps, the default onset restart (16 x, 5 ms) or none
     from trainers.bench import build_network
 
     torch.manual_seed(0)
-    bench_net = build_network("colenv/Decision-v0", device="cpu")
+    overrides = [DECISION_GATING] if gated else []
+    bench_net = build_network("colenv/Decision-v0", overrides, device="cpu")
     net, stimulus = bench_net.model, bench_net.trial(None, F32).stimulus
-    T = 360
-    terms = net.prepare(stimulus[:T]).terms
+    T = 60
+    terms = net.prepare(stimulus[279 : 279 + T]).terms
+    assert (terms.w_slow_t is not None) == gated
     y0 = net.initial_state(stimulus.shape[1])
     defaults = FastOptions()
-    args = (terms, y0, T, 2, 0.5e-3, defaults.onset_refine, defaults.onset_window_ms)
+    refine = defaults.onset_refine if onset else 1
+    args = (terms, y0, T, 2, 0.5e-3, refine, defaults.onset_window_ms)
     want = _torch_path(*args)
     got = _native(*args)
     _assert_states_close(got, want, net.n_pop)
     rates = net.rates(got)
-    assert float((rates[-1] - rates[290]).abs().max()) > 5.0  # the onset is in the window
+    assert float((rates[-1] - rates[0]).abs().max()) > 5.0  # the onset is in the window
 
 
 @pytest.mark.parametrize("gated", [False, True], ids=["ungated", "gated"])
