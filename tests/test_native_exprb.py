@@ -134,7 +134,10 @@ def test_forward_on_the_decision_evaluation_grid(gated, onset):
     args = (terms, y0, T, 2, 0.5e-3, refine, defaults.onset_window_ms)
     want = _torch_path(*args)
     got = _native(*args)
-    _assert_states_close(got, want, net.n_pop)
+    # without the restart the onset's transient at 0.5 ms amplifies rounding ~100x (measured
+    # 1e-4 here, 1e-6 with it): the float32 paths' summation orders differ (the torch path is
+    # itself Hz off float64 there, the reason for the restart)
+    _assert_states_close(got, want, net.n_pop, rel=1e-4 if onset else 1e-3)
     rates = net.rates(got)
     assert float((rates[-1] - rates[0]).abs().max()) > 5.0  # the onset is in the window
 
