@@ -365,3 +365,21 @@ def test_odd_population_count_and_sparse_rows(gated):
             assert torch.equal(a, b), name
         else:  # summed over trials in another grouping
             assert float((b - a).abs().max()) <= 1e-5 * scale, name
+
+
+@torch.no_grad()
+def test_step_counts_follow_the_onset_refinement():
+    # steps: n_sub per interval, refine times more on the fine ones, for every trial; the
+    # Jacobian products: at least one per step (the series' second term; m = 1 would need
+    # ||h J|| < 1.2e-7)
+    net = _network(F32)
+    T, n_sub, h, refine = 20, 2, 0.5e-3, 4
+    terms = net.prepare(_stimulus(T, on=8, dtype=F32)).terms
+    fine = _fine(terms, T, n_sub, h, refine, 2.0)
+    assert 0 < int(fine.sum()) < T - 1
+    counts = torch.zeros(2, dtype=torch.int64)
+    native.exprb2_forward(net.initial_state(2), terms.drive, terms.w_t, terms.kappa.detach(),
+                          terms.constants, T, n_sub, h, fine, refine, counts=counts)  # fmt: skip
+    n_fine = int(fine.sum())
+    assert int(counts[0]) == 2 * n_sub * (n_fine * refine + (T - 1 - n_fine))
+    assert int(counts[1]) >= int(counts[0])
