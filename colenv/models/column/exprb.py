@@ -238,9 +238,7 @@ class _Drift:
         self.w_slow = getattr(terms, "w_slow_t", None)
         self.n_var = 3 if self.w_slow is None else 4
         with torch.no_grad():  # the norm bound only picks (m, s): no gradient
-            self.row_sum = (
-                self.w_t.abs().sum(1) + self.kappa.abs() * self.inv_tau_a + self.inv_tau_s
-            )
+            self.row_sum = self.w_t.abs().sum(1) + self.kappa.abs() * self.inv_tau_a
             self.floor = max(self.inv_tau_m, self.inv_tau_a)
             if self.w_slow is not None:
                 self.tau_g, self.gamma_g = float(terms.gate_tau), float(terms.gate_gamma)
@@ -281,15 +279,26 @@ class _Drift:
         return apply
 
     def norm_bound(self, y, p, s) -> torch.Tensor:
-        """[B]: an upper bound of ||J||_1 (the largest column sum of |J|)."""
+        """[B]: an upper bound of ||D^-1 J D||_1 (the largest column sum), D the diagonal
+        scaling of the state that balances J's couplings: r by the largest slope (r only
+        listens, so its entry s_i / tau_s in v's column shrinks to at most 1 / tau_s), S (gated)
+        by sigma = sqrt(A / B), A the largest entry v -> S and B the largest column sum S -> v
+        (Parlett & Reinsch's balancing of one pair of blocks). Any such D gives a valid bound
+        (the Taylor terms are the same; only the choice of (m, s) uses the norm)."""
         with torch.no_grad():
-            col = s.abs() * self.row_sum
+            slope = s.abs()
+            top = slope.amax(1, keepdim=True).clamp_min(1.0)
+            col = slope * self.row_sum + slope / top * self.inv_tau_s
             if self.w_slow is not None:
                 S = y[:, 3 * self.P :]
-                col = col + self.gamma_g * (1.0 - S).abs() * s.abs()
+                into_s = self.gamma_g * (1.0 - S).abs() * slope  # J[S_i, v_i], J[S_i, a_i]
+                b = self.slow_sum.max().clamp_min(1e-30)
+                sigma = (into_s.amax(1, keepdim=True).clamp_min(1e-30) / b).sqrt()
+                col = col + into_s / sigma
             bound = (col.amax(1) + self.floor).clamp_min(self.inv_tau_s)
             if self.w_slow is not None:
-                slow = self.slow_sum + (1.0 / self.tau_g + self.gamma_g * p).abs()
+                decay = (1.0 / self.tau_g + self.gamma_g * p).abs()
+                slow = sigma * self.slow_sum + decay
                 bound = torch.maximum(bound, slow.amax(1))
             return bound
 

@@ -247,18 +247,36 @@ static int plan(const Shared *sh, const Work *w, const float *y, float h, int *m
                 long *s_out) {
     const Exprb2Problem *pr = sh->q;
     const int P = sh->P, PP = sh->PP;
+    /* ||D^-1 J D||_1 with the torch path's balancing (exprb._Drift.norm_bound): r scaled by
+     * the largest slope, S by sigma = sqrt(A / B) (A: the largest entry v -> S, B: the largest
+     * column sum S -> v) */
+    float top = 1.0f, into_max = 0.0f, rs_max = 0.0f;
+    for (int i = 0; i < P; i++) {
+        float as = fabsf(w->s[i]);
+        if (as != as) return 1; /* NaN slope (torch's max propagates NaN too) */
+        top = as > top ? as : top;
+        if (pr->gated) {
+            float into = pr->gamma * fabsf(1.0f - y[3 * PP + i]) * as;
+            if (into != into) return 1;
+            into_max = into > into_max ? into : into_max;
+            rs_max = sh->RS[i] > rs_max ? sh->RS[i] : rs_max;
+        }
+    }
+    float sigma = 1.0f;
+    if (pr->gated)
+        sigma = sqrtf((into_max > 1e-30f ? into_max : 1e-30f) / (rs_max > 1e-30f ? rs_max : 1e-30f));
     float colmax = 0.0f, colS = 0.0f;
     for (int i = 0; i < P; i++) {
         float as = fabsf(w->s[i]);
-        float col = as * sh->R[i];
-        if (pr->gated) col = col + pr->gamma * fabsf(1.0f - y[3 * PP + i]) * as;
+        float col = as * sh->R[i] + as / top * pr->inv_tau_s;
+        if (pr->gated) col = col + pr->gamma * fabsf(1.0f - y[3 * PP + i]) * as / sigma;
         colmax = col > colmax ? col : colmax;
         if (pr->gated) {
-            float cs = sh->RS[i] + fabsf(pr->inv_tau_g + pr->gamma * w->p[i]);
+            float cs = sigma * sh->RS[i] + fabsf(pr->inv_tau_g + pr->gamma * w->p[i]);
             if (cs != cs) return 1;
             colS = cs > colS ? cs : colS;
         }
-        if (col != col) return 1; /* NaN slope or weights (torch's max propagates NaN too) */
+        if (col != col) return 1; /* NaN weights */
     }
     float norm = colmax + (pr->inv_tau_m > pr->inv_tau_a ? pr->inv_tau_m : pr->inv_tau_a);
     norm = norm > pr->inv_tau_s ? norm : pr->inv_tau_s;
@@ -713,7 +731,7 @@ static int shared_init(Shared *sh, const Exprb2Problem *pr) {
             sw += fabsf(sh->W[(size_t)j * PP + i]);
             ss += fabsf(sh->Ws[(size_t)j * PP + i]);
         }
-        sh->R[j] = sw + fabsf(sh->kappa[j]) * pr->inv_tau_a + pr->inv_tau_s;
+        sh->R[j] = sw + fabsf(sh->kappa[j]) * pr->inv_tau_a;
         sh->RS[j] = ss * pr->inv_g;
     }
     return 0;
