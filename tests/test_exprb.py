@@ -141,6 +141,39 @@ def test_taylor_plan_minimises_the_products():
         exprb.taylor_plan(torch.tensor([float("inf")]), torch.float32)
 
 
+@pytest.mark.parametrize("gated", [False, True], ids=["ungated", "gated"])
+def test_norm_bound_bounds_the_balanced_jacobian(gated):
+    # the bound is >= ||D^-1 J D||_1 with J from autograd (float64) and D the documented
+    # scaling (r by the largest slope, S by sqrt(A / B)), at states across a stimulus; and not
+    # loose by more than the triangle inequality's column sums allow (<= 2x here)
+    spec = {"lateral": {"enabled": True, "init_k": 5000, "trainable": True}}
+    if gated:
+        spec["gating"] = {"pairs": [["L23e", "L23e"]], "kinds": ["recurrent"]}
+    net = _network(**spec).to(torch.float64)
+    stim, t_ms = _stimulus(T=30, on=5)
+    stim = (10.0 * stim).to(torch.float64)
+    with torch.no_grad():
+        states = rollout(net, stim, t_ms, REFERENCE).states
+        terms = net.prepare(stim).terms
+    drift = exprb._Drift(terms)
+    P, nv = drift.P, drift.n_var
+    for k in (0, 6, 8, 20):
+        y = states[k, :1]
+        f, p, s = drift.f(y, terms.drive[k, :1])
+        jac = torch.autograd.functional.jacobian(
+            lambda z, k=k: drift.f(z[None], terms.drive[k, :1])[0][0], y[0]
+        )
+        d = torch.ones(nv * P, dtype=torch.float64)
+        d[2 * P : 3 * P] = s.abs().max().clamp_min(1.0)
+        if gated:
+            into = (drift.gamma_g * (1.0 - y[0, 3 * P :]).abs() * s[0].abs()).max()
+            d[3 * P :] = (into / drift.slow_sum.max()).sqrt()
+        scaled = jac * d[None, :] / d[:, None]  # D^-1 J D
+        true = float(scaled.abs().sum(0).max())
+        bound = float(drift.norm_bound(y, p, s)[0])
+        assert true <= bound * (1 + 1e-12) and bound <= 2.0 * true, (k, true, bound)
+
+
 def test_onset_intervals_follow_the_drive_changes():
     drive = torch.zeros(12, 2, 3)
     drive[4:, 1, 2] = 1.0  # one trial, one population changes at interval 4
