@@ -26,10 +26,11 @@ Comput 33:488, "Computing the action of the matrix exponential", Algorithm 3.2) 
 of degree <= m: per substep t_1 = (h/s)(J u + F), t_j = (h/s) J t_{j-1} / j, u += sum_j t_j.
 (m, s) minimise m s subject to ||h J||_1 / s <= theta_m, theta_m the largest norm for which
 the degree-m polynomial has a backward error within the dtype's unit roundoff u (their
-Table 3.1, recomputed here: THETA_SINGLE, THETA_DOUBLE); ||J||_1 is bounded by its column
-sums (:meth:`_Drift.norm_bound`). A substep stops early when its last two terms are below
-u times the increment so far (their early termination). On Decision at 0.5 ms this takes
-12-18 products per step, where a dense 48 x 48 exponential costs ~10 matrix products.
+Table 3.1, recomputed here: THETA_SINGLE, THETA_DOUBLE); the norm is that of the balanced
+Jacobian, bounded by its column sums (:meth:`_Drift.norm_bound`). A substep stops early when
+its last two terms are below u times the increment so far (their early termination). On
+Decision at 0.5 ms this takes about 10 products per step (``analysis/exprb_cost.py``), where a
+dense 48 x 48 exponential costs ~10 matrix products.
 
 **Onset refinement.** The linearisation at y_n fails over a step in which the rates leave
 the exponential foot of the transfer function: right after a large step of drive (the
