@@ -174,6 +174,34 @@ def test_norm_bound_bounds_the_balanced_jacobian(gated):
         assert true <= bound * (1 + 1e-12) and bound <= 2.0 * true, (k, true, bound)
 
 
+@pytest.mark.parametrize("gated", [False, True], ids=["ungated", "gated"])
+def test_training_gradient_on_the_native_kernel_is_the_torch_paths(gated):
+    # what a trainer calls (rollout with the default kernel "auto"): on CPU in float32 the
+    # native forward and adjoint, with the network's gradient patterns; the parameters'
+    # gradients equal those of the torch path (autograd) to float32 rounding
+    from colenv.models.column import native
+
+    if not native.available():
+        pytest.skip(f"native kernel unavailable: {native.unavailable_reason()}")
+    spec = {"lateral": {"enabled": True, "init_k": 5000, "trainable": True}}
+    if gated:
+        spec["gating"] = {"pairs": [["L23e", "L23e"]], "kinds": ["recurrent"]}
+    net = _network(**spec).to(torch.float32)
+    stim, t_ms = _stimulus(T=25, on=5)
+    stim, t_ms = (10.0 * stim).float(), t_ms.float()
+    grads = {}
+    for kernel in ("native", "torch"):
+        net.zero_grad()
+        out = rollout(net, stim, t_ms, SolverConfig("exprb2", step_ms=0.5, fast={"kernel": kernel}))
+        net.readout(out.states).pow(2).mean().backward()
+        grads[kernel] = {n: p.grad.clone() for n, p in net.named_parameters() if p.grad is not None}
+    assert grads["native"].keys() == grads["torch"].keys() and grads["torch"]
+    for name, g in grads["torch"].items():
+        scale = float(g.abs().max())
+        assert scale > 0, name
+        assert float((grads["native"][name] - g).abs().max()) < 2e-3 * scale, name
+
+
 def test_onset_intervals_follow_the_drive_changes():
     drive = torch.zeros(12, 2, 3)
     drive[4:, 1, 2] = 1.0  # one trial, one population changes at interval 4

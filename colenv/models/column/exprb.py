@@ -365,7 +365,8 @@ def exprb2_rollout(
 
         gating = {}
         if terms.gated:
-            gating = {"w_slow_t": terms.w_slow_t, "gate_tau": terms.gate_tau, "gate_gamma": terms.gate_gamma}  # fmt: skip
+            gating = {"w_slow_t": terms.w_slow_t, "gate_tau": terms.gate_tau, "gate_gamma": terms.gate_gamma,
+                      "slow_grad_pattern": terms.w_slow_pattern_t}  # fmt: skip
         return kernel.exprb2_rollout(
             y0.contiguous(),  # the kernel reads y0, drive and kappa in memory order
             terms.drive.contiguous(),
@@ -378,6 +379,7 @@ def exprb2_rollout(
             fine_t,
             refine,
             noise=noise,
+            grad_pattern=terms.w_pattern_t,  # W's gradient only where it reaches a parameter
             **gating,
         )
     fine = fine_t.tolist()
