@@ -12,7 +12,8 @@
  *     y' = y + h phi1(h J) F, by the truncated Taylor series with scaling (Al-Mohy & Higham
  *     2011, SIAM J Sci Comput 33:488): N >= ||D^-1 J D||_1 (column sums of the balanced
  *     Jacobian, as exprb._Drift.norm_bound: see plan below), (m, s*) minimising
- *     m ceil(h N / theta_m) over m = 1..55 (smallest m of equal cost; theta from the caller, colenv.models.column.exprb.THETA_SINGLE), c = h / s*, u = 0,
+ *     m ceil(h N / theta_m) over m = 1..55 (smallest m of equal cost; theta from the caller,
+ *     colenv.models.column.exprb.THETA_SINGLE), c = h / s*, u = 0,
  *     s* substeps of
  *         t_1 = c (J u + F),  t_j = (c / j) J t_{j-1} (j = 2..m),  u += t_1 + ... + t_j
  *     where the series stops early at the first j with ||t_{j-1}||_inf + ||t_j||_inf <=
