@@ -87,7 +87,7 @@ typedef struct {
     int *los, *his;   /* the same for Ws */
     int *lot, *hit, *lost, *hist; /* for WT, WsT */
     int *glo, *ghi, *gslo, *gshi; /* where W's, Ws's gradients are formed (grad patterns) */
-    float *R;         /* [PP]: sum_tgt |W[i, tgt]| + |kappa_i| / tau_a + 1 / tau_s */
+    float *R;         /* [PP]: sum_tgt |W[i, tgt]| + |kappa_i| / tau_a (plan adds r's balanced term) */
     float *RS;        /* [PP]: sum_tgt |Ws[i, tgt]| inv_g */
     float *kappa;     /* [PP] */
     int saturate;
