@@ -33,7 +33,11 @@ def test_decision_at_half_a_millisecond_warns_and_names_the_step_to_use(tiny):
     """Decision's MT columns need 0.1-0.25 ms with rk4exp: at 0.5 ms the rollout leaves its own
     half-step twin by several Hz (a stable but wrong trace that training would fit to)."""
     check, caught = _train(
-        "colenv/Decision-v0", tiny, "solver.step_ms=0.5", "model.network.init_jitter=0"
+        "colenv/Decision-v0",
+        tiny,
+        "solver.method=rk4exp",
+        "solver.step_ms=0.5",
+        "model.network.init_jitter=0",
     )
     assert len(caught) == 1, [str(w.message) for w in caught]
     text = str(caught[0].message)
@@ -43,6 +47,14 @@ def test_decision_at_half_a_millisecond_warns_and_names_the_step_to_use(tiny):
     suggest = check.report["suggest_ms"]
     assert suggest is not None and suggest < 0.5
     assert f"use solver.step_ms = {suggest:g}" in text
+
+
+def test_decision_shipped_stiff_step_says_nothing(tiny):
+    """The shipped Decision config steps 0.5 ms with exprb2 (exponential Rosenbrock): the
+    same network and step that warns with rk4exp above agrees with its own half step."""
+    check, caught = _train("colenv/Decision-v0", tiny, "model.network.init_jitter=0")
+    assert not caught, [str(w.message) for w in caught]
+    assert check.report is not None and check.report["diff"] <= 0.5
 
 
 def test_an_accurate_step_says_nothing(tiny):

@@ -222,12 +222,17 @@ def test_divergence_before_any_last_checkpoint_names_best(tmp_path, tiny):
 
 
 def test_a_runaway_from_too_large_a_step_says_so(tiny):
-    """Decision's columns at 1 ms: the rollout runs away numerically (the float64 reference
+    """Decision's columns at 1 ms with rk4exp: the rollout runs away numerically (the float64 reference
     stays below 17 Hz, tests/test_solver_accuracy.py) while 0.5 ms stays finite; the message
     names the step, not only the learning rate."""
     task = "colenv/Decision-v0"
     # without the seed's jitter: with it, even 0.5 ms may run away at the first step
-    overrides = ["solver.step_ms=1.0", "train.runaway_hz=1000.0", "model.network.init_jitter=0"]
+    overrides = [
+        "solver.method=rk4exp",  # the explicit step (the shipped config's exprb2 holds 1 ms)
+        "solver.step_ms=1.0",
+        "train.runaway_hz=1000.0",
+        "model.network.init_jitter=0",
+    ]
     config = load_config(task, tiny(task, *overrides))
     result = train(config)
     assert result.diverged  # the runaway guard ("rates reached") or the solver ("ran away")
