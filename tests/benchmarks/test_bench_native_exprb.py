@@ -5,10 +5,9 @@ Run: ``python -m pytest tests/benchmarks/test_bench_native_exprb.py --benchmark-
 (skipped in the unit run). One torch thread (conftest.py). Workload: the shipped Decision
 network (colenv/Decision-v0's config, untrained) over its evaluation grid (11 trials, 1.5 s),
 float32 on the CPU. exprb2 runs on :func:`colenv.models.column.native.exprb2_rollout` with the
-default onset restart (16 x for 5 ms after every change of the drive); rk4exp through
-:func:`colenv.rollout` (native kernel). Forward: no gradient. Forward+backward: the gradient
-of a readout loss for the drive and the recurrent weights (exprb2), for every parameter
-(rk4exp). ``benchmark.extra_info`` holds the time ratio to rk4exp measured in the same run
+default onset restart (16 x for 5 ms after every change of the drive); both through
+:func:`colenv.rollout` (the native kernels, as training runs them). Forward: no gradient.
+Forward+backward: the gradient of a readout loss for every trainable parameter. ``benchmark.extra_info`` holds the time ratio to rk4exp measured in the same run
 (``time_vs_rk4exp_0_1ms``) and, for the forward, exprb2's readout error against the float64
 dopri5 reference (rtol = atol = 1e-9), the Jacobian applications per step.
 """
@@ -32,6 +31,7 @@ pytestmark = pytest.mark.skipif(not native.available(), reason="native kernel un
 STEP_S = 0.5e-3  # exprb2's step; the grid is 1 ms, so two steps per interval
 N_SUB = 2
 RK4EXP = SolverConfig("rk4exp", step_ms=0.1)
+EXPRB2 = SolverConfig("exprb2", step_ms=0.5, fast={"kernel": "native"})
 
 
 @functools.lru_cache(maxsize=1)
@@ -42,7 +42,8 @@ def _decision():
     return bench_net, grid
 
 
-def _exprb2(net, stimulus, grad: bool, counts=None):
+def _exprb2_counts(net, stimulus, counts):
+    """One forward on native.exprb2_forward, filling ``counts`` (steps, Jacobian products)."""
     terms = net.prepare(stimulus).terms
     options = FastOptions()
     n_points = stimulus.shape[0]
@@ -50,25 +51,23 @@ def _exprb2(net, stimulus, grad: bool, counts=None):
     fine = exprb.onset_intervals(terms.drive, n_points - 1, window)
     y0 = net.initial_state(stimulus.shape[1]).detach()
     args = (y0, terms.drive, terms.w_t, terms.kappa.detach(), terms.constants, n_points)
-    if not grad:
-        with torch.no_grad():
-            return native.exprb2_forward(*args, N_SUB, STEP_S, fine, options.onset_refine,
-                                         counts=counts)  # fmt: skip
-    return native.exprb2_rollout(*args, N_SUB, STEP_S, fine, options.onset_refine)
+    with torch.no_grad():
+        return native.exprb2_forward(*args, N_SUB, STEP_S, fine, options.onset_refine,
+                                     counts=counts)  # fmt: skip
 
 
-def _rk4exp(net, grid, grad: bool):
+def _solve(net, grid, grad: bool, solver: SolverConfig):
     if not grad:
         with torch.no_grad():
-            return rollout(net, grid.stimulus, grid.t_ms, RK4EXP).states
-    return rollout(net, grid.stimulus, grid.t_ms, RK4EXP).states
+            return rollout(net, grid.stimulus, grid.t_ms, solver).states
+    return rollout(net, grid.stimulus, grid.t_ms, solver).states
 
 
 def _run(case: str, grad: bool):
     bench_net, grid = _decision()
     net = bench_net.model
     net.zero_grad()
-    states = _exprb2(net, grid.stimulus, grad) if case == "exprb2" else _rk4exp(net, grid, grad)
+    states = _solve(net, grid, grad, EXPRB2 if case == "exprb2" else RK4EXP)
     if grad:
         net.readout(states).square().mean().backward()
     return states
@@ -96,7 +95,7 @@ def test_native_exprb2_vs_rk4exp_decision(benchmark, case, grad):
     if case == "exprb2" and not grad:
         bench_net, grid = _decision()
         counts = torch.zeros(2, dtype=torch.int64)
-        states = _exprb2(bench_net.model, grid.stimulus, False, counts)
+        states = _exprb2_counts(bench_net.model, grid.stimulus, counts)
         err, _ = readout_error_hz(
             bench_net.model.readout(states), reference_readout(bench_net, grid)
         )
