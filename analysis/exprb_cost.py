@@ -16,12 +16,10 @@ checkpoint (its trained weights).
 from __future__ import annotations
 
 import argparse
-import math
 
 import torch
 
 from colenv.models.column import exprb, native
-from colenv.solve import FastOptions
 from trainers.bench import build_network
 
 
@@ -35,34 +33,9 @@ def products(target: str, step_ms: float) -> tuple[int, int]:
         y0 = net.initial_state(grid)
         if y0 is None:
             y0 = model.initial_state(grid.stimulus.shape[1])
-        dt_ms = float(grid.t_ms[1] - grid.t_ms[0])
-        n_sub = max(1, round(dt_ms / step_ms))
-        h = dt_ms / n_sub * 1e-3
-        options = FastOptions()
-        window = math.ceil(options.onset_window_ms * 1e-3 / (n_sub * h) - 1e-9)
-        n_points = len(grid.t_ms)
-        fine = exprb.onset_intervals(terms.drive, n_points - 1, window)
-        gating = {}
-        if terms.gated:
-            gating = {"w_slow_t": terms.w_slow_t, "gate_tau": terms.gate_tau,
-                      "gate_gamma": terms.gate_gamma}  # fmt: skip
-        counts = torch.zeros(2, dtype=torch.int64)
-        native.exprb2_forward(
-            y0.contiguous(),
-            terms.drive.contiguous(),
-            terms.w_t,
-            terms.kappa.contiguous(),
-            terms.constants,
-            n_points,
-            n_sub,
-            h,
-            fine,
-            options.onset_refine,
-            counts=counts,
-            **gating,
-        )
-    steps, jmv = counts.tolist()
-    return steps, jmv
+    dt_ms = float(grid.t_ms[1] - grid.t_ms[0])
+    n_sub = max(1, round(dt_ms / step_ms))
+    return exprb.jacobian_products(terms, y0, len(grid.t_ms), n_sub, dt_ms / n_sub * 1e-3)
 
 
 def main(argv=None) -> None:

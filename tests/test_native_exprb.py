@@ -8,8 +8,6 @@ torch's double backward of the transfer function for the second derivative the a
 
 from __future__ import annotations
 
-import math
-
 import pytest
 import torch
 
@@ -18,6 +16,7 @@ from colenv.models.column import exprb, native
 from colenv.models.column.network import ColumnTerms
 from colenv.models.column.transfer import rate_function
 from colenv.solve import FastOptions
+from tests.test_rosenbrock import _network as _two_columns
 
 pytestmark = [
     pytest.mark.usefixtures("one_thread"),
@@ -30,14 +29,7 @@ GATING = {"gating": {"pairs": [["L23e", "L23e"]], "kinds": ["recurrent"]}}
 
 def _network(dtype, gated: bool = False) -> ColumnNetwork:
     """Two MT columns with lateral connections (16 populations), optionally gated."""
-    spec = {
-        "areas": [{"name": "a", "n_columns": 2, "sizes": "mt"}],
-        "n_inputs": 2,
-        "input_mode": "one_to_one",
-        "lateral": {"enabled": True, "init_k": 2000, "trainable": True},
-        **(GATING if gated else {}),
-    }
-    return ColumnNetwork(spec=spec, dtype=dtype)
+    return _two_columns(**(GATING if gated else {})).to(dtype)
 
 
 def _stimulus(T: int, on: int, dtype) -> torch.Tensor:
@@ -49,8 +41,8 @@ def _stimulus(T: int, on: int, dtype) -> torch.Tensor:
 
 def _fine(terms, n_points: int, n_sub: int, h: float, refine: int, window_ms: float):
     """The onset intervals as the torch path derives them from its FastOptions."""
-    window = math.ceil(window_ms * 1e-3 / (n_sub * h) - 1e-9) if refine > 1 else 0
-    return exprb.onset_intervals(terms.drive, n_points - 1, window)
+    options = FastOptions(onset_refine=refine, onset_window_ms=window_ms)
+    return exprb.refined_intervals(terms.drive, n_points, n_sub, h, options)
 
 
 def _torch_path(terms, y0, n_points, n_sub, h, refine, window_ms, noise=None):
@@ -60,12 +52,10 @@ def _torch_path(terms, y0, n_points, n_sub, h, refine, window_ms, noise=None):
 
 def _native(terms, y0, n_points, n_sub, h, refine, window_ms, noise=None, **kw):
     fine = _fine(terms, n_points, n_sub, h, refine, window_ms)
-    gate = {}
-    if terms.w_slow_t is not None:
-        gate = dict(w_slow_t=terms.w_slow_t, gate_tau=terms.gate_tau, gate_gamma=terms.gate_gamma)
+    args = {**exprb.native_arguments(terms), "kappa": terms.kappa}  # kappa as given (gradient)
     return native.exprb2_rollout(
-        y0, terms.drive, terms.w_t, terms.kappa, terms.constants, n_points, n_sub, h, fine,
-        refine, noise=noise, **gate, **kw,
+        y0=y0, n_points=n_points, n_sub=n_sub, h=h, fine=fine, refine=refine, noise=noise,
+        **args, **kw,
     )  # fmt: skip
 
 

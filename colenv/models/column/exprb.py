@@ -52,6 +52,7 @@ the early stops are piecewise constant). Any device, any dtype, gated networks.
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import TYPE_CHECKING
 
@@ -195,12 +196,18 @@ def unit_roundoff(dtype: torch.dtype) -> float:
     return 2.0**-53 if dtype == torch.float64 else 2.0**-24
 
 
+@functools.lru_cache(maxsize=8)
+def _plan_tables(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """(theta_m, m) as float64 tensors [M_MAX] on ``device``: built once, read every step."""
+    theta = torch.tensor(theta_table(dtype), dtype=torch.float64, device=device)
+    return theta, torch.arange(1, M_MAX + 1, dtype=torch.float64, device=device)
+
+
 def taylor_plan(norm: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """(m, s) [B] long: the degree and number of substeps that minimise m * s subject to
     ||h J||_1 / s <= theta_m (``norm`` [B], an upper bound of ||h J||_1), the first minimum
     (the smallest m of equal cost)."""
-    theta = torch.tensor(theta_table(dtype), dtype=torch.float64, device=norm.device)
-    degrees = torch.arange(1, M_MAX + 1, dtype=torch.float64, device=norm.device)
+    theta, degrees = _plan_tables(dtype, norm.device)
     n = norm.detach().to(torch.float64).clamp_min(0.0)
     if not bool(torch.isfinite(n).all()):
         raise FloatingPointError(f"exprb2: the Jacobian's norm is not finite ({n.max().item()})")
@@ -223,6 +230,56 @@ def onset_intervals(drive: torch.Tensor, n_int: int, window: int) -> torch.Tenso
     for k in starts:
         fine[k : k + window] = True
     return fine
+
+
+def refined_intervals(
+    drive: torch.Tensor, n_points: int, n_sub: int, h: float, options: FastOptions
+) -> torch.Tensor:
+    """bool [n_points - 1]: the grid intervals exprb2 refines (``options.onset_refine`` > 1),
+    those within ``options.onset_window_ms`` of a change of ``drive``; the grid interval is
+    ``n_sub`` steps of ``h`` seconds."""
+    refine, window_ms = options.onset_refine, options.onset_window_ms
+    window = math.ceil(window_ms * 1e-3 / (n_sub * h) - 1e-9) if refine > 1 else 0
+    return onset_intervals(drive, n_points - 1, window)
+
+
+def native_arguments(terms: ColumnTerms) -> dict:
+    """The network's arguments of :func:`colenv.models.column.native.exprb2_forward` and
+    ``exprb2_rollout`` after the grid ones: the drive, weights and constants of ``terms``,
+    contiguous as the kernel reads them, with the gating synapse's where it has one."""
+    args = {
+        "drive": terms.drive.contiguous(),
+        "w_t": terms.w_t,
+        "kappa": terms.kappa.contiguous(),
+        "c": terms.constants,
+    }
+    if terms.gated:
+        args.update(w_slow_t=terms.w_slow_t, gate_tau=terms.gate_tau, gate_gamma=terms.gate_gamma)
+    return args
+
+
+def jacobian_products(
+    terms: ColumnTerms,
+    y0: torch.Tensor,
+    n_points: int,
+    n_sub: int,
+    h: float,
+    options: FastOptions | None = None,
+) -> tuple[int, int]:
+    """(steps, Jacobian products) of one exprb2 forward on the native kernel (float32 CPU, no
+    gradient; the onset restart's sub-steps counted as steps): what a rollout costs."""
+    from colenv.models.column import native
+
+    options = FastOptions() if options is None else options
+    fine = refined_intervals(terms.drive, n_points, n_sub, h, options)
+    counts = torch.zeros(2, dtype=torch.int64)
+    with torch.no_grad():
+        native.exprb2_forward(
+            y0=y0.contiguous(), n_points=n_points, n_sub=n_sub, h=h, fine=fine,
+            refine=options.onset_refine, counts=counts, **native_arguments(terms),
+        )  # fmt: skip
+    steps, products = counts.tolist()
+    return steps, products
 
 
 class _Drift:
@@ -351,36 +408,27 @@ def exprb2_rollout(
     adjoint; the caller checks that it applies), else the torch path (gradient by autograd)."""
     options = FastOptions() if options is None else options
     options.check("exprb2", sde=noise is not None)  # (fast_rollout may skip SolverConfig's)
-    refine, window_ms = options.onset_refine, options.onset_window_ms
+    refine = options.onset_refine
     P = terms.n_pop
     drift = _Drift(terms)
     if y0.shape[-1] != drift.n_var * P:
         raise ValueError(f"y0 must be [B, {drift.n_var}P = {drift.n_var * P}], got {list(y0.shape)}")  # fmt: skip
     n_int = n_points - 1
-    dt_s = n_sub * h
-    window = math.ceil(window_ms * 1e-3 / dt_s - 1e-9) if refine > 1 else 0
-    fine_t = onset_intervals(terms.drive, n_int, window)
+    fine_t = refined_intervals(terms.drive, n_points, n_sub, h, options)
     if native:
         from colenv.models.column import native as kernel
 
-        gating = {}
-        if terms.gated:
-            gating = {"w_slow_t": terms.w_slow_t, "gate_tau": terms.gate_tau, "gate_gamma": terms.gate_gamma,
-                      "slow_grad_pattern": terms.w_slow_pattern_t}  # fmt: skip
         return kernel.exprb2_rollout(
-            y0.contiguous(),  # the kernel reads y0, drive and kappa in memory order
-            terms.drive.contiguous(),
-            terms.w_t,
-            terms.kappa.contiguous(),
-            terms.constants,
-            n_points,
-            n_sub,
-            h,
-            fine_t,
-            refine,
+            y0=y0.contiguous(),  # the kernel reads y0, drive and kappa in memory order
+            n_points=n_points,
+            n_sub=n_sub,
+            h=h,
+            fine=fine_t,
+            refine=refine,
             noise=noise,
             grad_pattern=terms.w_pattern_t,  # W's gradient only where it reaches a parameter
-            **gating,
+            slow_grad_pattern=terms.w_slow_pattern_t,
+            **native_arguments(terms),
         )
     fine = fine_t.tolist()
     y = y0
