@@ -66,6 +66,9 @@ RUNAWAY_SOLVERS = [
     pytest.param(SolverConfig("rk4exp", fast={"kernel": "torch"}), id="fast-rk4exp-torch"),
     pytest.param(SolverConfig("rk4exp", fast={"kernel": "native"}), id="native-rk4exp"),
     pytest.param(SolverConfig("rk4exp", sde=True), id="fast-sde-rk4exp"),
+    pytest.param(SolverConfig("exprb2", fast={"kernel": "torch"}), id="fast-exprb2-torch"),
+    pytest.param(SolverConfig("exprb2", fast={"kernel": "native"}), id="native-exprb2"),
+    pytest.param(SolverConfig("exprb2", sde=True), id="fast-sde-exprb2"),
 ]
 
 
@@ -85,6 +88,25 @@ def test_finite_runaway_rates_raise_on_every_solver_path(solver):
     assert found, str(err.value)
     # the audit's case: a finite rate far beyond any cortical rate, no NaN in sight
     assert MAX_RATE_HZ < float(found.group(2)) < 1e30
+
+
+@pytest.mark.parametrize("kernel", ["torch", "native"])
+def test_exprb2_runaway_trial_is_nan_and_flagged_the_others_are_kept(kernel):
+    # a state whose Jacobian norm overflows has no Taylor plan: that trial becomes NaN (not a
+    # FloatingPointError that loses the whole batch), the check names it, and with
+    # check_finite=False the other trials come back as a rollout of them alone gives them
+    net = xor_net()
+    y0 = net.initial_state(2)
+    y0[0] = 3e38
+    stim, t = trial(net, 6)
+    solver = SolverConfig("exprb2", fast={"kernel": kernel})
+    with torch.no_grad():
+        with pytest.raises(DivergenceError, match="in trial 0"):
+            rollout(net, stim, t, solver, y0=y0)
+        raw = rollout(net, stim, t, solver.replace(check_finite=False), y0=y0).states
+        alone = rollout(net, stim[:, 1:], t, solver, y0=y0[1:]).states
+    assert bool(torch.isnan(raw[1:, 0]).all())
+    torch.testing.assert_close(raw[:, 1:], alone, rtol=1e-6, atol=1e-6)
 
 
 def test_rate_bound_names_the_first_time_and_is_configurable():

@@ -203,17 +203,25 @@ def _plan_tables(dtype: torch.dtype, device: torch.device) -> tuple[torch.Tensor
     return theta, torch.arange(1, M_MAX + 1, dtype=torch.float64, device=device)
 
 
+S_MAX = 2**20
+"""More Taylor substeps than this in one step (or a norm that is not finite): the trial has
+run away (the native kernel's EXPRB2_S_MAX)."""
+
+
 def taylor_plan(norm: torch.Tensor, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
     """(m, s) [B] long: the degree and number of substeps that minimise m * s subject to
     ||h J||_1 / s <= theta_m (``norm`` [B], an upper bound of ||h J||_1), the first minimum
-    (the smallest m of equal cost)."""
+    (the smallest m of equal cost). A trial whose norm is not finite or needs more than
+    :data:`S_MAX` substeps gets s = 0 (it has run away; :meth:`_Drift.step` sets it to NaN)."""
     theta, degrees = _plan_tables(dtype, norm.device)
     n = norm.detach().to(torch.float64).clamp_min(0.0)
-    if not bool(torch.isfinite(n).all()):
-        raise FloatingPointError(f"exprb2: the Jacobian's norm is not finite ({n.max().item()})")
+    finite = torch.isfinite(n)
+    n = torch.where(finite, n, torch.zeros_like(n))
     substeps = torch.ceil(n[:, None] / theta).clamp_min(1.0)  # [B, M_MAX]
     best = torch.argmin(degrees * substeps, dim=1)
-    return best + 1, substeps.gather(1, best[:, None]).squeeze(1).long()
+    s = substeps.gather(1, best[:, None]).squeeze(1)
+    s = torch.where(finite & (s <= S_MAX), s, torch.zeros_like(s))
+    return best + 1, s.long()
 
 
 def onset_intervals(drive: torch.Tensor, n_int: int, window: int) -> torch.Tensor:
@@ -365,8 +373,11 @@ class _Drift:
         f, p, s = self.f(y, drive)
         jac = self.jacobian_action(y, p, s)
         degree, substeps = taylor_plan(self.norm_bound(y, p, s) * h, y.dtype)
+        # a trial without a plan (s = 0) has run away: its state becomes NaN, as the native
+        # kernel's does, and the others go on; colenv.solve.check_states reports it
+        ran_away = (substeps == 0)[:, None]
         tol = unit_roundoff(y.dtype)
-        c = (h / substeps.to(y.dtype))[:, None]
+        c = (h / substeps.clamp_min(1).to(y.dtype))[:, None]
         m_max, s_max = int(degree.max()), int(substeps.max())
         u = torch.zeros_like(y)
         for i in range(s_max):
@@ -385,7 +396,10 @@ class _Drift:
                 live = live & ~done
                 prev = cur
             u = torch.where((i < substeps)[:, None], u + acc, u)
-        return y + u
+        y_next = y + u
+        if bool(ran_away.any()):
+            y_next = torch.where(ran_away, torch.full_like(y_next, math.nan), y_next)
+        return y_next
 
 
 def exprb2_rollout(
