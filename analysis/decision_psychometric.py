@@ -164,14 +164,16 @@ def run_reference(task: Decision, trial: Trial, seed: int) -> torch.Tensor:
         torch.set_num_threads(threads)
 
 
-def load_network(checkpoint: str, device: str = "cpu"):
-    """(config, task, model) of a Decision checkpoint (a run folder or a .pt file)."""
+def load_network(checkpoint: str, overrides: list[str] = (), device: str = "cpu"):
+    """(config, task, model) of a Decision checkpoint (a run folder or a .pt file), its config
+    with ``overrides`` (key=value, e.g. another ``solver.step_ms``)."""
     from trainers.build import build_model, build_task
     from trainers.checkpoint import read_checkpoint, resolve_checkpoint
-    from trainers.config import TrainConfig
+    from trainers.config import TrainConfig, apply_overrides
 
     ckpt = read_checkpoint(resolve_checkpoint(checkpoint))
-    config = TrainConfig.from_dict(ckpt["config"], source=f"checkpoint {checkpoint}")
+    raw = apply_overrides(ckpt["config"], list(overrides))
+    config = TrainConfig.from_dict(raw, source=f"checkpoint {checkpoint}")
     task = build_task(config)
     if not isinstance(task, Decision):
         raise SystemExit(f"{checkpoint}: a {config.task} checkpoint, not colenv/Decision-v0")
@@ -326,7 +328,9 @@ def main() -> None:
     ap.add_argument(
         "--config", default="", help="a Decision TOML: its untrained start instead of a checkpoint"
     )
-    ap.add_argument("--set", nargs="*", default=[], help="key=value overrides of --config")
+    ap.add_argument(
+        "--set", nargs="*", default=[], help="key=value overrides of --config or --checkpoint's config"
+    )
     ap.add_argument("--trials", type=int, default=1000, help="noisy trials per coherence")
     ap.add_argument("--seed", type=int, default=0, help="seeds every trial's noise")
     ap.add_argument("--threads", type=int, default=2, help="torch threads")
@@ -350,7 +354,7 @@ def main() -> None:
         checkpoint = f"{args.config} (start)"
     else:
         checkpoint = args.checkpoint or train_noisy(args.threads)
-        config, task, model = load_network(checkpoint)
+        config, task, model = load_network(checkpoint, args.set)
     coherence = trial_coherences(args.trials)
     trial = trial_block(task, coherence)
 
