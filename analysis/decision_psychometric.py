@@ -329,7 +329,10 @@ def main() -> None:
         "--config", default="", help="a Decision TOML: its untrained start instead of a checkpoint"
     )
     ap.add_argument(
-        "--set", nargs="*", default=[], help="key=value overrides of --config or --checkpoint's config"
+        "--set",
+        nargs="*",
+        default=[],
+        help="key=value overrides of --config or --checkpoint's config",
     )
     ap.add_argument("--trials", type=int, default=1000, help="noisy trials per coherence")
     ap.add_argument("--seed", type=int, default=0, help="seeds every trial's noise")
