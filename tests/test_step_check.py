@@ -57,6 +57,30 @@ def test_decision_shipped_stiff_step_says_nothing(tiny):
     assert check.report is not None and check.report["diff"] <= 0.5
 
 
+def test_step_check_every_repeats_the_check_and_warns_each_time(tiny):
+    # every evaluation (eval_every 1, step_check_every 1) is checked, and the too-large step
+    # warns at each, naming the training step; with the default (0) only the first is checked
+    extra = ("solver.method=rk4exp", "solver.step_ms=0.5", "model.network.init_jitter=0")
+    config = load_config(
+        "colenv/Decision-v0",
+        tiny("colenv/Decision-v0", *extra, "train.eval_every=1", "train.step_check_every=1",
+             steps=2),
+    )  # fmt: skip
+    check = _check_of(config)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        train(config, [check])
+    found = [str(w.message) for w in caught if issubclass(w.category, StepSizeWarning)]
+    evals = len(check.reports)
+    assert evals >= 2 and len(found) == evals
+    assert [r["step"] for r in check.reports] == sorted({r["step"] for r in check.reports})
+    assert all(f"at step {r['step']} " in m for r, m in zip(check.reports, found, strict=True))
+    once = _check_of(load_config("colenv/Decision-v0", tiny("colenv/Decision-v0", *extra)))
+    assert once.every == 0
+    with pytest.raises(ConfigError, match="train.step_check_every"):
+        load_config("colenv/XOR-v0", ["train.step_check_every=-1"])
+
+
 def test_an_accurate_step_says_nothing(tiny):
     check, caught = _train("colenv/XOR-v0", tiny)
     assert not caught

@@ -456,24 +456,33 @@ class StepCheck(Callback):
     ``solver.step_ms`` and warn (:class:`StepSizeWarning`) when the outputs differ by more
     than ``tol`` (``train.step_check``; Hz for rate tasks), naming the difference and the
     step to use: the largest of step/2, step/4, step/8 that agrees with its own half, or "below
-    step/8". The check runs noise-free (an SDE run's fixed-step drift is checked) and only
-    for fixed-step solvers; adaptive solvers control their own error.
+    step/8". With ``every`` > 0 (``train.step_check_every``) the check runs again at every
+    ``every``-th evaluation after the first: training can stiffen a network that started
+    well within the step. The check runs noise-free (an SDE run's fixed-step drift is checked)
+    and only for fixed-step solvers; adaptive solvers control their own error.
 
     Runaways are caught elsewhere (``solver.max_rate_hz``); this catches a step that is stable
     but inaccurate, which training would otherwise fit to."""
 
     levels = 3
 
-    def __init__(self, tol: float) -> None:
+    def __init__(self, tol: float, every: int = 0) -> None:
         self.tol = float(tol)
-        self.done = False
+        self.every = int(every)
+        self.evaluations = 0
         self.report: dict[str, Any] | None = None
-        """what the check found: ``{"step_ms", "diff", "suggest_ms"}`` (None before it ran)"""
+        """what the last check found: ``{"step", "step_ms", "diff", "suggest_ms"}`` (None
+        before it ran)"""
+        self.reports: list[dict[str, Any]] = []
+        """every check's report, in order"""
 
     def on_eval_end(self, state: TrainState, metrics: dict[str, float]) -> None:
-        if self.done or state.eval_trial is None:
+        if state.eval_trial is None:
             return
-        self.done = True
+        self.evaluations += 1
+        k = self.evaluations - 1  # evaluations since the first
+        if k and not (self.every and k % self.every == 0):
+            return
         solver = state.config.solver
         if "adaptive" in type(solver).families(solver.method, solver.sde):
             return
@@ -502,7 +511,8 @@ class StepCheck(Callback):
         h = solver.step_ms
         coarse, fine = run(h), run(h / 2)
         diff = _max_diff(coarse, fine)
-        self.report = {"step_ms": h, "diff": diff, "suggest_ms": h}
+        self.report = {"step": state.step, "step_ms": h, "diff": diff, "suggest_ms": h}
+        self.reports.append(self.report)
         if diff <= self.tol:
             return
         suggest = None

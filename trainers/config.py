@@ -186,6 +186,12 @@ class TrainLoopConfig(StrictModel):
         description="at the first evaluation, warn when the rollout differs from one at half "
         "solver.step_ms by more than this (output units: Hz for rate tasks); 0 = off",
     )
+    step_check_every: int = Field(
+        0,
+        ge=0,
+        description="repeat the half-step check (train.step_check) every this many evaluations "
+        "after the first, since training can make a network stiffer; 0 = the first only",
+    )
 
     @field_validator("device")
     @classmethod

@@ -63,7 +63,7 @@ def default_callbacks(config) -> list[Callback]:
     asks."""
     callbacks: list[Callback] = [ProgressBar(), CheckpointCallback(config.checkpoint.every)]
     if config.train.step_check:
-        callbacks.append(StepCheck(config.train.step_check))
+        callbacks.append(StepCheck(config.train.step_check, config.train.step_check_every))
     if config.success.stop_on_success:
         callbacks.append(EarlyStopping(config.success.patience))
     if config.logging.plots:
