@@ -376,3 +376,18 @@ def test_step_counts_follow_the_onset_refinement():
     n_fine = int(fine.sum())
     assert int(counts[0]) == 2 * n_sub * (n_fine * refine + (T - 1 - n_fine))
     assert int(counts[1]) >= int(counts[0])
+
+
+def test_a_kappa_gradient_keeps_exprb2_on_the_kernel_and_rk4exp_off_it():
+    # exprb2's adjoint gives kappa's gradient (checked against autograd above), so a rollout
+    # that trains kappa stays native; rk4exp's adjoint does not, so it goes to torch
+    from colenv.models.column import integrators
+
+    net = _network(F32)
+    terms = net.prepare(_stimulus(6, on=2, dtype=F32)).terms
+    terms = terms._replace(kappa=terms.kappa.detach().clone().requires_grad_())
+    y0 = net.initial_state(2).detach()
+    assert integrators._use_native("auto", "exprb2", "auto", y0, terms)
+    assert not integrators._use_native("auto", "rk4exp", "auto", y0, terms)
+    with torch.no_grad():  # no gradient asked for: both native
+        assert integrators._use_native("auto", "rk4exp", "auto", y0, terms)

@@ -756,10 +756,11 @@ def _use_native(kernel, method, backward, y0, terms: ColumnTerms) -> bool:
         why = f"it integrates rk4exp and exprb2 (method={method!r})"
     elif grad and backward == "autograd":
         why = "its gradient is the discrete adjoint (backward='autograd' was asked for)"
-    elif not native.supports(y0, w_t, drive, kappa, w_slow_t):
+    elif not native.supports(y0, w_t, drive, kappa, w_slow_t, method):
         why = (
-            "it takes float32 CPU tensors and no gradient for kappa (got "
-            f"{y0.dtype} on {y0.device}, kappa requires grad: {kappa.requires_grad})"
+            "it takes float32 CPU tensors"
+            + (" and, for rk4exp, no gradient for kappa" if method == "rk4exp" else "")
+            + f" (got {y0.dtype} on {y0.device}, kappa requires grad: {kappa.requires_grad})"
         )
     elif not native.available():
         why = f"it is unavailable here ({native.unavailable_reason()})"

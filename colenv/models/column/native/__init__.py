@@ -336,12 +336,15 @@ def supports(
     drive: torch.Tensor,
     kappa: torch.Tensor,
     w_slow_t: torch.Tensor | None = None,
+    method: str = "rk4exp",
 ) -> bool:
-    """Whether these tensors can take the native path: float32 on CPU, and no gradient for
-    kappa (the adjoint covers y0, drive, w_t and w_slow_t, like colenv.models.column.integrators's discrete adjoint)."""
+    """Whether these tensors can take ``method``'s native path: float32 on CPU; for rk4exp
+    also no gradient for kappa (its adjoint covers y0, drive, w_t and w_slow_t, like
+    colenv.models.column.integrators's discrete adjoint; exprb2's covers kappa too)."""
     tensors = (y0, w_t, drive, kappa) + (() if w_slow_t is None else (w_slow_t,))
+    kappa_grad = method != "exprb2" and torch.is_grad_enabled() and kappa.requires_grad
     return all(x.device.type == "cpu" and x.dtype == torch.float32 for x in tensors) and not (
-        torch.is_grad_enabled() and kappa.requires_grad
+        kappa_grad
     )
 
 
