@@ -343,9 +343,8 @@ def supports(
     colenv.models.column.integrators's discrete adjoint; exprb2's covers kappa too)."""
     tensors = (y0, w_t, drive, kappa) + (() if w_slow_t is None else (w_slow_t,))
     kappa_grad = method != "exprb2" and torch.is_grad_enabled() and kappa.requires_grad
-    return all(x.device.type == "cpu" and x.dtype == torch.float32 for x in tensors) and not (
-        kappa_grad
-    )
+    cpu_f32 = all(x.device.type == "cpu" and x.dtype == torch.float32 for x in tensors)
+    return cpu_f32 and not kappa_grad
 
 
 def sparse_by_target(w_t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
