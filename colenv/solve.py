@@ -598,7 +598,7 @@ def rollout(
                 noise=solver.sde,
                 generator=noise_gen,
             )
-            steps = (t_s.shape[0] - 1) * n_sub
+            steps = getattr(dyn, "fast_steps", (t_s.shape[0] - 1) * n_sub)
         elif solver.sde:
             states, steps = _sde(dyn, y0, t_s, solver, step_s, seed, generator, dt_ms)
         else:

@@ -215,6 +215,23 @@ def test_onset_intervals_follow_the_drive_changes():
     assert not onset_intervals(drive, 11, 0).any()
 
 
+def test_rollout_stats_count_the_onset_sub_steps():
+    # 40 grid points 1 ms apart at 0.5 ms: 78 steps; the drive changes at t = 0 (the start)
+    # and at interval 5, so the 5 ms windows refine intervals 0-4 and 5-9 (10 intervals, 2
+    # steps each) 16x: 78 + 10 * 2 * 15 = 378 steps, one drift evaluation each
+    net = _network()
+    stim, t_ms = _stimulus(T=40, on=5)
+    with torch.no_grad():
+        stats = rollout(net, stim, t_ms, SolverConfig("exprb2", step_ms=0.5)).stats
+        plain = rollout(
+            net, stim, t_ms, SolverConfig("exprb2", step_ms=0.5, fast={"onset_refine": 1})
+        ).stats
+        rk4 = rollout(net, stim, t_ms, SolverConfig("rk4exp", step_ms=0.5)).stats
+    assert stats.steps == 78 + 10 * 2 * 15 and stats.nfe == stats.steps
+    assert (plain.steps, plain.nfe) == (78, 78)
+    assert (rk4.steps, rk4.nfe) == (78, 4 * 78)
+
+
 def test_stiff_network_within_half_a_hertz_at_half_a_millisecond():
     # two MT columns with strong lateral inhibition and a large stimulus onset: rk4exp at
     # 0.5 ms leaves the reference, ros2 is Hz off; exprb2 (onset restart) stays within 0.1 Hz

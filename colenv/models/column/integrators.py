@@ -731,6 +731,24 @@ def fast_rollout(
     return torch.stack(out)
 
 
+def fast_steps(
+    terms: ColumnTerms, n_points: int, n_sub: int, h: float, method: str, options=None
+) -> int:
+    """Steps a fast rollout takes over ``n_points`` grid points: ``n_sub`` per interval, and
+    for exprb2 ``onset_refine`` times as many in the intervals of its onset windows
+    (:func:`colenv.models.column.exprb.refined_intervals`)."""
+    steps = (n_points - 1) * n_sub
+    if method == "exprb2" and n_points > 1:
+        from colenv.models.column import exprb
+        from colenv.solve import FastOptions
+
+        options = FastOptions() if options is None else options
+        if options.onset_refine > 1:
+            fine = int(exprb.refined_intervals(terms.drive, n_points, n_sub, h, options).sum())
+            steps += fine * n_sub * (options.onset_refine - 1)
+    return steps
+
+
 def _native_gating(terms: ColumnTerms) -> dict:
     """The gating synapse's arguments of the native kernel (none without gating)."""
     if not terms.gated:

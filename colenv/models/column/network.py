@@ -756,12 +756,14 @@ class Dynamics(nn.Module):
         ``n_sub`` steps of ``h`` seconds per grid interval; ``method`` "expeuler", "exprk2"
         or "rk4exp"; ``options`` a :class:`colenv.solve.FastOptions`; ``noise`` adds the
         SDE's noise (``terms.sigma``) drawn from ``generator``. See
-        :func:`colenv.models.column.integrators.fast_rollout`; counts the stages in ``nfe``.
+        :func:`colenv.models.column.integrators.fast_rollout`; counts the stages in ``nfe``
+        and the steps (exprb2's onset sub-steps included) in ``fast_steps``.
         """
         from colenv.models.column import integrators
 
         states = integrators.fast_rollout(
             self.terms, y0, n_points, n_sub, h, method, options, noise=noise, generator=generator
         )
-        self.nfe += (n_points - 1) * n_sub * integrators.STAGES[method]
+        self.fast_steps = integrators.fast_steps(self.terms, n_points, n_sub, h, method, options)
+        self.nfe += self.fast_steps * integrators.STAGES[method]
         return states
