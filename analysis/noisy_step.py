@@ -6,8 +6,7 @@
 
 A noise-free step is judged against a float64 reference (``python -m trainers.bench``). A
 noisy rollout has no deterministic reference, and a step that is accurate without noise can
-still run away with it: the noise pushes the state into regions where the network's fast
-modes are stiffer than at the noise-free trajectory. For each ``method:step_ms`` this script
+still run away with it: the noise can push the state where the step no longer holds. For each ``method:step_ms`` this script
 integrates ``--draws`` noisy copies of every condition of the task's evaluation grid (the
 network the target builds: a task id, a training config or a checkpoint, with ``key=value``
 overrides as for ``train``; noise seeds ``--seed`` + draw, the same for every solver) with
@@ -19,9 +18,9 @@ the runaway check off, and prints
 - the task's metrics (``task.evaluate``) over all noisy trials (a runaway trial scores as it
   scores: NaN outputs are wrong);
 - the scored output: the mean over each trial's scoring window (``mask``), averaged over the
-  draws of each condition that did not run away, and its largest difference from the first solver listed (the
-  baseline; use the smallest step there), with the standard error of that difference
-  (from the spread over draws). Noise makes two solvers' draws differ even at the same seed
+  draws of each condition that did not run away, and its largest difference from the first
+  solver listed (the baseline; use the smallest step there), with the standard error of that
+  difference (from the spread over draws). Noise makes two solvers' draws differ even at the same seed
   (different steps draw different increments), so only differences well above the standard
   error are the step's; the largest of G differences that are pure sampling noise is about
   2 standard errors for a grid of 16 conditions.
@@ -129,6 +128,14 @@ def measure(net, solver: SolverConfig, draws: int, seed: int, runaway_hz: float)
 
 
 def main(argv: list[str] | None = None) -> None:
+    try:
+        run_cli(argv)
+    except ConfigError as err:  # bad arguments: one line naming the value, no traceback
+        raise SystemExit(f"error: {err}") from None
+
+
+def run_cli(argv: list[str] | None = None) -> None:
+    """The command line (see the module docstring)."""
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("target", help="task id, training config (.toml) or checkpoint")
     ap.add_argument("overrides", nargs="*", help="key=value config overrides, as for train")
@@ -156,6 +163,12 @@ def main(argv: list[str] | None = None) -> None:
         r = measure(net, solver, args.draws, args.seed, args.runaway_hz)
         if base is None:
             base = r
+            unknown = [n for n in args.metrics or () if n not in r["metrics"]]
+            if unknown:
+                raise ConfigError(
+                    f"--metrics {unknown}: not metrics of {net.config.task}; allowed: "
+                    f"{', '.join(r['metrics'])}"
+                )
         diff = (r["mean"] - base["mean"]).abs().reshape(-1)
         se = (r["sem"] ** 2 + base["sem"] ** 2).sqrt().reshape(-1)
         r["lost"] = int(diff.isnan().sum())  # conditions without a draw left in one of them

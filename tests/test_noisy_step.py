@@ -64,3 +64,12 @@ def test_runaways_are_counted_and_the_seed_decides_the_noise(ns, xor_net):
     assert torch.equal(again["mean"], calm["mean"])
     assert not torch.equal(other["mean"], calm["mean"])
     assert bool((calm["sem"] > 0).all())
+
+
+def test_the_command_line_reports_bad_arguments_in_one_line(ns):
+    with pytest.raises(SystemExit, match=r"^error: --solvers 'rk4exp:0'"):
+        ns.main(["colenv/XOR-v0", "--solvers", "rk4exp:0"])
+    with pytest.raises(SystemExit, match=r"^error: --draws 0: must be >= 1"):
+        ns.main(["colenv/XOR-v0", "--draws", "0", "--solvers", "rk4exp:0.5"])
+    with pytest.raises(SystemExit, match=r"unknown key 'solver.bogus'"):
+        ns.main(["colenv/XOR-v0", "solver.bogus=1", "--solvers", "rk4exp:0.5"])
