@@ -344,6 +344,66 @@ def test_resume_after_a_redo_draws_what_the_uninterrupted_run_drew(tmp_path, tin
     assert [h["loss"] for h in full.history] == [h["loss"] for h in second.history]
 
 
+class StopAt(Callback):
+    """Interrupts training after ``step`` steps."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_step_end(self, state):
+        return state.step != self.step
+
+
+def test_resume_just_before_a_rejected_step_rolls_back_as_the_uninterrupted_run(
+    tmp_path, tiny, monkeypatch, capsys
+):
+    """Stopped after step 2, the run's next step fails on its first draw: the guard must roll
+    back to the snapshot taken before step 2's update, which only the checkpoint can carry
+    (without it the resumed run has nothing to roll back to and stops as diverged)."""
+    import trainers.supervised as supervised
+
+    monkeypatch.setattr(supervised, "forward", FailFirstDraw(supervised.forward, 2, 0))
+    extra = ["train.lr=0.1", "train.max_rejections=1", "train.conditions=random"]
+    full = train(load_config(TASK, tiny(TASK, *extra, "run_name=full", steps=4)))
+    config = load_config(TASK, tiny(TASK, *extra, "run_name=split", steps=4))
+    first = train(config, callbacks=[CheckpointCallback(every=0), StopAt(2)])
+    assert first.steps == 2 and read_checkpoint(first.checkpoint)["redraws"] == {}
+    saved = read_checkpoint(first.checkpoint)["guard"]["saved"]
+    assert [entry[0] for entry in saved] == [0, 1]  # before the updates of steps 1 and 2
+    capsys.readouterr()
+    second = train(resume_config(str(tmp_path / "split"), []))
+    assert "steps 2-3 run again" in capsys.readouterr().out
+    assert not full.diverged and not second.diverged and second.steps == 4
+    a, b = read_checkpoint(full.checkpoint), read_checkpoint(second.checkpoint)
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    assert a["redraws"] == b["redraws"] == {1: 1, 2: 1}
+    assert [h["loss"] for h in full.history] == [h["loss"] for h in second.history]
+
+
+def test_a_resume_that_changes_the_schedule_starts_the_guard_afresh(tmp_path, tiny, capsys):
+    result = train(load_config(TASK, tiny(TASK, "run_name=r", "train.max_rejections=2", steps=2)))
+    assert len(read_checkpoint(result.checkpoint)["guard"]["saved"]) == 2
+    capsys.readouterr()
+    train(resume_config(str(tmp_path / "r"), ["train.steps=3", "train.lr=0.01"]))
+    assert (
+        "the runaway guard starts without snapshots: train.lr, train.steps changed"
+        in capsys.readouterr().out
+    )
+
+
+@pytest.mark.parametrize(
+    "bad", [[1], {"saved": [[0, [torch.zeros(3)], {}, {}]], "rejections": 0, "rejected_at": -1}]
+)
+def test_a_damaged_guard_entry_is_a_checkpoint_error(tmp_path, tiny, bad):
+    result = train(load_config(TASK, tiny(TASK, "run_name=r", "train.max_rejections=1", steps=1)))
+    ckpt = torch.load(result.checkpoint, weights_only=True)
+    ckpt["guard"] = bad
+    torch.save(ckpt, result.checkpoint)
+    with pytest.raises(CheckpointError, match="guard"):
+        train(resume_config(str(tmp_path / "r"), []))
+
+
 def test_step_seeds_first_draws_unchanged_and_redraws_distinct():
     from trainers.supervised import eval_seed, step_seed
 

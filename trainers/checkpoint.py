@@ -10,7 +10,9 @@ it; nothing in it runs code on load)::
      "state_dict": {...}, "optimizer": {...} | None, "scheduler": {...} | None,
      "rng": {"python", "numpy", "torch", "cuda", "trials"},
      "callbacks": {name: state}, "metrics", "history", "eval_step", "solved", "best",
-     "redraws": {step: draw}}                         # steps redrawn after a rejection
+     "redraws": {step: draw},                         # steps redrawn after a rejection
+     "guard": {"saved": [[step, [weights], optimizer, scheduler], ...],
+               "rejections": int, "rejected_at": int} | None}   # the runaway guard's snapshots
 
 ``evaluate`` and ``resume`` rebuild the task and model from ``config`` (so any registered model
 kind works, a user's own included) and check them against ``task`` and ``model``: a different
@@ -140,6 +142,7 @@ def save_checkpoint(state: TrainState, path: str | Path) -> Path:
         "eval_step": state.eval_step,
         "solved": state.solved,
         "redraws": dict(state.redraws),
+        "guard": state.guard.state_dict() if state.guard is not None else None,
         "best": state.best,
     }
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
@@ -313,6 +316,13 @@ def load_checkpoint(path: str | Path, state: TrainState) -> dict[str, Any]:
             "of step index -> draw (positive int) there; it is damaged"
         )
     state.redraws = dict(redraws)
+    guard = ckpt.get("guard")  # absent in checkpoints written before it existed
+    if guard is not None and not isinstance(guard, dict):
+        raise CheckpointError(
+            f"checkpoint {p} has guard = {_short(guard)}; a colenv checkpoint holds the runaway "
+            "guard's state (a dict) or None there; it is damaged"
+        )
+    state.guard_state = guard
     state.checkpoint = str(p)
     state.resumed_from = ckpt["config"]
     return ckpt

@@ -73,6 +73,22 @@ class SupervisedTrainer:
         guard = RunawayGuard(params, optimizer, scheduler, t.max_rejections)
         callbacks = callbacks if isinstance(callbacks, Callbacks) else Callbacks(callbacks)
         state = callbacks.begin(model, task, config, optimizer=optimizer, scheduler=scheduler)
+        state.guard = guard
+        if state.guard_state is not None:  # a resume: the snapshots the run had (see restore)
+            changed = [
+                key
+                for key in ("lr", "steps", "schedule")
+                if state.resumed_from["train"].get(key) != getattr(t, key)
+            ]
+            if changed:
+                print(
+                    "  the runaway guard starts without snapshots: train."
+                    + ", train.".join(changed)
+                    + " changed, so those taken before the checkpoint no longer fit the run",
+                    flush=True,
+                )
+            else:
+                guard.load_state_dict(state.guard_state, where=state.checkpoint)
         if state.resumed_from is not None:  # a resume with a new train.lr scales the schedule
             rescale_lr(optimizer, scheduler, t.lr / state.resumed_from["train"]["lr"])
             scheduler.follow()  # a new train.steps: the schedule of the new total, at this step
@@ -206,6 +222,44 @@ class RunawayGuard:
             copy.deepcopy(self.optimizer.state_dict()),
             copy.deepcopy(self.scheduler.state_dict()),
         )
+
+    def state_dict(self) -> dict:
+        """The snapshots and the rejection count, for a checkpoint: a run resumed from it
+        rolls back exactly as the uninterrupted run would have."""
+        return {
+            "saved": [[step, list(w), opt, sched] for step, w, opt, sched in self.saved],
+            "rejections": self.rejections,
+            "rejected_at": self.rejected_at,
+        }
+
+    def load_state_dict(self, state: dict, where: str = "the checkpoint") -> None:
+        """Restore :meth:`state_dict` (the newest ``max_rejections`` + 1 snapshots); a
+        CheckpointError naming ``where`` if it does not fit this run's parameters."""
+        from trainers.checkpoint import CheckpointError
+
+        saved = []
+        try:
+            for step, weights, opt, sched in state["saved"]:
+                if len(weights) != len(self.params):
+                    raise ValueError(f"{len(weights)} weights for {len(self.params)} parameters")
+                for p, w in zip(self.params, weights, strict=True):
+                    if tuple(w.shape) != tuple(p.shape):
+                        raise ValueError(f"a weight of shape {tuple(w.shape)} for {tuple(p.shape)}")
+                moved = [
+                    w.to(device=p.device, dtype=p.dtype)
+                    for p, w in zip(self.params, weights, strict=True)
+                ]
+                saved.append((int(step), moved, dict(opt), dict(sched)))
+            rejections, rejected_at = int(state["rejections"]), int(state["rejected_at"])
+        except (KeyError, TypeError, ValueError, AttributeError) as err:
+            raise CheckpointError(
+                f"{where}: the runaway guard's state does not fit this run "
+                f"({type(err).__name__}: {err}); it is damaged"
+            ) from None
+        self.saved.clear()
+        if self.max_rejections:
+            self.saved.extend(saved[-self.saved.maxlen :])
+        self.rejections, self.rejected_at = rejections, rejected_at
 
     def should_retry(self) -> bool:
         return bool(self.saved) and self.rejections < self.max_rejections

@@ -122,3 +122,9 @@ class TrainState:
     redraws: dict = field(default_factory=dict)
     """{step index: draw}: steps computed again after a rejected step draw fresh trials and
     noise (draw 0, the first, is absent); checkpointed, so a resume draws the same"""
+    guard: Any = None
+    """the trainer's runaway guard, if it has one (an object with ``state_dict()`` and
+    ``load_state_dict()``, e.g. :class:`trainers.supervised.RunawayGuard`); checkpointed"""
+    guard_state: dict | None = None
+    """the guard's state read from the checkpoint a run resumed from, for the trainer to hand
+    to its guard (None: none saved)"""
