@@ -26,8 +26,7 @@ the runaway check off, and prints
   2 standard errors for a grid of 16 conditions.
 
 Solvers are ``colenv.SolverConfig`` methods with a fast SDE path (``rk4exp``, ``exprb2``,
-``expeuler``, ``exprk2``) at the step given, on the config's ``[solver.fast]`` options (an
-option the method does not take, e.g. rk4exp's ``unroll`` for exprb2, is dropped).
+``expeuler``, ``exprk2``) at the step given, with the default ``[solver.fast]`` options.
 """
 
 from __future__ import annotations
@@ -60,15 +59,10 @@ def parse_solver(text: str) -> tuple[str, float]:
     return method, step_ms
 
 
-def solver_for(config_solver: SolverConfig, method: str, step_ms: float) -> SolverConfig:
-    """The config's solver at ``method`` and ``step_ms``, SDE on, runaway check off."""
-    fast = dict(config_solver.fast.model_dump()) if config_solver.fast is not None else {}
-    if method != "rk4exp":
-        fast.pop("unroll", None)
-    if method != "exprb2":
-        fast.pop("onset_refine", None)
-        fast.pop("onset_window_ms", None)
-    return SolverConfig(method=method, step_ms=step_ms, sde=True, check_finite=False, fast=fast)
+def solver_for(method: str, step_ms: float) -> SolverConfig:
+    """``method`` at ``step_ms`` with the SDE on and the runaway check off (default fast
+    options: the native kernel on CPU in float32, as ``python -m trainers.bench`` runs)."""
+    return SolverConfig(method=method, step_ms=step_ms, sde=True, check_finite=False)
 
 
 def noise_std(net) -> float:
@@ -159,7 +153,7 @@ def run_cli(argv: list[str] | None = None) -> None:
 
     rows, base = [], None
     for method, step in solvers:
-        solver = solver_for(net.config.solver, method, step)
+        solver = solver_for(method, step)
         r = measure(net, solver, args.draws, args.seed, args.runaway_hz)
         if base is None:
             base = r

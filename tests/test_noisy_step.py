@@ -32,13 +32,9 @@ def test_solver_spec_errors_name_the_value(ns, text):
         ns.parse_solver(text)
 
 
-def test_solver_keeps_the_config_options_the_method_takes(ns):
-    from colenv import SolverConfig
-
-    config = SolverConfig("rk4exp", step_ms=0.1, fast={"unroll": 2})
-    s = ns.solver_for(config, "exprb2", 1.0)
+def test_solver_is_the_method_at_the_step_with_noise_and_no_runaway_check(ns):
+    s = ns.solver_for("exprb2", 1.0)
     assert (s.method, s.step_ms, s.sde, s.check_finite) == ("exprb2", 1.0, True, False)
-    assert ns.solver_for(config, "rk4exp", 0.5).fast.unroll == 2
 
 
 def test_window_means_average_inside_the_mask_only(ns):
@@ -50,7 +46,7 @@ def test_window_means_average_inside_the_mask_only(ns):
 
 
 def test_runaways_are_counted_and_the_seed_decides_the_noise(ns, xor_net):
-    solver = ns.solver_for(xor_net.config.solver, "rk4exp", 0.5)
+    solver = ns.solver_for("rk4exp", 0.5)
     grid = xor_net.trial(None, torch.float32).batch_size
     calm = ns.measure(xor_net, solver, 2, 0, 1e4)
     assert calm["trials"] == 2 * grid and calm["runaways"] == 0

@@ -344,16 +344,6 @@ def test_resume_after_a_redo_draws_what_the_uninterrupted_run_drew(tmp_path, tin
     assert [h["loss"] for h in full.history] == [h["loss"] for h in second.history]
 
 
-class StopAt(Callback):
-    """Interrupts training after ``step`` steps."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_step_end(self, state):
-        return state.step != self.step
-
-
 def test_resume_just_before_a_rejected_step_rolls_back_as_the_uninterrupted_run(
     tmp_path, tiny, monkeypatch, capsys
 ):
